@@ -1,0 +1,266 @@
+//! `egress.toml`: parsed against a fixed schema so that every problem is reported at once, each
+//! with its key path, and unknown keys are errors (a typo must never be silently ignored).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use toml::{Table, Value};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub recipes: RecipesConfig,
+    pub livekit: Option<LiveKitConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub api_key: String,
+    pub api_secret: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Every output path is resolved inside this directory.
+    pub dir: PathBuf,
+    /// Fragmented MP4: each fragment is playable on its own, so a file survives SIGKILL.
+    pub crash_safe_mp4: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecipesConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveKitConfig {
+    pub url: String,
+    pub api_key: String,
+    pub api_secret: String,
+}
+
+/// All problems found in one config file, one per line: `key.path: message`.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} config error(s):", self.0.len())?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Str,
+    Bool,
+    Section,
+}
+
+/// Every key egret knows. Anything else in the file is reported as unknown.
+const SCHEMA: &[(&str, Kind, bool)] = &[
+    ("server", Kind::Section, true),
+    ("server.listen", Kind::Str, true),
+    ("server.api_key", Kind::Str, true),
+    ("server.api_secret", Kind::Str, true),
+    ("storage", Kind::Section, true),
+    ("storage.dir", Kind::Str, true),
+    ("storage.crash_safe_mp4", Kind::Bool, false),
+    ("recipes", Kind::Section, true),
+    ("recipes.dir", Kind::Str, true),
+    ("livekit", Kind::Section, false),
+    ("livekit.url", Kind::Str, true),
+    ("livekit.api_key", Kind::Str, true),
+    ("livekit.api_secret", Kind::Str, true),
+];
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base)
+    }
+
+    /// Relative directories are resolved against `base` (the config file's directory).
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let root: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {e}")]))?;
+        let mut errors = Vec::new();
+        check_keys(&root, "", &mut errors);
+        check_schema(&root, &mut errors);
+
+        let reader = Reader { root: &root };
+        let listen = reader.str("server.listen");
+        let listen = match listen.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) if !listen.is_empty() => {
+                errors.push(format!("server.listen: `{listen}` is not an address like 127.0.0.1:7980"));
+                None
+            }
+            Err(_) => None,
+        };
+        for key in ["server.api_key", "server.api_secret"] {
+            if root_has(&root, key) && reader.str(key).is_empty() {
+                errors.push(format!("{key}: must not be empty (auth is always on)"));
+            }
+        }
+        let livekit = root.get("livekit").map(|_| LiveKitConfig {
+            url: reader.str("livekit.url"),
+            api_key: reader.str("livekit.api_key"),
+            api_secret: reader.str("livekit.api_secret"),
+        });
+        if let Some(lk) = &livekit
+            && !lk.url.is_empty()
+            && !["ws://", "wss://", "http://", "https://"].iter().any(|s| lk.url.starts_with(s))
+        {
+            errors.push(format!("livekit.url: `{}` must start with ws://, wss://, http:// or https://", lk.url));
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            server: ServerConfig {
+                listen: listen.expect("checked above"),
+                api_key: reader.str("server.api_key"),
+                api_secret: reader.str("server.api_secret"),
+            },
+            storage: StorageConfig {
+                dir: base.join(reader.str("storage.dir")),
+                crash_safe_mp4: reader.bool("storage.crash_safe_mp4").unwrap_or(true),
+            },
+            recipes: RecipesConfig { dir: base.join(reader.str("recipes.dir")) },
+            livekit,
+        })
+    }
+}
+
+fn kind_of(path: &str) -> Option<(Kind, bool)> {
+    SCHEMA.iter().find(|(p, _, _)| *p == path).map(|(_, k, r)| (*k, *r))
+}
+
+fn check_keys(table: &Table, prefix: &str, errors: &mut Vec<String>) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match kind_of(&path) {
+            None => errors.push(format!("{path}: unknown key")),
+            Some((Kind::Section, _)) => match value {
+                Value::Table(t) => check_keys(t, &path, errors),
+                _ => errors.push(format!("{path}: must be a table ([{path}])")),
+            },
+            Some((Kind::Str, _)) if !value.is_str() => {
+                errors.push(format!("{path}: must be a string, found {}", value.type_str()))
+            }
+            Some((Kind::Bool, _)) if !value.is_bool() => {
+                errors.push(format!("{path}: must be true or false, found {}", value.type_str()))
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Required keys of every present section (and required sections) must be there.
+fn check_schema(root: &Table, errors: &mut Vec<String>) {
+    let present: BTreeSet<&str> = SCHEMA
+        .iter()
+        .filter(|(p, k, _)| *k == Kind::Section && root.get(*p).is_some())
+        .map(|(p, _, _)| *p)
+        .collect();
+    for (path, kind, required) in SCHEMA {
+        if !required || root_has(root, path) {
+            continue;
+        }
+        match path.split_once('.') {
+            None if *kind == Kind::Section => errors.push(format!("{path}: missing section [{path}]")),
+            Some((section, _)) if present.contains(section) => errors.push(format!("{path}: missing")),
+            _ => {}
+        }
+    }
+}
+
+fn root_has(root: &Table, path: &str) -> bool {
+    lookup(root, path).is_some()
+}
+
+fn lookup<'a>(root: &'a Table, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut value = root.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
+struct Reader<'a> {
+    root: &'a Table,
+}
+
+impl Reader<'_> {
+    fn str(&self, path: &str) -> String {
+        lookup(self.root, path).and_then(Value::as_str).unwrap_or_default().to_string()
+    }
+    fn bool(&self, path: &str) -> Option<bool> {
+        lookup(self.root, path).and_then(Value::as_bool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:7980"
+api_key = "k"
+api_secret = "s"
+[storage]
+dir = "out"
+[recipes]
+dir = "scripts"
+"#;
+
+    #[test]
+    fn parses_good_config() {
+        let c = Config::parse(GOOD, Path::new("/base")).unwrap();
+        assert_eq!(c.storage.dir, Path::new("/base/out"));
+        assert!(c.storage.crash_safe_mp4);
+        assert!(c.livekit.is_none());
+    }
+
+    #[test]
+    fn reports_every_error_with_its_key_path() {
+        let text = r#"
+[server]
+listen = "nope"
+api_key = 5
+colour = "blue"
+[storage]
+dir = "out"
+[livekit]
+url = "ftp://x"
+"#;
+        let errs = Config::parse(text, Path::new(".")).unwrap_err().0;
+        let joined = errs.join("\n");
+        for expected in [
+            "server.listen: `nope`",
+            "server.api_key: must be a string",
+            "server.colour: unknown key",
+            "server.api_secret: missing",
+            "recipes: missing section",
+            "livekit.api_key: missing",
+            "livekit.url: `ftp://x`",
+        ] {
+            assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        }
+    }
+}

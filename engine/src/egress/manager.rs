@@ -1,0 +1,136 @@
+//! All egresses of this engine: starting one from a recipe, listing, stopping, draining.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use mlua::Function;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::supervisor::Supervisor;
+use super::{Command, EgressRecord, EgressStatus};
+use crate::config::Config;
+use crate::lua::api::EgressCtx;
+use crate::lua::{self, error_text};
+use crate::media::graph::Graph;
+use crate::recipes::{RecipeLookupError, Recipes};
+use crate::request::filepath::Template;
+use crate::request::{self, FieldError};
+
+/// Why a start was refused, as the HTTP API answers it.
+#[derive(Debug)]
+pub struct StartError {
+    pub status: u16,
+    pub error: FieldError,
+    /// The failed egress, when it got far enough to have one.
+    pub egress: Option<Value>,
+}
+
+impl StartError {
+    fn new(status: u16, field: &str, message: impl Into<String>) -> Self {
+        StartError { status, error: FieldError::new(field, message), egress: None }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum StopError {
+    NotFound,
+    AlreadyEnded(EgressStatus),
+}
+
+pub struct Manager {
+    config: Arc<Config>,
+    recipes: Arc<Recipes>,
+    egresses: RwLock<Vec<Arc<EgressRecord>>>,
+    draining: AtomicBool,
+}
+
+fn new_egress_id() -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("EG_{}", &hex[..12])
+}
+
+impl Manager {
+    pub fn new(config: Arc<Config>, recipes: Arc<Recipes>) -> Arc<Manager> {
+        Arc::new(Manager { config, recipes, egresses: RwLock::new(Vec::new()), draining: AtomicBool::new(false) })
+    }
+
+    pub fn recipes(&self) -> &Arc<Recipes> {
+        &self.recipes
+    }
+
+    /// Validates the request, runs the recipe's `start`, and returns once the pipeline plays.
+    pub async fn start(&self, recipe: &str, params: Value) -> Result<Arc<EgressRecord>, StartError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(StartError::new(503, "", "egret is shutting down"));
+        }
+        let version = self.recipes.get(recipe).map_err(|e| match e {
+            RecipeLookupError::Unknown(known) => StartError::new(404, "recipe", format!("unknown recipe `{recipe}` (known: {})", known.join(", "))),
+            RecipeLookupError::Broken(err) => StartError::new(422, "recipe", format!("recipe `{recipe}` failed to load: {err}")),
+        })?;
+        let request = request::validate(params, &version.decl.params, version.decl.outputs)
+            .map_err(|error| StartError { status: 400, error, egress: None })?;
+
+        let id = new_egress_id();
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
+        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        let record = Arc::new(EgressRecord::new(id.clone(), recipe.to_string(), version.version, request.params.clone(), command_tx.clone()));
+
+        let internal = |e: mlua::Error| StartError::new(500, "", error_text(&e));
+        let state = lua::sandbox(self.recipes.dir()).map_err(internal)?;
+        let table = lua::eval_recipe(&state, &version.source, &version.chunk).map_err(internal)?;
+        let start: Function = table.get("start").map_err(internal)?;
+
+        let mut template = Template::new(&id, recipe);
+        if let Some(params) = request.params.as_object() {
+            for (key, value) in params {
+                if let Some(s) = value.as_str() {
+                    template.set(key, s);
+                }
+            }
+        }
+        let storage = &self.config.storage;
+        let graph = Graph::new(&id, &storage.dir, storage.crash_safe_mp4, template, media_tx.clone());
+        let ctx = EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx);
+        self.egresses.write().unwrap().push(record.clone());
+
+        let supervisor = Supervisor { record: record.clone(), ctx, lua: state, commands: command_rx, media: media_rx, media_tx };
+        let (started_tx, started_rx) = oneshot::channel();
+        tokio::spawn(supervisor.run(start, started_tx));
+        match started_rx.await {
+            Ok(Ok(())) => Ok(record),
+            Ok(Err(error)) => Err(StartError { status: 422, error, egress: Some(record.to_json()) }),
+            Err(_) => Err(StartError::new(500, "", "egress task ended during start")),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<EgressRecord>> {
+        self.egresses.read().unwrap().iter().find(|e| e.id == id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<EgressRecord>> {
+        self.egresses.read().unwrap().clone()
+    }
+
+    pub fn stop(&self, id: &str, reason: &str) -> Result<Arc<EgressRecord>, StopError> {
+        let record = self.get(id).ok_or(StopError::NotFound)?;
+        let status = record.status();
+        if status.is_terminal() || !record.send(Command::Stop { reason: reason.to_string() }) {
+            return Err(StopError::AlreadyEnded(status));
+        }
+        Ok(record)
+    }
+
+    /// SIGTERM: refuse new egresses, stop every running one, wait for all to finalize.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let running: Vec<_> = self.list().into_iter().filter(|e| !e.status().is_terminal()).collect();
+        tracing::info!(count = running.len(), "draining: stopping running egresses");
+        for record in &running {
+            record.send(Command::Stop { reason: "engine shutting down".into() });
+        }
+        for record in running {
+            record.finished().await;
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! One egress: a record the API reads, and a supervisor task that owns its Lua state and
+//! pipeline and moves it through starting → active → ending → complete | failed | aborted.
+
+pub mod manager;
+mod supervisor;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::media::outputs::OutputStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressStatus {
+    Starting,
+    Active,
+    Ending,
+    Complete,
+    Failed,
+    Aborted,
+}
+
+impl EgressStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EgressStatus::Complete | EgressStatus::Failed | EgressStatus::Aborted)
+    }
+}
+
+/// Commands to a running egress's supervisor.
+#[derive(Debug)]
+pub enum Command {
+    Stop { reason: String },
+    /// A Lua timer (`egress:after`) is due.
+    Timer { id: u64 },
+}
+
+struct Lifecycle {
+    status: EgressStatus,
+    /// Why it ended (or is ending): "stopped by API", "source ended", an error text.
+    reason: Option<String>,
+    error: Option<String>,
+    started_at: Option<f64>,
+    ended_at: Option<f64>,
+}
+
+/// What the API shows of an egress; shared by the supervisor and HTTP handlers.
+pub struct EgressRecord {
+    pub id: String,
+    pub recipe: String,
+    pub recipe_version: u64,
+    pub params: Value,
+    pub created_at: f64,
+    lifecycle: Mutex<Lifecycle>,
+    outputs: Mutex<Vec<Arc<OutputStatus>>>,
+    commands: mpsc::UnboundedSender<Command>,
+    status_tx: watch::Sender<EgressStatus>,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+impl EgressRecord {
+    fn new(id: String, recipe: String, recipe_version: u64, params: Value, commands: mpsc::UnboundedSender<Command>) -> Self {
+        EgressRecord {
+            id,
+            recipe,
+            recipe_version,
+            params,
+            created_at: now(),
+            lifecycle: Mutex::new(Lifecycle { status: EgressStatus::Starting, reason: None, error: None, started_at: None, ended_at: None }),
+            outputs: Mutex::new(Vec::new()),
+            commands,
+            status_tx: watch::channel(EgressStatus::Starting).0,
+        }
+    }
+
+    pub fn status(&self) -> EgressStatus {
+        self.lifecycle.lock().unwrap().status
+    }
+
+    pub fn send(&self, command: Command) -> bool {
+        self.commands.send(command).is_ok()
+    }
+
+    /// Moves to `status`; terminal states are final. Returns false if nothing changed.
+    fn set_status(&self, status: EgressStatus, reason: Option<String>, error: Option<String>) -> bool {
+        let mut l = self.lifecycle.lock().unwrap();
+        if l.status.is_terminal() || l.status == status {
+            return false;
+        }
+        l.status = status;
+        if reason.is_some() {
+            l.reason = reason;
+        }
+        if error.is_some() {
+            l.error = error;
+        }
+        match status {
+            EgressStatus::Active => l.started_at = Some(now()),
+            s if s.is_terminal() => l.ended_at = Some(now()),
+            _ => {}
+        }
+        drop(l);
+        self.status_tx.send_replace(status);
+        tracing::info!(egress = %self.id, ?status, "egress status");
+        true
+    }
+
+    fn set_outputs(&self, outputs: Vec<Arc<OutputStatus>>) {
+        *self.outputs.lock().unwrap() = outputs;
+    }
+
+    /// Waits until the egress reaches a terminal state.
+    pub async fn finished(&self) -> EgressStatus {
+        let mut rx = self.status_tx.subscribe();
+        let status = *rx.wait_for(|s| s.is_terminal()).await.expect("sender lives in self");
+        status
+    }
+
+    pub fn to_json(&self) -> Value {
+        let l = self.lifecycle.lock().unwrap();
+        let outputs: Vec<Value> = self.outputs.lock().unwrap().iter().map(|o| o.to_json()).collect();
+        let bytes: u64 = self.outputs.lock().unwrap().iter().map(|o| o.bytes.load(Ordering::Relaxed)).sum();
+        let duration = match (l.started_at, l.ended_at) {
+            (Some(s), Some(e)) => e - s,
+            (Some(s), None) => now() - s,
+            _ => 0.0,
+        };
+        json!({
+            "egress_id": self.id,
+            "recipe": self.recipe,
+            "recipe_version": self.recipe_version,
+            "status": l.status,
+            "reason": l.reason,
+            "error": l.error,
+            "created_at": self.created_at,
+            "started_at": l.started_at,
+            "ended_at": l.ended_at,
+            "duration": (duration * 1000.0).round() / 1000.0,
+            "bytes": bytes,
+            "params": self.params,
+            "outputs": outputs,
+        })
+    }
+}

@@ -1,0 +1,230 @@
+//! The task that owns one egress: runs the recipe's `start`, plays the pipeline, reacts to
+//! bus messages, commands and recipe timers, and finalizes every output on the way out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use mlua::{Function, Lua, LuaSerdeExt};
+use serde_json::json;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Command, EgressRecord, EgressStatus};
+use crate::lua::api::{EgressCtx, EgressHandle, find_field_error};
+use crate::lua::error_text;
+use crate::media::outputs::{MediaEvent, OutputState};
+use crate::request::FieldError;
+
+/// How long outputs get to finalize after EOS before the egress is failed anyway.
+const FINALIZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) struct Supervisor {
+    pub record: Arc<EgressRecord>,
+    pub ctx: Arc<EgressCtx>,
+    pub lua: Lua,
+    pub commands: UnboundedReceiver<Command>,
+    pub media: UnboundedReceiver<MediaEvent>,
+    pub media_tx: UnboundedSender<MediaEvent>,
+}
+
+/// How the egress will end once its outputs have finalized.
+struct Ending {
+    status: EgressStatus,
+    reason: String,
+    error: Option<String>,
+    deadline: Instant,
+}
+
+impl Supervisor {
+    /// Starts the egress; `started` learns whether `start` and PLAYING succeeded.
+    pub async fn run(mut self, start: Function, started: oneshot::Sender<Result<(), FieldError>>) {
+        if let Err(e) = self.start(start) {
+            self.record.set_status(EgressStatus::Failed, Some("start failed".into()), Some(e.to_string()));
+            let _ = self.pipeline().set_state(gst::State::Null);
+            let _ = started.send(Err(e));
+            return;
+        }
+        let _ = started.send(Ok(()));
+        let bus = self.pipeline().bus().expect("pipeline has a bus");
+        let mut messages = bus.stream();
+        let mut ending: Option<Ending> = None;
+        loop {
+            let deadline = ending.as_ref().map(|e| e.deadline).unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
+            tokio::select! {
+                Some(command) = self.commands.recv() => match command {
+                    Command::Stop { reason } => self.begin_ending(&mut ending, None, reason, None),
+                    Command::Timer { id } => {
+                        self.ctx.run_timer(&self.lua, id);
+                        self.publish_outputs();
+                    }
+                },
+                Some(event) = self.media.recv() => self.on_media_event(event),
+                Some(message) = messages.next() => {
+                    if self.on_message(&message, &mut ending) {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if ending.is_some() => {
+                    let e = ending.as_mut().expect("guarded");
+                    e.status = EgressStatus::Failed;
+                    e.error.get_or_insert_with(|| format!("outputs did not finalize within {}s", FINALIZE_TIMEOUT.as_secs()));
+                    break;
+                }
+            }
+        }
+        let end = ending.unwrap_or(Ending { status: EgressStatus::Complete, reason: "source ended".into(), error: None, deadline: Instant::now() });
+        self.finish(end);
+    }
+
+    fn pipeline(&self) -> gst::Pipeline {
+        self.ctx.graph.lock().unwrap().pipeline.clone()
+    }
+
+    fn start(&mut self, start: Function) -> Result<(), FieldError> {
+        let req = self.lua.to_value(&self.ctx.request.params).map_err(|e| FieldError::new("params", e.to_string()))?;
+        if let Err(e) = start.call::<()>((req, EgressHandle(self.ctx.clone()))) {
+            return Err(find_field_error(&e)
+                .map(|fe| FieldError::new(fe.field, format!("{} ({})", fe.message, error_text(&e).lines().next().unwrap_or(""))))
+                .unwrap_or_else(|| FieldError::new("", error_text(&e))));
+        }
+        if self.ctx.graph.lock().unwrap().outputs.is_empty() {
+            return Err(FieldError::new("", format!("recipe `{}` built no output", self.ctx.recipe)));
+        }
+        self.publish_outputs();
+        let pipeline = self.pipeline();
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            let detail = pipeline
+                .bus()
+                .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
+                .and_then(|m| match m.view() {
+                    gst::MessageView::Error(e) => Some(e.error().to_string()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "pipeline refused to play".into());
+            return Err(FieldError::new("", detail));
+        }
+        Ok(())
+    }
+
+    /// The API reads output statuses from the record; outputs may be added by handlers.
+    fn publish_outputs(&self) {
+        let statuses = self.ctx.graph.lock().unwrap().outputs.iter().map(|o| o.status.clone()).collect();
+        self.record.set_outputs(statuses);
+    }
+
+    fn on_media_event(&mut self, event: MediaEvent) {
+        match event {
+            MediaEvent::OutputActive(_) => {
+                if self.record.status() == EgressStatus::Starting && self.record.set_status(EgressStatus::Active, None, None) {
+                    self.ctx.fire(&self.lua, "active", mlua::Value::Nil);
+                }
+            }
+            MediaEvent::OutputUnlinked(i) => {
+                let mut graph = self.ctx.graph.lock().unwrap();
+                let pipeline = graph.pipeline.clone();
+                graph.outputs[i].remove(&pipeline);
+            }
+        }
+    }
+
+    /// Starts finalizing: EOS through the whole pipeline (clean stop), or straight into the
+    /// outputs when the source side is broken (`error`).
+    fn begin_ending(&self, ending: &mut Option<Ending>, status: Option<EgressStatus>, reason: String, error: Option<String>) {
+        if ending.is_some() {
+            return;
+        }
+        let status = status.unwrap_or(if self.record.status() == EgressStatus::Starting { EgressStatus::Aborted } else { EgressStatus::Complete });
+        self.record.set_status(EgressStatus::Ending, Some(reason.clone()), error.clone());
+        self.ctx.fire(&self.lua, "stop", mlua::Value::String(self.lua.create_string(&reason).expect("lua string")));
+        let graph = self.ctx.graph.lock().unwrap();
+        if error.is_some() {
+            graph.outputs.iter().filter(|o| o.attached).for_each(|o| o.push_eos());
+        } else {
+            graph.pipeline.send_event(gst::event::Eos::new());
+        }
+        *ending = Some(Ending { status, reason, error, deadline: Instant::now() + FINALIZE_TIMEOUT });
+    }
+
+    /// Returns true when the egress is done (all outputs finalized or none left).
+    fn on_message(&mut self, message: &gst::Message, ending: &mut Option<Ending>) -> bool {
+        use gst::MessageView;
+        match message.view() {
+            MessageView::Eos(_) => true,
+            MessageView::Error(err) => {
+                let text = format!("{}", err.error());
+                let detail = err.debug().map(|d| d.to_string()).unwrap_or_default();
+                let source = message.src().cloned();
+                let output = source.as_ref().and_then(|s| self.ctx.graph.lock().unwrap().output_of(s));
+                tracing::warn!(egress = %self.record.id, error = %text, %detail, "pipeline error");
+                match output {
+                    Some(i) => self.fail_output(i, text, ending),
+                    None => {
+                        // A source or encoder error: keep what was recorded, then fail.
+                        if let Some(e) = ending.as_mut() {
+                            if e.error.is_none() {
+                                e.status = EgressStatus::Failed;
+                                e.error = Some(text);
+                                // The pipeline's EOS may never come now: push it into the outputs.
+                                self.ctx.graph.lock().unwrap().outputs.iter().filter(|o| o.attached).for_each(|o| o.push_eos());
+                            }
+                        } else {
+                            self.begin_ending(ending, Some(EgressStatus::Failed), text.clone(), Some(text));
+                        }
+                        false
+                    }
+                }
+            }
+            MessageView::Element(el) => {
+                if let (Some(s), Some(src)) = (el.structure(), message.src()) {
+                    let mut graph = self.ctx.graph.lock().unwrap();
+                    if let Some(i) = graph.output_of(src) {
+                        graph.outputs[i].on_element_message(s);
+                    }
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// One output failed: cut it off; the egress goes on while any other output lives.
+    fn fail_output(&mut self, index: usize, error: String, ending: &mut Option<Ending>) -> bool {
+        let (field, remaining) = {
+            let mut graph = self.ctx.graph.lock().unwrap();
+            let output = &mut graph.outputs[index];
+            if !output.attached {
+                return false;
+            }
+            output.status.set_state(OutputState::Failed, Some(error.clone()));
+            output.unlink(index, self.media_tx.clone());
+            (output.status.field.clone(), graph.live_outputs())
+        };
+        let info = self.lua.to_value(&json!({ "field": field, "error": error })).unwrap_or(mlua::Value::Nil);
+        self.ctx.fire(&self.lua, "output_failed", info);
+        if remaining == 0 {
+            let reason = format!("all outputs failed; last: {field}: {error}");
+            *ending = Some(Ending { status: EgressStatus::Failed, reason: reason.clone(), error: Some(reason), deadline: Instant::now() });
+            return true;
+        }
+        false
+    }
+
+    fn finish(self, end: Ending) {
+        let pipeline = self.pipeline();
+        let _ = pipeline.set_state(gst::State::Null);
+        {
+            let mut graph = self.ctx.graph.lock().unwrap();
+            for output in graph.outputs.iter_mut() {
+                output.finish(OutputState::Complete);
+            }
+        }
+        self.publish_outputs();
+        self.record.set_status(end.status, Some(end.reason.clone()), end.error.clone());
+        let info = self.lua.to_value(&json!({ "status": end.status, "reason": end.reason })).unwrap_or(mlua::Value::Nil);
+        self.ctx.fire(&self.lua, "ended", info);
+    }
+}

@@ -1,0 +1,130 @@
+//! The native HTTP API (JSON):
+//! `POST /v1/egress`, `GET /v1/egress`, `GET /v1/egress/{id}`, `POST /v1/egress/{id}/stop`,
+//! `GET /v1/recipes`, `GET /healthz`. Every route but /healthz needs a roomRecord token.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{AuthError, Verifier};
+use crate::egress::manager::{Manager, StopError};
+
+const MAX_BODY: usize = 1 << 20;
+
+pub struct Api {
+    pub manager: Arc<Manager>,
+    pub verifier: Verifier,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: u16, body: Value) -> Reply {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid response")
+}
+
+fn error(status: u16, message: impl Into<String>, field: Option<&str>) -> Reply {
+    reply(status, json!({ "error": message.into(), "field": field.filter(|f| !f.is_empty()) }))
+}
+
+/// Serves until `shutdown` turns true; then stops accepting connections.
+pub async fn serve(api: Arc<Api>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => { tracing::warn!("accept failed: {e}"); continue; }
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let api = api.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(api.handle(req).await) }
+            });
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+impl Api {
+    async fn handle(&self, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let method = req.method().clone();
+        if path == "/healthz" {
+            return reply(200, json!({ "ok": true }));
+        }
+        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        match self.verifier.check_header(auth) {
+            Ok(_) => {}
+            Err(AuthError::Unauthenticated(m)) => return error(401, m, Some("authorization")),
+            Err(AuthError::PermissionDenied(m)) => return error(403, m, Some("authorization")),
+        }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::POST, ["v1", "egress"]) => self.start(req).await,
+            (&Method::GET, ["v1", "egress"]) => reply(200, json!({ "egresses": self.manager.list().iter().map(|e| e.to_json()).collect::<Vec<_>>() })),
+            (&Method::GET, ["v1", "egress", id]) => match self.manager.get(id) {
+                Some(e) => reply(200, e.to_json()),
+                None => error(404, format!("no egress `{id}`"), Some("egress_id")),
+            },
+            (&Method::POST, ["v1", "egress", id, "stop"]) => match self.manager.stop(id, "stopped by API") {
+                Ok(e) => reply(200, e.to_json()),
+                Err(StopError::NotFound) => error(404, format!("no egress `{id}`"), Some("egress_id")),
+                Err(StopError::AlreadyEnded(s)) => error(409, format!("egress `{id}` already ended ({s:?})").to_lowercase(), Some("egress_id")),
+            },
+            (&Method::GET, ["v1", "recipes"]) => reply(200, json!({ "recipes": self.manager.recipes().to_json() })),
+            (_, ["v1", "egress"] | ["v1", "egress", _] | ["v1", "egress", _, "stop"] | ["v1", "recipes"]) => {
+                error(405, format!("{method} is not allowed on {path}"), None)
+            }
+            _ => error(404, format!("no route {method} {path}"), None),
+        }
+    }
+
+    async fn start(&self, req: Request<Incoming>) -> Reply {
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(413, format!("body larger than {MAX_BODY} bytes"), None),
+        };
+        let body: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return error(400, format!("malformed JSON: {e}"), Some("body")),
+        };
+        let Some(object) = body.as_object() else { return error(400, "body must be a JSON object", Some("body")) };
+        if let Some(unknown) = object.keys().find(|k| !["recipe", "params"].contains(&k.as_str())) {
+            return error(400, "unknown field (expected `recipe` and `params`)", Some(unknown));
+        }
+        let Some(recipe) = object.get("recipe").and_then(Value::as_str) else {
+            return error(400, "required: the name of a recipe", Some("recipe"));
+        };
+        let params = object.get("params").cloned().unwrap_or(json!({}));
+        match self.manager.start(recipe, params).await {
+            Ok(record) => reply(201, record.to_json()),
+            Err(e) => {
+                let field = if e.error.field.is_empty() { None } else { Some(format!("params.{}", e.error.field)) };
+                let field = if e.error.field == "recipe" { Some("recipe".to_string()) } else { field };
+                let mut body = json!({ "error": e.error.to_string(), "field": field });
+                if let Some(egress) = e.egress {
+                    body["egress"] = egress;
+                }
+                reply(e.status, body)
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! What a recipe's `start(req, egress)` can call. Every method builds or drives GStreamer
+//! pieces in Rust; Lua holds only handles (`egress`, sources' `video`/`audio`, encoders).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mlua::{Function, Lua, LuaSerdeExt, RegistryKey, Table, UserData, UserDataFields, UserDataMethods, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::egress::Command;
+use crate::media::graph::Graph;
+use crate::media::testsrc::TestSourceOptions;
+use crate::media::{MediaKind, MediaPad};
+use crate::request::outputs::parse_outputs;
+use crate::request::{EncodeSettings, FieldError, ValidRequest};
+
+/// The per-egress state Lua handles point into.
+pub struct EgressCtx {
+    pub id: String,
+    pub recipe: String,
+    pub request: ValidRequest,
+    pub graph: Mutex<Graph>,
+    pub commands: UnboundedSender<Command>,
+    handlers: Mutex<Vec<(String, RegistryKey)>>,
+    timers: Mutex<HashMap<u64, RegistryKey>>,
+    next_timer: AtomicU64,
+}
+
+/// Events a recipe can subscribe to with `egress:on(name, fn)`.
+pub const EVENTS: &[&str] = &["active", "stop", "output_failed", "ended"];
+
+impl EgressCtx {
+    pub fn new(id: String, recipe: String, request: ValidRequest, graph: Graph, commands: UnboundedSender<Command>) -> Arc<Self> {
+        Arc::new(EgressCtx {
+            id,
+            recipe,
+            request,
+            graph: Mutex::new(graph),
+            commands,
+            handlers: Mutex::new(Vec::new()),
+            timers: Mutex::new(HashMap::new()),
+            next_timer: AtomicU64::new(1),
+        })
+    }
+
+    /// Calls every handler of `event`; a failing handler is logged with its file:line.
+    pub fn fire(&self, lua: &Lua, event: &str, arg: Value) {
+        let handlers: Vec<Function> = self
+            .handlers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name == event)
+            .filter_map(|(_, key)| lua.registry_value::<Function>(key).ok())
+            .collect();
+        for f in handlers {
+            if let Err(e) = f.call::<()>(arg.clone()) {
+                tracing::error!(egress = %self.id, event, "recipe handler failed: {}", super::error_text(&e));
+            }
+        }
+    }
+
+    /// Runs and forgets a due `egress:after` timer.
+    pub fn run_timer(&self, lua: &Lua, id: u64) {
+        let key = self.timers.lock().unwrap().remove(&id);
+        if let Some(f) = key.and_then(|k| lua.registry_value::<Function>(&k).ok())
+            && let Err(e) = f.call::<()>(())
+        {
+            tracing::error!(egress = %self.id, "recipe timer failed: {}", super::error_text(&e));
+        }
+    }
+}
+
+/// `egress` in Lua.
+#[derive(Clone)]
+pub struct EgressHandle(pub Arc<EgressCtx>);
+
+#[derive(Clone)]
+struct MediaHandle(MediaPad);
+
+#[derive(Clone)]
+struct EncoderHandle {
+    ctx: Arc<EgressCtx>,
+    index: usize,
+}
+
+fn field_error(e: FieldError) -> mlua::Error {
+    mlua::Error::external(e)
+}
+
+fn runtime(e: anyhow::Error) -> mlua::Error {
+    mlua::Error::runtime(format!("{e:#}"))
+}
+
+impl UserData for MediaHandle {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("kind", |_, this| Ok(this.0.kind.name()));
+    }
+}
+
+impl UserData for EgressHandle {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("id", |_, this| Ok(this.0.id.clone()));
+        fields.add_field_method_get("recipe", |_, this| Ok(this.0.recipe.clone()));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // egress:testsrc { video = true, audio = true, av_sync = false, tone = 440 }
+        methods.add_method("testsrc", |lua, this, opts: Option<Table>| {
+            let opts = opts.unwrap_or(lua.create_table()?);
+            let options = TestSourceOptions {
+                video: opts.get::<Option<bool>>("video")?.unwrap_or(true),
+                audio: opts.get::<Option<bool>>("audio")?.unwrap_or(true),
+                av_sync: opts.get::<Option<bool>>("av_sync")?.unwrap_or(false),
+                tone_hz: opts.get::<Option<f64>>("tone")?.unwrap_or(440.0),
+            };
+            if !options.video && !options.audio {
+                return Err(mlua::Error::runtime("testsrc: video and audio are both off"));
+            }
+            let pads = this.0.graph.lock().unwrap().add_testsrc(&options).map_err(runtime)?;
+            let source = lua.create_table()?;
+            for pad in pads {
+                source.set(pad.kind.name(), MediaHandle(pad))?;
+            }
+            Ok(source)
+        });
+
+        // egress:encode { video = src.video, audio = src.audio [, preset = ..., advanced = ...] }
+        methods.add_method("encode", |lua, this, opts: Table| {
+            let mut inputs = Vec::new();
+            for kind in [MediaKind::Video, MediaKind::Audio] {
+                match opts.get::<Value>(kind.name())? {
+                    Value::Nil | Value::Boolean(false) => {}
+                    Value::UserData(ud) => {
+                        let media = ud.borrow::<MediaHandle>()?;
+                        if media.0.kind != kind {
+                            return Err(mlua::Error::runtime(format!("encode: `{}` was given {} media", kind.name(), media.0.kind.name())));
+                        }
+                        inputs.push(media.0.clone());
+                    }
+                    _ => return Err(mlua::Error::runtime(format!("encode: `{}` must be a source's {0}", kind.name()))),
+                }
+            }
+            if inputs.is_empty() {
+                return Err(mlua::Error::runtime("encode: give `video`, `audio` or both"));
+            }
+            let settings = if opts.contains_key("preset")? || opts.contains_key("advanced")? {
+                let json: serde_json::Value = lua.from_value(Value::Table(opts.clone()))?;
+                let only = serde_json::json!({ "preset": json.get("preset"), "advanced": json.get("advanced") });
+                EncodeSettings::from_request(&strip_nulls(only)).map_err(field_error)?
+            } else {
+                this.0.request.settings.clone()
+            };
+            let index = this.0.graph.lock().unwrap().add_encoder(settings, &inputs).map_err(runtime)?;
+            Ok(EncoderHandle { ctx: this.0.clone(), index })
+        });
+
+        // egress:stop(reason): ends the egress; files are finalized.
+        methods.add_method("stop", |_, this, reason: Option<String>| {
+            let reason = reason.unwrap_or_else(|| "stopped by recipe".into());
+            let _ = this.0.commands.send(Command::Stop { reason });
+            Ok(())
+        });
+
+        // egress:on("stop", fn)
+        methods.add_method("on", |lua, this, (event, f): (String, Function)| {
+            if !EVENTS.contains(&event.as_str()) {
+                return Err(mlua::Error::runtime(format!("on: unknown event `{event}` (known: {})", EVENTS.join(", "))));
+            }
+            this.0.handlers.lock().unwrap().push((event, lua.create_registry_value(f)?));
+            Ok(())
+        });
+
+        // egress:after(seconds, fn): runs fn once, later, unless the egress ended.
+        methods.add_method("after", |lua, this, (seconds, f): (f64, Function)| {
+            if !(seconds.is_finite() && seconds >= 0.0) {
+                return Err(mlua::Error::runtime("after: seconds must be a non-negative number"));
+            }
+            let id = this.0.next_timer.fetch_add(1, Ordering::Relaxed);
+            this.0.timers.lock().unwrap().insert(id, lua.create_registry_value(f)?);
+            let commands = this.0.commands.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                let _ = commands.send(Command::Timer { id });
+            });
+            Ok(id)
+        });
+
+        // egress:set_var("room_name", "lobby"): a value for `{room_name}` in output paths.
+        methods.add_method("set_var", |_, this, (name, value): (String, String)| {
+            this.0.graph.lock().unwrap().template.set(&name, &value);
+            Ok(())
+        });
+    }
+}
+
+impl UserData for EncoderHandle {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // encoder:output(req): every output the table names (file_outputs, stream_outputs...).
+        methods.add_method("output", |lua, this, spec: Table| {
+            let json: serde_json::Value = lua.from_value(Value::Table(spec))?;
+            let json = crate::request::fields::snake_case_keys(strip_nulls(json));
+            let mut graph = this.ctx.graph.lock().unwrap();
+            let settings = graph.encoder_settings(this.index);
+            let outputs = parse_outputs(&json, &settings).map_err(field_error)?;
+            graph.add_outputs(this.index, &outputs).map_err(field_error)?;
+            Ok(this.clone())
+        });
+    }
+}
+
+fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect()),
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
+/// Finds a request-field error inside a Lua error (raised by a primitive during `start`).
+pub fn find_field_error(err: &mlua::Error) -> Option<FieldError> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(fe) = e.downcast_ref::<FieldError>() {
+            return Some(fe.clone());
+        }
+        if let Some(mlua::Error::ExternalError(inner)) = e.downcast_ref::<mlua::Error>()
+            && let Some(fe) = inner.downcast_ref::<FieldError>()
+        {
+            return Some(fe.clone());
+        }
+        current = e.source();
+    }
+    None
+}

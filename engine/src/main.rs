@@ -1,0 +1,123 @@
+//! egret: an egress engine. Lua recipes describe egresses; Rust runs them as supervised
+//! GStreamer pipelines, started over HTTP.
+
+mod auth;
+mod config;
+mod egress;
+mod http;
+mod lua;
+mod media;
+mod recipes;
+mod request;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+const USAGE: &str = "usage: egret [--config egress.toml] [serve | token [--ttl SECONDS] | check]
+  serve   run the engine (default)
+  token   print a roomRecord access token for this config's API key
+  check   validate the config and every recipe, then exit";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut config_path = PathBuf::from("egress.toml");
+    let mut command = String::from("serve");
+    let mut ttl = 3600u64;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => config_path = args.next().map(PathBuf::from).unwrap_or_default(),
+            "--ttl" => ttl = args.next().and_then(|v| v.parse().ok()).unwrap_or(ttl),
+            "serve" | "token" | "check" => command = arg,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument `{other}`\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match config::Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", config_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command.as_str() {
+        "token" => {
+            println!("{}", auth::Verifier::new(&config.server.api_key, &config.server.api_secret).mint("egret-cli", ttl));
+            Ok(())
+        }
+        "check" => check(&config),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(serve(config))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egret: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: &config::Config) -> Result<()> {
+    let recipes = recipes::Recipes::load(&config.recipes.dir);
+    let broken: Vec<String> = recipes
+        .to_json()
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["last_error"].as_str().map(str::to_string))
+        .collect();
+    if broken.is_empty() {
+        println!("config and recipes OK");
+        Ok(())
+    } else {
+        anyhow::bail!("{} recipe(s) failed to load:\n  {}", broken.len(), broken.join("\n  "))
+    }
+}
+
+async fn serve(mut config: config::Config) -> Result<()> {
+    gstreamer::init().context("GStreamer could not start")?;
+    std::fs::create_dir_all(&config.storage.dir).with_context(|| format!("storage dir {}", config.storage.dir.display()))?;
+    // Absolute paths: file watcher events and output paths are compared against them.
+    config.storage.dir = config.storage.dir.canonicalize()?;
+    config.recipes.dir = config.recipes.dir.canonicalize().with_context(|| format!("recipes dir {}", config.recipes.dir.display()))?;
+    let config = Arc::new(config);
+
+    let recipes = recipes::Recipes::load(&config.recipes.dir);
+    let _watcher = recipes.watch().context("watching the recipes directory")?;
+    let manager = egress::manager::Manager::new(config.clone(), recipes);
+    let api = Arc::new(http::Api {
+        manager: manager.clone(),
+        verifier: auth::Verifier::new(&config.server.api_key, &config.server.api_secret),
+    });
+    let listener = TcpListener::bind(config.server.listen).await.with_context(|| format!("listening on {}", config.server.listen))?;
+    tracing::info!(listen = %config.server.listen, storage = %config.storage.dir.display(), "egret ready");
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(http::serve(api, listener, shutdown_rx));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    // Drain: no new egresses, every running one finalized, then exit.
+    manager.drain().await;
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    tracing::info!("all egresses finalized; bye");
+    Ok(())
+}

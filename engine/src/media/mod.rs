@@ -1,0 +1,76 @@
+//! GStreamer side of an egress: sources, the encoder and the output branches. Media stays in
+//! GStreamer; Lua only asks for these pieces to be built and connected.
+
+pub mod encoder;
+pub mod graph;
+pub mod outputs;
+pub mod testsrc;
+
+use anyhow::{Context, Result};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+/// What a source offers the encoder: a raw video or audio pad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    Video,
+    Audio,
+}
+
+impl MediaKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
+        }
+    }
+}
+
+/// A raw media pad that a source exposes (the `video` / `audio` fields Lua sees).
+#[derive(Debug, Clone)]
+pub struct MediaPad {
+    pub kind: MediaKind,
+    pub pad: gst::Pad,
+}
+
+/// Makes an element or says which one is missing (a plugin package not installed).
+pub fn make(factory: &str, name: Option<&str>) -> Result<gst::Element> {
+    let mut builder = gst::ElementFactory::make(factory);
+    if let Some(name) = name {
+        builder = builder.name(name);
+    }
+    builder.build().with_context(|| format!("GStreamer element `{factory}` is missing (install its plugin package)"))
+}
+
+/// Adds elements to a bin and links them in order.
+pub fn add_chain(bin: &impl IsA<gst::Bin>, elements: &[&gst::Element]) -> Result<()> {
+    bin.add_many(elements.iter().copied())?;
+    gst::Element::link_many(elements.iter().copied()).context("linking elements")?;
+    Ok(())
+}
+
+/// A caps filter from a caps string.
+pub fn capsfilter(caps: &str) -> Result<gst::Element> {
+    let caps: gst::Caps = caps.parse().with_context(|| format!("bad caps `{caps}`"))?;
+    Ok(gst::ElementFactory::make("capsfilter").property("caps", caps).build()?)
+}
+
+/// A queue bounded by time only. `leaky` drops old data instead of blocking upstream: used
+/// before network sinks so a wedged server cannot stall the other outputs.
+pub fn queue(max_seconds: u64, leaky: bool) -> Result<gst::Element> {
+    let q = make("queue", None)?;
+    q.set_property("max-size-buffers", 0u32);
+    q.set_property("max-size-bytes", 0u32);
+    q.set_property("max-size-time", max_seconds * 1_000_000_000);
+    if leaky {
+        q.set_property_from_str("leaky", "downstream");
+    }
+    Ok(q)
+}
+
+/// When the pipeline already runs, new elements must be brought to its state.
+pub fn sync_states(elements: &[&gst::Element]) {
+    for e in elements.iter().rev() {
+        let _ = e.sync_state_with_parent();
+    }
+}

@@ -1,0 +1,143 @@
+//! A start request: recipe params checked against the recipe's declaration, plus the
+//! LiveKit-shaped encoding and outputs when the recipe takes outputs.
+
+pub mod encoding;
+pub mod fields;
+pub mod filepath;
+pub mod outputs;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub use encoding::EncodeSettings;
+pub use fields::{FieldError, FieldResult};
+pub use outputs::{Output, OutputSpec};
+
+/// The type of one declared recipe parameter, written in Lua as `"string"`, `"number?"`...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Url,
+    Table,
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParamSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ParamType,
+    pub optional: bool,
+}
+
+impl ParamSpec {
+    /// Parses `"string"`, `"number?"`, ... as written in a recipe's `params`.
+    pub fn parse(name: &str, decl: &str) -> Result<ParamSpec, String> {
+        let (base, optional) = match decl.strip_suffix('?') {
+            Some(b) => (b, true),
+            None => (decl, false),
+        };
+        let kind = match base {
+            "string" => ParamType::String,
+            "number" => ParamType::Number,
+            "integer" => ParamType::Integer,
+            "boolean" => ParamType::Boolean,
+            "url" => ParamType::Url,
+            "table" => ParamType::Table,
+            "any" => ParamType::Any,
+            other => {
+                return Err(format!(
+                    "param `{name}`: unknown type `{other}` (string, number, integer, boolean, url, table, any; `?` = optional)"
+                ));
+            }
+        };
+        Ok(ParamSpec { name: name.to_string(), kind, optional })
+    }
+
+    fn check(&self, value: &Value) -> FieldResult<()> {
+        let ok = match self.kind {
+            ParamType::String => value.is_string(),
+            ParamType::Number => value.is_number(),
+            ParamType::Integer => value.as_i64().is_some() || value.as_u64().is_some(),
+            ParamType::Boolean => value.is_boolean(),
+            ParamType::Url => {
+                let s = value.as_str().unwrap_or_default();
+                if value.is_string() && !(s.starts_with("http://") || s.starts_with("https://")) {
+                    return Err(FieldError::new(&self.name, format!("`{s}` is not an http:// or https:// URL")));
+                }
+                value.is_string()
+            }
+            ParamType::Table => value.is_object() || value.is_array(),
+            ParamType::Any => true,
+        };
+        if ok { Ok(()) } else { Err(FieldError::new(&self.name, format!("must be of type {:?}", self.kind).to_lowercase())) }
+    }
+}
+
+/// A request that passed every check; what a recipe's `start` receives.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    /// The params, snake_case keys, without null values.
+    pub params: Value,
+    pub settings: EncodeSettings,
+    pub outputs: Vec<Output>,
+}
+
+/// Checks params against a recipe's declaration. Output and encoding fields are accepted
+/// only when the recipe takes outputs; everything else undeclared is refused by name.
+pub fn validate(params: Value, specs: &[ParamSpec], takes_outputs: bool) -> FieldResult<ValidRequest> {
+    let params = match fields::snake_case_keys(params) {
+        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect::<Map<_, _>>()),
+        Value::Null => Value::Object(Map::new()),
+        _ => return Err(FieldError::new("params", "must be an object")),
+    };
+    let map = params.as_object().expect("object above");
+    let encoding_fields = ["preset", "advanced"];
+    for key in map.keys() {
+        let declared = specs.iter().any(|s| &s.name == key);
+        let output_field = outputs::OUTPUT_FIELDS.contains(&key.as_str()) || encoding_fields.contains(&key.as_str());
+        if !declared && !(takes_outputs && output_field) {
+            let hint = if output_field { " (this recipe takes no outputs)" } else { "" };
+            return Err(FieldError::new(key, format!("unknown parameter{hint}")));
+        }
+    }
+    for spec in specs {
+        match map.get(&spec.name) {
+            None if !spec.optional => return Err(FieldError::new(&spec.name, "required parameter is missing")),
+            None => {}
+            Some(v) => spec.check(v)?,
+        }
+    }
+    let (settings, outputs) = if takes_outputs {
+        let settings = EncodeSettings::from_request(&params)?;
+        let outputs = outputs::parse_outputs(&params, &settings)?;
+        (settings, outputs)
+    } else {
+        (EncodeSettings::default(), Vec::new())
+    };
+    Ok(ValidRequest { params, settings, outputs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_are_checked_by_name() {
+        let specs = vec![ParamSpec::parse("url", "url").unwrap(), ParamSpec::parse("n", "integer?").unwrap()];
+        let ok = json!({"url": "http://x", "fileOutputs": [{"filepath": "a.mp4"}]});
+        assert_eq!(validate(ok, &specs, true).unwrap().outputs.len(), 1);
+        assert_eq!(validate(json!({}), &specs, true).unwrap_err().field, "url");
+        assert_eq!(validate(json!({"url": "ftp://x"}), &specs, true).unwrap_err().field, "url");
+        assert_eq!(validate(json!({"url": "http://x", "n": 1.5}), &specs, true).unwrap_err().field, "n");
+        assert_eq!(validate(json!({"url": "http://x", "zzz": 1}), &specs, true).unwrap_err().field, "zzz");
+        let no_outputs = validate(json!({"url": "http://x", "file_outputs": []}), &specs, false).unwrap_err();
+        assert_eq!(no_outputs.field, "file_outputs");
+        assert!(ParamSpec::parse("x", "strin").is_err());
+    }
+}
