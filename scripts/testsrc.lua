@@ -9,7 +9,7 @@ return recipe {
     video_only = "boolean?",
     av_sync    = "boolean?",     -- flash + 1 kHz beep on every whole second
     tone       = "number?",      -- tone frequency in Hz (default 440)
-    duration   = "number?",      -- stop by itself after this many seconds
+    duration   = "number?",      -- stop by itself after this many seconds of recording
   },
   outputs = true,                -- file/segment/stream/image outputs + preset/advanced
 
@@ -22,7 +22,10 @@ return recipe {
     }
     egress:encode { video = src.video, audio = src.audio }:output(req)
     if req.duration then
-      egress:after(req.duration, function() egress:stop("duration reached") end)
+      -- counted from the first media written, not from the request
+      egress:on("active", function()
+        egress:after(req.duration, function() egress:stop("duration reached") end)
+      end)
     end
   end,
 }

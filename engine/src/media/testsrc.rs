@@ -65,11 +65,15 @@ pub fn build(pipeline: &gst::Pipeline, opts: &TestSourceOptions) -> Result<Vec<M
     Ok(pads)
 }
 
-/// Paints the luma plane white for the first 100 ms of every second of stream time.
+/// Paints white the frames of the first 100 ms of every second. A frame belongs to the time
+/// of its centre, so the first white frame is the one nearest the whole second, where the
+/// beep starts, whatever the phase of the source's frame clock.
 fn add_flash_probe(pad: &gst::Pad) {
     pad.add_probe(gst::PadProbeType::BUFFER, |pad, info| {
-        let Some(pts) = info.buffer().and_then(|b| b.pts()) else { return gst::PadProbeReturn::Ok };
-        if pts.nseconds() % SECOND_NS >= FLASH_NS {
+        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let (Some(pts), Some(duration)) = (buffer.pts(), buffer.duration()) else { return gst::PadProbeReturn::Ok };
+        let centre = pts.nseconds() + duration.nseconds() / 2;
+        if centre % SECOND_NS >= FLASH_NS {
             return gst::PadProbeReturn::Ok;
         }
         let Some(video_info) = pad.current_caps().and_then(|c| gst_video::VideoInfo::from_caps(&c).ok()) else {

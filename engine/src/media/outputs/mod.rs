@@ -75,7 +75,7 @@ impl OutputStatus {
         self.last_pts.fetch_max(pts.wrapping_add(1), Ordering::Relaxed);
     }
 
-    /// The end of the newest buffer seen (ns of running time), 0 before any.
+    /// The start of the newest buffer seen (ns of running time), 0 before any.
     pub fn last_pts(&self) -> u64 {
         self.last_pts.load(Ordering::Relaxed).saturating_sub(1)
     }
@@ -167,9 +167,9 @@ impl OutputBranch {
         let mut links = Vec::new();
         for ((_, ghost), tee) in parts.inputs.iter().zip(tees) {
             let pts_status = status.clone();
-            ghost.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-                if let Some(pts) = info.buffer().and_then(|b| b.pts()) {
-                    pts_status.see_pts(pts.nseconds());
+            ghost.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+                if let Some(running) = info.buffer().and_then(|b| b.pts()).and_then(|pts| running_time(pad, pts)) {
+                    pts_status.see_pts(running.nseconds());
                 }
                 gst::PadProbeReturn::Ok
             });
@@ -260,6 +260,13 @@ impl OutputBranch {
         let error = (state == OutputState::Failed).then(|| "no media reached this output".to_string());
         self.status.set_state(state, error);
     }
+}
+
+/// A buffer time as running time: encoders shift PTS (x264 by 1000 h), running time is
+/// what every output and splitmuxsink agree on.
+fn running_time(pad: &gst::Pad, pts: gst::ClockTime) -> Option<gst::ClockTime> {
+    let event = pad.sticky_event::<gst::event::Segment>(0)?;
+    event.segment().downcast_ref::<gst::ClockTime>()?.to_running_time(pts)
 }
 
 /// Makes a ghost sink pad on `bin` for `target`'s sink pad.

@@ -1,0 +1,142 @@
+"""Fixtures: a real egret process, a real nginx-rtmp server, and LiveKit-issued tokens."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from egret_client import Egret
+
+ROOT = Path(__file__).resolve().parent.parent
+BINARY = ROOT / "target" / "release" / "egret"
+API_KEY = "egret-test-key"
+API_SECRET = "egret-test-secret-0123456789abcdef"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, proc, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+class EgretProcess:
+    """egret with its own config, storage and a private copy of the recipes."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.storage = workdir / "out"
+        self.recipes = workdir / "scripts"
+        shutil.copytree(ROOT / "scripts", self.recipes)
+        self.port = free_port()
+        self.config = workdir / "egress.toml"
+        self.config.write_text(
+            f"""
+[server]
+listen = "127.0.0.1:{self.port}"
+api_key = "{API_KEY}"
+api_secret = "{API_SECRET}"
+[storage]
+dir = "out"
+[recipes]
+dir = "scripts"
+"""
+        )
+        self.log = open(workdir / "egret.log", "w")
+        self.proc = subprocess.Popen(
+            [str(BINARY), "--config", str(self.config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": "info"},
+        )
+        wait_for_port(self.port, self.proc)
+        self.api = Egret(f"http://127.0.0.1:{self.port}", API_KEY, API_SECRET)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=timeout)
+        self.log.close()
+        return self.proc.returncode
+
+    def log_text(self):
+        return (self.workdir / "egret.log").read_text()
+
+
+@pytest.fixture(scope="session")
+def egret(tmp_path_factory):
+    proc = EgretProcess(tmp_path_factory.mktemp("egret"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def fresh_egret(tmp_path):
+    """An egret of the test's own, for tests that kill or signal it."""
+    proc = EgretProcess(tmp_path)
+    yield proc
+    if proc.proc.poll() is None:
+        proc.proc.kill()
+        proc.proc.wait()
+
+
+class Nginx:
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        module = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
+        (workdir / "logs").mkdir(exist_ok=True)
+        conf = workdir / "nginx.conf"
+        conf.write_text(
+            f"""
+load_module {module};
+daemon off;
+master_process off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/logs/error.log info;
+events {{ worker_connections 64; }}
+rtmp {{
+  server {{
+    listen 127.0.0.1:{self.port};
+    application live {{ live on; record off; }}
+  }}
+}}
+"""
+        )
+        self.proc = subprocess.Popen(
+            ["nginx", "-p", str(workdir), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def url(self, stream):
+        return f"rtmp://127.0.0.1:{self.port}/live/{stream}"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory):
+    server = Nginx(tmp_path_factory.mktemp("nginx"))
+    yield server
+    server.stop()

@@ -1,0 +1,106 @@
+"""Checks of what egret wrote, with ffprobe/ffmpeg: streams, durations, loudness, A/V offset."""
+
+import json
+import subprocess
+
+import numpy as np
+
+
+def probe(path_or_url, timeout=30):
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path_or_url)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, f"ffprobe failed on {path_or_url}: {out.stderr}"
+    return json.loads(out.stdout)
+
+
+def streams(info, kind):
+    return [s for s in info["streams"] if s["codec_type"] == kind]
+
+
+def fps(stream):
+    num, den = stream["avg_frame_rate"].split("/")
+    return float(num) / float(den) if float(den) else 0.0
+
+
+def duration(info):
+    return float(info["format"]["duration"])
+
+
+def mean_volume_db(path):
+    out = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "info", "-i", str(path), "-map", "0:a:0", "-af", "volumedetect", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    for line in out.stderr.splitlines():
+        if "mean_volume:" in line:
+            return float(line.split("mean_volume:")[1].split("dB")[0])
+    raise AssertionError(f"no audio volume measured in {path}: {out.stderr[-500:]}")
+
+
+def video_luma(path, width=32, height=18):
+    """Mean luma of every frame, with each frame's timestamp (seconds)."""
+    frames = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-vf", f"scale={width}:{height},format=gray",
+         "-fps_mode", "passthrough", "-f", "rawvideo", "-"],
+        capture_output=True,
+        timeout=120,
+    ).stdout
+    luma = np.frombuffer(frames, np.uint8).reshape(-1, width * height).mean(axis=1)
+    times = frame_times(path)
+    n = min(len(luma), len(times))
+    return times[:n], luma[:n]
+
+
+def frame_times(path):
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    values = (x.strip().strip(",") for x in out.split())
+    return np.array([float(x) for x in values if x and x != "N/A"])
+
+
+def audio_samples(path, rate=48000):
+    """Mono float samples and the stream's start time (seconds)."""
+    pcm = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(rate), "-f", "s16le", "-"],
+        capture_output=True,
+        timeout=120,
+    ).stdout
+    start = float(streams(probe(path), "audio")[0].get("start_time", 0.0))
+    return np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0, start
+
+
+def onsets(times, values, threshold, min_gap):
+    """Times where values cross threshold upwards, at least min_gap apart."""
+    found = []
+    above = values > threshold
+    for i in range(1, len(values)):
+        if above[i] and not above[i - 1] and (not found or times[i] - found[-1] >= min_gap):
+            found.append(times[i])
+    return found
+
+
+def av_offset(path):
+    """Median (audio onset - video onset) in seconds over the flash/beep pairs of a file."""
+    vt, luma = video_luma(path)
+    flashes = onsets(vt, luma, 128, 0.5)
+    samples, a_start = audio_samples(path)
+    window = 48  # 1 ms at 48 kHz
+    n = len(samples) // window
+    energy = np.abs(samples[: n * window]).reshape(n, window).max(axis=1)
+    at = a_start + np.arange(n) * window / 48000.0
+    beeps = onsets(at, energy, 0.2, 0.5)
+    assert len(flashes) >= 3 and len(beeps) >= 3, f"flashes {flashes}, beeps {beeps}"
+    pairs = [min(beeps, key=lambda b: abs(b - f)) - f for f in flashes]
+    pairs = [p for p in pairs if abs(p) < 0.5]
+    assert len(pairs) >= 3, f"unpaired flashes {flashes} and beeps {beeps}"
+    return float(np.median(pairs)), len(pairs)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything egret and its tests need on Debian 12, then builds egret.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  # build
+  pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
+  # media runtime
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+  gstreamer1.0-libav gstreamer1.0-nice gstreamer1.0-tools gstreamer1.0-x gstreamer1.0-plugins-base-apps
+  # tests: ffprobe/ffmpeg to check media, nginx-rtmp as a real RTMP server
+  ffmpeg nginx libnginx-mod-rtmp curl
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts nginx on port 80 when installed; the tests run their own instances.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
+  systemctl stop nginx || true
+fi
+
+# Python: pytest, and LiveKit's own client (livekit-api) as an independent token/API client.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import pytest, livekit.api, numpy" 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+fi
+
+cargo build --release --quiet
+echo "setup: done ($(./target/release/egret --help | head -1))"

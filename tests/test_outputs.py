@@ -1,0 +1,176 @@
+"""Every output kind, recorded from the test source over HTTP and checked with ffprobe."""
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from media import duration, fps, mean_volume_db, probe, streams
+
+
+def ran_for(info):
+    """Seconds the egress was active, as egret reports it."""
+    return info["ended_at"] - info["started_at"]
+
+
+def assert_av(path, width, height, rate, profile="Main", audio_codec="aac", video_codec="h264"):
+    info = probe(path)
+    (v,) = streams(info, "video")
+    (a,) = streams(info, "audio")
+    assert v["codec_name"] == video_codec
+    if video_codec == "h264":
+        assert v["profile"] == profile
+        assert v["pix_fmt"] == "yuv420p"
+    assert (v["width"], v["height"]) == (width, height)
+    assert abs(fps(v) - rate) < 0.5, f"fps {fps(v)}"
+    assert a["codec_name"] == audio_codec
+    assert mean_volume_db(path) > -40, "audio is silent"
+    return info
+
+
+def test_mp4_default_preset(egret):
+    info = egret.api.record("testsrc", 3, file_outputs=[{"filepath": "mp4/{egress_id}"}])
+    assert info["status"] == "complete" and info["reason"] == "stopped by API"
+    (out,) = info["outputs"]
+    path = egret.storage / out["target"]
+    assert out["target"] == f"mp4/{info['egress_id']}.mp4"
+    media = assert_av(path, 1280, 720, 30)
+    assert abs(duration(media) - ran_for(info)) <= 0.5, (duration(media), ran_for(info))
+    assert out["status"] == "complete" and out["bytes"] == path.stat().st_size
+    # bitrate stays near the preset's 3000 kb/s (LiveKit's check: < 1.05 x target, plus audio)
+    assert int(media["format"]["bit_rate"]) < (3000 + 128) * 1000 * 1.05 + 200_000
+
+
+def test_advanced_options_and_profile(egret):
+    advanced = {"width": 640, "height": 360, "framerate": 25, "video_codec": "H264_HIGH", "video_bitrate": 800,
+                "audio_codec": "OPUS", "key_frame_interval": 1}
+    info = egret.api.record("testsrc", 2, file_outputs=[{"filepath": "adv/a.mp4"}], advanced=advanced)
+    assert_av(egret.storage / "adv/a.mp4", 640, 360, 25, profile="High", audio_codec="opus")
+    assert info["status"] == "complete"
+
+
+def test_portrait_preset_baseline(egret):
+    info = egret.api.record("testsrc", 2, file_outputs=[{"filepath": "portrait/p.mp4"}], preset="PORTRAIT_H264_720P_30")
+    assert_av(egret.storage / "portrait/p.mp4", 720, 1280, 30)
+    assert info["status"] == "complete"
+
+
+def test_ogg_audio_only(egret):
+    info = egret.api.record("testsrc", 2, audio_only=True, file_outputs=[{"filepath": "ogg/a.ogg"}])
+    media = probe(egret.storage / "ogg/a.ogg")
+    assert [s["codec_name"] for s in media["streams"]] == ["opus"]
+    assert abs(duration(media) - ran_for(info)) <= 0.5
+    assert mean_volume_db(egret.storage / "ogg/a.ogg") > -40
+
+
+def test_webm_vp8_opus(egret):
+    info = egret.api.record("testsrc", 2, file_outputs=[{"file_type": "WEBM", "filepath": "webm/w"}])
+    path = egret.storage / "webm/w.webm"
+    assert_av(path, 1280, 720, 30, audio_codec="opus", video_codec="vp8")
+    assert abs(duration(probe(path)) - ran_for(info)) <= 0.5
+
+
+def test_hls_live_then_ended(egret):
+    started = egret.api.start("testsrc", segment_outputs=[{
+        "filename_prefix": "hls/seg", "playlist_name": "hls/index.m3u8", "live_playlist_name": "live.m3u8",
+        "segment_duration": 2}])
+    eid = started["egress_id"]
+    playlist = egret.storage / "hls/index.m3u8"
+    # While live: an EVENT playlist without ENDLIST, once the first segment closed.
+    egret.api.wait(eid, lambda i: i["outputs"][0]["count"] >= 2, what="two segments")
+    live = playlist.read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in live and "#EXT-X-ENDLIST" not in live
+    time.sleep(2.5)
+    egret.api.stop(eid)
+    info = egret.api.wait_status(eid, "complete")
+    text = playlist.read_text()
+    assert text.startswith("#EXTM3U") and text.rstrip().endswith("#EXT-X-ENDLIST")
+    segments = re.findall(r"^seg_\d{5}\.ts$", text, re.M)
+    extinf = [float(x) for x in re.findall(r"#EXTINF:([\d.]+),", text)]
+    assert len(segments) == info["outputs"][0]["count"] == len(extinf)
+    assert abs(len(segments) - ran_for(info) / 2) <= 1.01, (segments, ran_for(info))
+    assert max(extinf) <= 2.5
+    for name in segments:
+        assert (egret.storage / "hls" / name).stat().st_size > 0
+    media = probe(playlist)
+    assert abs(duration(media) - ran_for(info)) <= 0.5
+    assert {s["codec_name"] for s in media["streams"]} == {"h264", "aac"}
+    assert (egret.storage / "hls/live.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
+
+
+def test_images_every_interval(egret):
+    info = egret.api.record("testsrc", 4, image_outputs=[{"capture_interval": 1, "width": 320, "height": 180,
+                                                         "filename_prefix": "img/snap"}])
+    images = sorted((egret.storage / "img").glob("snap_*.jpeg"))
+    assert len(images) == info["outputs"][0]["count"]
+    assert abs(len(images) - ran_for(info)) <= 1.5, (len(images), ran_for(info))
+    (v,) = streams(probe(images[0]), "video")
+    assert (v["codec_name"], v["width"], v["height"]) == ("mjpeg", 320, 180)
+
+
+def read_rtmp(url):
+    """ffprobe of a live RTMP stream as nginx relays it."""
+    return probe(url, timeout=20)
+
+
+def test_rtmp_read_back_from_nginx(egret, nginx):
+    url = nginx.url("single")
+    started = egret.api.start("testsrc", stream_outputs=[{"urls": [url]}])
+    eid = started["egress_id"]
+    egret.api.wait(eid, lambda i: i["outputs"][0]["status"] == "active", what="stream active")
+    media = read_rtmp(url)
+    v = streams(media, "video")[0]
+    assert (v["codec_name"], v["width"], v["height"]) == ("h264", 1280, 720)
+    assert streams(media, "audio")[0]["codec_name"] == "aac"
+    egret.api.stop(eid)
+    info = egret.api.wait_status(eid, "complete")
+    assert info["outputs"][0]["status"] == "complete" and info["outputs"][0]["bytes"] > 10_000
+
+
+def test_several_outputs_and_a_bad_rtmp_url(egret, nginx):
+    good, bad = nginx.url("multi"), "rtmp://127.0.0.1:9/live/refused"
+    started = egret.api.start(
+        "testsrc",
+        file_outputs=[{"filepath": "multi/f.mp4"}],
+        segment_outputs=[{"filename_prefix": "multi/hls/s", "playlist_name": "multi/hls/p.m3u8", "segment_duration": 2}],
+        stream_outputs=[{"urls": [good, bad]}],
+        image_outputs=[{"capture_interval": 2, "filename_prefix": "multi/img"}],
+    )
+    eid = started["egress_id"]
+    by_field = lambda i: {o["field"]: o for o in i["outputs"]}  # noqa: E731
+    info = egret.api.wait(eid, lambda i: i["status"] == "active"
+                          and by_field(i)["stream_outputs[0].urls[1]"]["status"] == "failed",
+                          what="egress active and bad URL failed")
+    assert "stream_outputs[0].urls[1]" in by_field(info)
+    assert by_field(info)["stream_outputs[0].urls[1]"]["error"]
+    assert read_rtmp(good)["streams"], "good URL still streams"
+    time.sleep(2)
+    egret.api.stop(eid)
+    info = egret.api.wait_status(eid, "complete")
+    outs = by_field(info)
+    assert outs["stream_outputs[0].urls[1]"]["status"] == "failed"
+    for field in ["file_outputs[0]", "segment_outputs[0]", "stream_outputs[0].urls[0]", "image_outputs[0]"]:
+        assert outs[field]["status"] == "complete", outs[field]
+    media = assert_av(egret.storage / "multi/f.mp4", 1280, 720, 30)
+    assert abs(duration(media) - ran_for(info)) <= 0.5
+    assert (egret.storage / "multi/hls/p.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
+    assert len(list((egret.storage / "multi").glob("img_*.jpeg"))) >= 2
+
+
+def test_recipe_duration_stops_by_itself(egret):
+    started = egret.api.start("testsrc", duration=2, file_outputs=[{"filepath": "dur/d.mp4"}])
+    info = egret.api.wait_status(started["egress_id"], "complete")
+    assert info["reason"] == "duration reached"
+    assert abs(duration(probe(egret.storage / "dur/d.mp4")) - 2.0) <= 0.5
+
+
+@pytest.mark.parametrize("seconds", [3])
+def test_av_sync_offset(egret, seconds):
+    from media import av_offset
+
+    info = egret.api.record("testsrc", seconds + 1, av_sync=True, file_outputs=[{"filepath": "sync/s.mp4"}])
+    offset, pairs = av_offset(egret.storage / "sync/s.mp4")
+    print(f"A/V offset {offset * 1000:.1f} ms over {pairs} flash/beep pairs")
+    assert abs(offset) <= 0.040, f"A/V offset {offset * 1000:.1f} ms"
+    assert info["status"] == "complete"
