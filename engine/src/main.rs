@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match config::Config::load(&config_path) {
         Ok(c) => c,
@@ -90,6 +91,10 @@ fn check(config: &config::Config) -> Result<()> {
 
 async fn serve(mut config: config::Config) -> Result<()> {
     gstreamer::init().context("GStreamer could not start")?;
+    let missing = media::preload_plugins();
+    if !missing.is_empty() {
+        tracing::warn!(?missing, "GStreamer elements missing: outputs needing them will fail (run tests/setup.sh)");
+    }
     std::fs::create_dir_all(&config.storage.dir).with_context(|| format!("storage dir {}", config.storage.dir.display()))?;
     // Absolute paths: file watcher events and output paths are compared against them.
     config.storage.dir = config.storage.dir.canonicalize()?;

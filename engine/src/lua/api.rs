@@ -147,9 +147,11 @@ impl UserData for EgressHandle {
                 return Err(mlua::Error::runtime("encode: give `video`, `audio` or both"));
             }
             let settings = if opts.contains_key("preset")? || opts.contains_key("advanced")? {
-                let json: serde_json::Value = lua.from_value(Value::Table(opts.clone()))?;
-                let only = serde_json::json!({ "preset": json.get("preset"), "advanced": json.get("advanced") });
-                EncodeSettings::from_request(&strip_nulls(only)).map_err(field_error)?
+                let preset: serde_json::Value = lua.from_value(opts.get::<Value>("preset")?)?;
+                let advanced: serde_json::Value = lua.from_value(opts.get::<Value>("advanced")?)?;
+                let only = serde_json::json!({ "preset": preset, "advanced": advanced });
+                let only = crate::request::fields::snake_case_keys(strip_nulls(only));
+                EncodeSettings::from_request(&only).map_err(field_error)?
             } else {
                 this.0.request.settings.clone()
             };
@@ -220,18 +222,11 @@ fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
 }
 
 /// Finds a request-field error inside a Lua error (raised by a primitive during `start`).
+/// mlua's `source()` stops at callback errors, so the variants are walked here.
 pub fn find_field_error(err: &mlua::Error) -> Option<FieldError> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(fe) = e.downcast_ref::<FieldError>() {
-            return Some(fe.clone());
-        }
-        if let Some(mlua::Error::ExternalError(inner)) = e.downcast_ref::<mlua::Error>()
-            && let Some(fe) = inner.downcast_ref::<FieldError>()
-        {
-            return Some(fe.clone());
-        }
-        current = e.source();
+    match err {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => find_field_error(cause),
+        mlua::Error::ExternalError(inner) => inner.downcast_ref::<FieldError>().cloned(),
+        _ => None,
     }
-    None
 }

@@ -33,6 +33,24 @@ pub struct MediaPad {
     pub pad: gst::Pad,
 }
 
+/// Every element factory egress pipelines use; loaded once at startup.
+const FACTORIES: &[&str] = &[
+    "videotestsrc", "audiotestsrc", "timeoverlay", "capsfilter", "queue", "tee", "videoconvert", "videoscale",
+    "videorate", "audioconvert", "audioresample", "x264enc", "h264parse", "vp8enc", "avenc_aac", "aacparse",
+    "opusenc", "mp4mux", "oggmux", "webmmux", "filesink", "splitmuxsink", "mpegtsmux", "flvmux", "rtmp2sink",
+    "jpegenc", "appsink",
+];
+
+/// Loads the plugins up front so the first egress starts as fast as the next ones, and
+/// reports the missing ones (a plugin package not installed) before any request comes.
+pub fn preload_plugins() -> Vec<&'static str> {
+    FACTORIES
+        .iter()
+        .filter(|name| gst::ElementFactory::find(name).and_then(|f| f.load().ok()).is_none())
+        .copied()
+        .collect()
+}
+
 /// Makes an element or says which one is missing (a plugin package not installed).
 pub fn make(factory: &str, name: Option<&str>) -> Result<gst::Element> {
     let mut builder = gst::ElementFactory::make(factory);

@@ -33,8 +33,9 @@ pub fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bo
         FileType::Mp4 => {
             let m = make("mp4mux", None)?;
             if crash_safe {
-                // Each 1 s fragment is complete on disk: the file plays even after SIGKILL.
-                m.set_property("fragment-duration", 1000u32);
+                // Each fragment is complete on disk: the file plays even after SIGKILL. Short
+                // fragments also matter for start latency: nothing is written before the first.
+                m.set_property("fragment-duration", 250u32);
             }
             m
         }

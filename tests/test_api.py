@@ -1,0 +1,90 @@
+"""Every bad input gets its 4xx with a JSON message naming the field; auth as LiveKit does it."""
+
+import jwt
+import pytest
+
+from conftest import API_KEY, API_SECRET
+from egret_client import livekit_token
+
+GOOD_FILE = [{"filepath": "api/x.mp4"}]
+
+
+@pytest.mark.parametrize(
+    "body, status, field, words",
+    [
+        ({"recipe": "nope", "params": {}}, 404, "recipe", "unknown recipe"),
+        ({"params": {}}, 400, "recipe", "required"),
+        ({"recipe": "testsrc", "params": {}, "extra": 1}, 400, "extra", "unknown field"),
+        ({"recipe": "testsrc", "params": {}}, 400, "params.file_outputs", "no output"),
+        ({"recipe": "testsrc", "params": {"file_outputs": [{"filepath": "../../etc/x.mp4"}]}}, 400,
+         "params.file_outputs[0].filepath", "escapes the storage directory"),
+        ({"recipe": "testsrc", "params": {"file_outputs": [{"filepath": "/tmp/x.mp4"}]}}, 400,
+         "params.file_outputs[0].filepath", "absolute"),
+        ({"recipe": "testsrc", "params": {"file_outputs": [{"file_type": "OGG"}], "advanced": {"audio_codec": "AAC"}}},
+         400, "params.file_outputs[0].file_type", "OGG cannot hold Aac"),
+        ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "advanced": {"video_codec": "VP8"}}}, 400,
+         "params.file_outputs[0].file_type", "MP4 cannot hold Vp8"),
+        ({"recipe": "testsrc", "params": {"stream_outputs": [{"urls": ["http://x/y"]}]}}, 400,
+         "params.stream_outputs[0].urls[0]", "not an rtmp"),
+        ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "preset": "H264_4K"}}, 400, "params.preset",
+         "must be one of"),
+        ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "advanced": {"width": 1281}}}, 400,
+         "params.advanced.width", "even"),
+        ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "tone": "loud"}}, 400, "params.tone", "number"),
+        ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "colour": "red"}}, 400, "params.colour",
+         "unknown parameter"),
+        # OGG holds audio only: known once the recipe built its video source, so 422 from start.
+        ({"recipe": "testsrc", "params": {"file_outputs": [{"filepath": "api/v.ogg"}]}}, 422,
+         "params.file_outputs[0]", "OGG holds audio only"),
+    ],
+)
+def test_bad_requests_name_their_field(egret, body, status, field, words):
+    got, reply = egret.api.request("POST", "/v1/egress", body)
+    assert got == status, reply
+    assert reply["field"] == field, reply
+    assert words in reply["error"], reply
+
+
+def test_malformed_json(egret):
+    status, reply = egret.api.request("POST", "/v1/egress", raw=b'{"recipe": "testsrc",')
+    assert status == 400 and reply["field"] == "body" and "malformed JSON" in reply["error"]
+
+
+def test_auth_like_livekit(egret):
+    body = {"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE}}
+    assert egret.api.request("GET", "/v1/egress", token="")[0] == 401
+    wrong_secret = livekit_token(API_KEY, "another-secret-0123456789abcdef")
+    assert egret.api.request("GET", "/v1/egress", token=wrong_secret)[0] == 401
+    wrong_key = livekit_token("someone-else", API_SECRET)
+    assert egret.api.request("GET", "/v1/egress", token=wrong_key)[0] == 401
+    expired = jwt.encode({"iss": API_KEY, "exp": 1000, "video": {"roomRecord": True}}, API_SECRET, algorithm="HS256")
+    assert egret.api.request("GET", "/v1/egress", token=expired)[0] == 401
+    no_grant = livekit_token(API_KEY, API_SECRET, room_record=False)
+    status, reply = egret.api.request("POST", "/v1/egress", body, token=no_grant)
+    assert status == 403 and "roomRecord" in reply["error"]
+    assert egret.api.request("GET", "/healthz", token="")[0] == 200
+
+
+def test_unknown_egress_and_double_stop(egret):
+    assert egret.api.request("GET", "/v1/egress/EG_nothere")[0] == 404
+    assert egret.api.request("POST", "/v1/egress/EG_nothere/stop")[0] == 404
+    started = egret.api.start("testsrc", file_outputs=[{"filepath": "api/stop.mp4"}])
+    egret.api.wait_status(started["egress_id"], "active")
+    egret.api.stop(started["egress_id"])
+    egret.api.wait_status(started["egress_id"], "complete")
+    status, reply = egret.api.request("POST", f"/v1/egress/{started['egress_id']}/stop")
+    assert status == 409 and "already ended" in reply["error"]
+
+
+def test_list_shows_status_duration_bytes_outputs(egret):
+    started = egret.api.start("testsrc", file_outputs=[{"filepath": "api/list.mp4"}])
+    eid = started["egress_id"]
+    assert started["status"] in ("starting", "active")
+    egret.api.wait(eid, lambda i: i["bytes"] > 0 and i["duration"] > 0.5, what="bytes and duration grow")
+    listed = {e["egress_id"]: e for e in egret.api.ok("GET", "/v1/egress")["egresses"]}
+    assert listed[eid]["status"] == "active"
+    assert listed[eid]["outputs"][0]["status"] == "active"
+    egret.api.stop(eid)
+    info = egret.api.wait_status(eid, "complete")
+    assert info["outputs"][0]["bytes"] == (egret.storage / "api/list.mp4").stat().st_size
+    assert info["duration"] > 0.5 and info["ended_at"] >= info["started_at"]
