@@ -53,7 +53,7 @@ def test_malformed_json(egret):
 def test_auth_like_livekit(egret):
     body = {"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE}}
     assert egret.api.request("GET", "/v1/egress", token="")[0] == 401
-    wrong_secret = livekit_token(API_KEY, "another-secret-0123456789abcdef")
+    wrong_secret = livekit_token(API_KEY, "another-secret-0123456789abcdef-x")
     assert egret.api.request("GET", "/v1/egress", token=wrong_secret)[0] == 401
     wrong_key = livekit_token("someone-else", API_SECRET)
     assert egret.api.request("GET", "/v1/egress", token=wrong_key)[0] == 401

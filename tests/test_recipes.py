@@ -123,3 +123,28 @@ def test_sandbox_blocks_io_and_os(egret):
     assert status == 422 and "scripts/escape.lua:4:" in reply["error"], reply
     assert not os.path.exists("/tmp/egret-escaped")
     path.unlink()
+
+
+def test_example_recipes_load(egret):
+    """Every recipe under examples/recipes loads as shipped (copied in, as a user would)."""
+    import shutil
+
+    from conftest import ROOT
+
+    names = []
+    for example in sorted((ROOT / "examples" / "recipes").glob("*.lua")):
+        shutil.copy(example, egret.recipes / example.name)
+        names.append(example.stem)
+    deadline = time.monotonic() + 5
+    while not all(n in egret.api.recipes() and egret.api.recipes()[n]["version"] for n in names):
+        assert time.monotonic() < deadline, egret.api.recipes()
+        time.sleep(0.02)
+    recipes = egret.api.recipes()
+    for n in names:
+        assert recipes[n]["last_error"] is None, recipes[n]
+    info = egret.api.start("guarded_restream", max_seconds=1, file_outputs=[{"filepath": "guarded/g.mp4"}])
+    done = egret.api.wait_status(info["egress_id"], "complete")
+    assert done["reason"] == "limit reached"
+    assert probe(egret.storage / "guarded/g.mp4")["streams"]
+    for n in names:
+        (egret.recipes / f"{n}.lua").unlink()

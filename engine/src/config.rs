@@ -13,6 +13,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub recipes: RecipesConfig,
+    /// Read by the recipes that join LiveKit rooms (room, participant, track egress).
+    #[allow(dead_code)]
     pub livekit: Option<LiveKitConfig>,
 }
 
@@ -37,6 +39,7 @@ pub struct RecipesConfig {
 }
 
 #[derive(Debug, Clone)]
+#[allow(dead_code)]
 pub struct LiveKitConfig {
     pub url: String,
     pub api_key: String,
@@ -85,17 +88,14 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, base)
     }
 
     /// Relative directories are resolved against `base` (the config file's directory).
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let root: Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {e}")]))?;
+        let root: Table = text.parse().map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {e}")]))?;
         let mut errors = Vec::new();
         check_keys(&root, "", &mut errors);
         check_schema(&root, &mut errors);
@@ -171,11 +171,8 @@ fn check_keys(table: &Table, prefix: &str, errors: &mut Vec<String>) {
 
 /// Required keys of every present section (and required sections) must be there.
 fn check_schema(root: &Table, errors: &mut Vec<String>) {
-    let present: BTreeSet<&str> = SCHEMA
-        .iter()
-        .filter(|(p, k, _)| *k == Kind::Section && root.get(*p).is_some())
-        .map(|(p, _, _)| *p)
-        .collect();
+    let present: BTreeSet<&str> =
+        SCHEMA.iter().filter(|(p, k, _)| *k == Kind::Section && root.get(*p).is_some()).map(|(p, _, _)| *p).collect();
     for (path, kind, required) in SCHEMA {
         if !required || root_has(root, path) {
             continue;

@@ -79,7 +79,9 @@ impl Api {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (&method, segments.as_slice()) {
             (&Method::POST, ["v1", "egress"]) => self.start(req).await,
-            (&Method::GET, ["v1", "egress"]) => reply(200, json!({ "egresses": self.manager.list().iter().map(|e| e.to_json()).collect::<Vec<_>>() })),
+            (&Method::GET, ["v1", "egress"]) => {
+                reply(200, json!({ "egresses": self.manager.list().iter().map(|e| e.to_json()).collect::<Vec<_>>() }))
+            }
             (&Method::GET, ["v1", "egress", id]) => match self.manager.get(id) {
                 Some(e) => reply(200, e.to_json()),
                 None => error(404, format!("no egress `{id}`"), Some("egress_id")),
@@ -87,7 +89,9 @@ impl Api {
             (&Method::POST, ["v1", "egress", id, "stop"]) => match self.manager.stop(id, "stopped by API") {
                 Ok(e) => reply(200, e.to_json()),
                 Err(StopError::NotFound) => error(404, format!("no egress `{id}`"), Some("egress_id")),
-                Err(StopError::AlreadyEnded(s)) => error(409, format!("egress `{id}` already ended ({s:?})").to_lowercase(), Some("egress_id")),
+                Err(StopError::AlreadyEnded(s)) => {
+                    error(409, format!("egress `{id}` already ended ({s:?})").to_lowercase(), Some("egress_id"))
+                }
             },
             (&Method::GET, ["v1", "recipes"]) => reply(200, json!({ "recipes": self.manager.recipes().to_json() })),
             (_, ["v1", "egress"] | ["v1", "egress", _] | ["v1", "egress", _, "stop"] | ["v1", "recipes"]) => {
@@ -106,7 +110,9 @@ impl Api {
             Ok(v) => v,
             Err(e) => return error(400, format!("malformed JSON: {e}"), Some("body")),
         };
-        let Some(object) = body.as_object() else { return error(400, "body must be a JSON object", Some("body")) };
+        let Some(object) = body.as_object() else {
+            return error(400, "body must be a JSON object", Some("body"));
+        };
         if let Some(unknown) = object.keys().find(|k| !["recipe", "params"].contains(&k.as_str())) {
             return error(400, "unknown field (expected `recipe` and `params`)", Some(unknown));
         }

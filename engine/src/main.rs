@@ -57,11 +57,18 @@ fn main() -> ExitCode {
     };
     let result = match command.as_str() {
         "token" => {
-            println!("{}", auth::Verifier::new(&config.server.api_key, &config.server.api_secret).mint("egret-cli", ttl));
+            println!(
+                "{}",
+                auth::Verifier::new(&config.server.api_key, &config.server.api_secret).mint("egret-cli", ttl)
+            );
             Ok(())
         }
         "check" => check(&config),
-        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(serve(config))),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(Into::into)
+            .and_then(|rt| rt.block_on(serve(config))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,10 +102,12 @@ async fn serve(mut config: config::Config) -> Result<()> {
     if !missing.is_empty() {
         tracing::warn!(?missing, "GStreamer elements missing: outputs needing them will fail (run tests/setup.sh)");
     }
-    std::fs::create_dir_all(&config.storage.dir).with_context(|| format!("storage dir {}", config.storage.dir.display()))?;
+    std::fs::create_dir_all(&config.storage.dir)
+        .with_context(|| format!("storage dir {}", config.storage.dir.display()))?;
     // Absolute paths: file watcher events and output paths are compared against them.
     config.storage.dir = config.storage.dir.canonicalize()?;
-    config.recipes.dir = config.recipes.dir.canonicalize().with_context(|| format!("recipes dir {}", config.recipes.dir.display()))?;
+    config.recipes.dir =
+        config.recipes.dir.canonicalize().with_context(|| format!("recipes dir {}", config.recipes.dir.display()))?;
     let config = Arc::new(config);
 
     let recipes = recipes::Recipes::load(&config.recipes.dir);
@@ -108,7 +117,9 @@ async fn serve(mut config: config::Config) -> Result<()> {
         manager: manager.clone(),
         verifier: auth::Verifier::new(&config.server.api_key, &config.server.api_secret),
     });
-    let listener = TcpListener::bind(config.server.listen).await.with_context(|| format!("listening on {}", config.server.listen))?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
     tracing::info!(listen = %config.server.listen, storage = %config.storage.dir.display(), "egret ready");
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

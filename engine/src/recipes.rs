@@ -49,7 +49,8 @@ impl Recipes {
             tracing::error!(dir = %self.dir.display(), "recipes directory cannot be read");
             return;
         };
-        let mut files: Vec<PathBuf> = read.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_recipe(&self.dir, p)).collect();
+        let mut files: Vec<PathBuf> =
+            read.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_recipe(&self.dir, p)).collect();
         files.sort();
         for file in files {
             self.reload(&file);
@@ -58,7 +59,9 @@ impl Recipes {
 
     /// Loads one recipe file again (or forgets it if it is gone).
     pub fn reload(&self, path: &Path) {
-        let Some(name) = path.file_stem().map(|s| s.to_string_lossy().to_string()) else { return };
+        let Some(name) = path.file_stem().map(|s| s.to_string_lossy().to_string()) else {
+            return;
+        };
         let mut entries = self.entries.write().unwrap();
         if !path.exists() {
             if entries.remove(&name).is_some() {
@@ -75,7 +78,13 @@ impl Recipes {
                 }
                 let version = entry.current.as_ref().map_or(1, |c| c.version + 1);
                 tracing::info!(recipe = %name, version, "recipe loaded");
-                entry.current = Some(RecipeVersion { version, source: source.into(), decl, chunk, loaded_at: crate::egress::now() });
+                entry.current = Some(RecipeVersion {
+                    version,
+                    source: source.into(),
+                    decl,
+                    chunk,
+                    loaded_at: crate::egress::now(),
+                });
                 entry.last_error = None;
             }
             Err(error) => {
@@ -137,7 +146,8 @@ impl Recipes {
                 while let Ok(p) = rx.try_recv() {
                     paths.push(p);
                 }
-                let module_changed = paths.iter().any(|p| p.extension().is_some_and(|e| e == "lua") && !is_recipe(&recipes.dir, p));
+                let module_changed =
+                    paths.iter().any(|p| p.extension().is_some_and(|e| e == "lua") && !is_recipe(&recipes.dir, p));
                 if module_changed {
                     recipes.reload_all(); // a shared module may break or fix any recipe
                     continue;

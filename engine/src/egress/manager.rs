@@ -65,8 +65,12 @@ impl Manager {
             return Err(StartError::new(503, "", "egret is shutting down"));
         }
         let version = self.recipes.get(recipe).map_err(|e| match e {
-            RecipeLookupError::Unknown(known) => StartError::new(404, "recipe", format!("unknown recipe `{recipe}` (known: {})", known.join(", "))),
-            RecipeLookupError::Broken(err) => StartError::new(422, "recipe", format!("recipe `{recipe}` failed to load: {err}")),
+            RecipeLookupError::Unknown(known) => {
+                StartError::new(404, "recipe", format!("unknown recipe `{recipe}` (known: {})", known.join(", ")))
+            }
+            RecipeLookupError::Broken(err) => {
+                StartError::new(422, "recipe", format!("recipe `{recipe}` failed to load: {err}"))
+            }
         })?;
         let request = request::validate(params, &version.decl.params, version.decl.outputs)
             .map_err(|error| StartError { status: 400, error, egress: None })?;
@@ -74,7 +78,13 @@ impl Manager {
         let id = new_egress_id();
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (media_tx, media_rx) = mpsc::unbounded_channel();
-        let record = Arc::new(EgressRecord::new(id.clone(), recipe.to_string(), version.version, request.params.clone(), command_tx.clone()));
+        let record = Arc::new(EgressRecord::new(
+            id.clone(),
+            recipe.to_string(),
+            version.version,
+            request.params.clone(),
+            command_tx.clone(),
+        ));
 
         let internal = |e: mlua::Error| StartError::new(500, "", error_text(&e));
         let state = lua::sandbox(self.recipes.dir()).map_err(internal)?;
@@ -94,7 +104,8 @@ impl Manager {
         let ctx = EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx);
         self.egresses.write().unwrap().push(record.clone());
 
-        let supervisor = Supervisor { record: record.clone(), ctx, lua: state, commands: command_rx, media: media_rx, media_tx };
+        let supervisor =
+            Supervisor { record: record.clone(), ctx, lua: state, commands: command_rx, media: media_rx, media_tx };
         let (started_tx, started_rx) = oneshot::channel();
         tokio::spawn(supervisor.run(start, started_tx));
         match started_rx.await {

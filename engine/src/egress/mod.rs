@@ -33,9 +33,13 @@ impl EgressStatus {
 /// Commands to a running egress's supervisor.
 #[derive(Debug)]
 pub enum Command {
-    Stop { reason: String },
+    Stop {
+        reason: String,
+    },
     /// A Lua timer (`egress:after`) is due.
-    Timer { id: u64 },
+    Timer {
+        id: u64,
+    },
 }
 
 struct Lifecycle {
@@ -65,14 +69,26 @@ pub fn now() -> f64 {
 }
 
 impl EgressRecord {
-    fn new(id: String, recipe: String, recipe_version: u64, params: Value, commands: mpsc::UnboundedSender<Command>) -> Self {
+    fn new(
+        id: String,
+        recipe: String,
+        recipe_version: u64,
+        params: Value,
+        commands: mpsc::UnboundedSender<Command>,
+    ) -> Self {
         EgressRecord {
             id,
             recipe,
             recipe_version,
             params,
             created_at: now(),
-            lifecycle: Mutex::new(Lifecycle { status: EgressStatus::Starting, reason: None, error: None, started_at: None, ended_at: None }),
+            lifecycle: Mutex::new(Lifecycle {
+                status: EgressStatus::Starting,
+                reason: None,
+                error: None,
+                started_at: None,
+                ended_at: None,
+            }),
             outputs: Mutex::new(Vec::new()),
             commands,
             status_tx: watch::channel(EgressStatus::Starting).0,
@@ -118,8 +134,7 @@ impl EgressRecord {
     /// Waits until the egress reaches a terminal state.
     pub async fn finished(&self) -> EgressStatus {
         let mut rx = self.status_tx.subscribe();
-        let status = *rx.wait_for(|s| s.is_terminal()).await.expect("sender lives in self");
-        status
+        *rx.wait_for(|s| s.is_terminal()).await.expect("sender lives in self")
     }
 
     pub fn to_json(&self) -> Value {

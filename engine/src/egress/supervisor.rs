@@ -53,7 +53,8 @@ impl Supervisor {
         let mut messages = bus.stream();
         let mut ending: Option<Ending> = None;
         loop {
-            let deadline = ending.as_ref().map(|e| e.deadline).unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
+            let deadline =
+                ending.as_ref().map(|e| e.deadline).unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
             tokio::select! {
                 Some(command) = self.commands.recv() => match command {
                     Command::Stop { reason } => self.begin_ending(&mut ending, None, reason, None),
@@ -76,7 +77,12 @@ impl Supervisor {
                 }
             }
         }
-        let end = ending.unwrap_or(Ending { status: EgressStatus::Complete, reason: "source ended".into(), error: None, deadline: Instant::now() });
+        let end = ending.unwrap_or(Ending {
+            status: EgressStatus::Complete,
+            reason: "source ended".into(),
+            error: None,
+            deadline: Instant::now(),
+        });
         self.finish(end);
     }
 
@@ -88,7 +94,12 @@ impl Supervisor {
         let req = self.lua.to_value(&self.ctx.request.params).map_err(|e| FieldError::new("params", e.to_string()))?;
         if let Err(e) = start.call::<()>((req, EgressHandle(self.ctx.clone()))) {
             return Err(find_field_error(&e)
-                .map(|fe| FieldError::new(fe.field, format!("{} ({})", fe.message, error_text(&e).lines().next().unwrap_or(""))))
+                .map(|fe| {
+                    FieldError::new(
+                        fe.field,
+                        format!("{} ({})", fe.message, error_text(&e).lines().next().unwrap_or("")),
+                    )
+                })
                 .unwrap_or_else(|| FieldError::new("", error_text(&e))));
         }
         if self.ctx.graph.lock().unwrap().outputs.is_empty() {
@@ -118,8 +129,10 @@ impl Supervisor {
 
     fn on_media_event(&mut self, event: MediaEvent) {
         match event {
-            MediaEvent::OutputActive(_) => {
-                if self.record.status() == EgressStatus::Starting && self.record.set_status(EgressStatus::Active, None, None) {
+            MediaEvent::OutputActive => {
+                if self.record.status() == EgressStatus::Starting
+                    && self.record.set_status(EgressStatus::Active, None, None)
+                {
                     self.ctx.fire(&self.lua, "active", mlua::Value::Nil);
                 }
             }
@@ -133,11 +146,21 @@ impl Supervisor {
 
     /// Starts finalizing: EOS through the whole pipeline (clean stop), or straight into the
     /// outputs when the source side is broken (`error`).
-    fn begin_ending(&self, ending: &mut Option<Ending>, status: Option<EgressStatus>, reason: String, error: Option<String>) {
+    fn begin_ending(
+        &self,
+        ending: &mut Option<Ending>,
+        status: Option<EgressStatus>,
+        reason: String,
+        error: Option<String>,
+    ) {
         if ending.is_some() {
             return;
         }
-        let status = status.unwrap_or(if self.record.status() == EgressStatus::Starting { EgressStatus::Aborted } else { EgressStatus::Complete });
+        let status = status.unwrap_or(if self.record.status() == EgressStatus::Starting {
+            EgressStatus::Aborted
+        } else {
+            EgressStatus::Complete
+        });
         self.record.set_status(EgressStatus::Ending, Some(reason.clone()), error.clone());
         self.ctx.fire(&self.lua, "stop", mlua::Value::String(self.lua.create_string(&reason).expect("lua string")));
         let graph = self.ctx.graph.lock().unwrap();
@@ -169,7 +192,14 @@ impl Supervisor {
                                 e.status = EgressStatus::Failed;
                                 e.error = Some(text);
                                 // The pipeline's EOS may never come now: push it into the outputs.
-                                self.ctx.graph.lock().unwrap().outputs.iter().filter(|o| o.attached).for_each(|o| o.push_eos());
+                                self.ctx
+                                    .graph
+                                    .lock()
+                                    .unwrap()
+                                    .outputs
+                                    .iter()
+                                    .filter(|o| o.attached)
+                                    .for_each(|o| o.push_eos());
                             }
                         } else {
                             self.begin_ending(ending, Some(EgressStatus::Failed), text.clone(), Some(text));
@@ -207,7 +237,12 @@ impl Supervisor {
         self.ctx.fire(&self.lua, "output_failed", info);
         if remaining == 0 {
             let reason = format!("all outputs failed; last: {field}: {error}");
-            *ending = Some(Ending { status: EgressStatus::Failed, reason: reason.clone(), error: Some(reason), deadline: Instant::now() });
+            *ending = Some(Ending {
+                status: EgressStatus::Failed,
+                reason: reason.clone(),
+                error: Some(reason),
+                deadline: Instant::now(),
+            });
             return true;
         }
         false
@@ -224,7 +259,8 @@ impl Supervisor {
         }
         self.publish_outputs();
         self.record.set_status(end.status, Some(end.reason.clone()), end.error.clone());
-        let info = self.lua.to_value(&json!({ "status": end.status, "reason": end.reason })).unwrap_or(mlua::Value::Nil);
+        let info =
+            self.lua.to_value(&json!({ "status": end.status, "reason": end.reason })).unwrap_or(mlua::Value::Nil);
         self.ctx.fire(&self.lua, "ended", info);
     }
 }

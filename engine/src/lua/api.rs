@@ -32,7 +32,13 @@ pub struct EgressCtx {
 pub const EVENTS: &[&str] = &["active", "stop", "output_failed", "ended"];
 
 impl EgressCtx {
-    pub fn new(id: String, recipe: String, request: ValidRequest, graph: Graph, commands: UnboundedSender<Command>) -> Arc<Self> {
+    pub fn new(
+        id: String,
+        recipe: String,
+        request: ValidRequest,
+        graph: Graph,
+        commands: UnboundedSender<Command>,
+    ) -> Arc<Self> {
         Arc::new(EgressCtx {
             id,
             recipe,
@@ -136,11 +142,17 @@ impl UserData for EgressHandle {
                     Value::UserData(ud) => {
                         let media = ud.borrow::<MediaHandle>()?;
                         if media.0.kind != kind {
-                            return Err(mlua::Error::runtime(format!("encode: `{}` was given {} media", kind.name(), media.0.kind.name())));
+                            return Err(mlua::Error::runtime(format!(
+                                "encode: `{}` was given {} media",
+                                kind.name(),
+                                media.0.kind.name()
+                            )));
                         }
                         inputs.push(media.0.clone());
                     }
-                    _ => return Err(mlua::Error::runtime(format!("encode: `{}` must be a source's {0}", kind.name()))),
+                    _ => {
+                        return Err(mlua::Error::runtime(format!("encode: `{}` must be a source's {0}", kind.name())));
+                    }
                 }
             }
             if inputs.is_empty() {
@@ -169,7 +181,10 @@ impl UserData for EgressHandle {
         // egress:on("stop", fn)
         methods.add_method("on", |lua, this, (event, f): (String, Function)| {
             if !EVENTS.contains(&event.as_str()) {
-                return Err(mlua::Error::runtime(format!("on: unknown event `{event}` (known: {})", EVENTS.join(", "))));
+                return Err(mlua::Error::runtime(format!(
+                    "on: unknown event `{event}` (known: {})",
+                    EVENTS.join(", ")
+                )));
             }
             this.0.handlers.lock().unwrap().push((event, lua.create_registry_value(f)?));
             Ok(())
@@ -215,7 +230,9 @@ impl UserData for EncoderHandle {
 
 fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
     match v {
-        serde_json::Value::Object(m) => serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect()),
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect(),
+        ),
         serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip_nulls).collect()),
         other => other,
     }

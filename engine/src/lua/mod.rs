@@ -12,7 +12,6 @@ use crate::request::ParamSpec;
 /// What a recipe declares about itself; its `start` function is read again per egress.
 #[derive(Debug, Clone)]
 pub struct RecipeDecl {
-    pub name: String,
     pub description: String,
     pub params: Vec<ParamSpec>,
     /// Whether the recipe takes LiveKit-style outputs + preset/advanced.
@@ -35,7 +34,9 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
     os.set("clock", lua.create_function(|_, ()| Ok(crate::egress::now()))?)?;
     os.set(
         "date",
-        lua.create_function(|_, fmt: Option<String>| Ok(chrono::Utc::now().format(&fmt.unwrap_or("%Y-%m-%dT%H:%M:%SZ".into())).to_string()))?,
+        lua.create_function(|_, fmt: Option<String>| {
+            Ok(chrono::Utc::now().format(&fmt.unwrap_or("%Y-%m-%dT%H:%M:%SZ".into())).to_string())
+        })?,
     )?;
     globals.set("os", os)?;
 
@@ -72,17 +73,22 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
             Ok(decl)
         })?,
     )?;
-    lua.load("function table.contains(t, x) for _, v in ipairs(t) do if v == x then return true end end return false end")
-        .set_name("=egret")
-        .exec()?;
+    lua.load(
+        "function table.contains(t, x) for _, v in ipairs(t) do if v == x then return true end end return false end",
+    )
+    .set_name("=egret")
+    .exec()?;
     Ok(lua)
 }
 
 /// `require "lib.util"` → `<recipes>/lib/util.lua`; nothing outside the recipes directory.
 fn module_path(dir: &Path, name: &str) -> Result<PathBuf, String> {
-    let valid = !name.is_empty() && name.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    let valid = !name.is_empty()
+        && name.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
     if !valid {
-        return Err(format!("require `{name}`: module names are dotted words (lib.util), inside the recipes directory"));
+        return Err(format!(
+            "require `{name}`: module names are dotted words (lib.util), inside the recipes directory"
+        ));
     }
     Ok(dir.join(format!("{}.lua", name.replace('.', "/"))))
 }
@@ -110,17 +116,20 @@ pub fn declaration(table: &Table, file_stem: &str, chunk: &str) -> Result<Recipe
         return Err(format!("{chunk}: name `{name}` must match the file name `{file_stem}.lua`"));
     }
     let description: Option<String> = table.get("description").map_err(|e| format!("{chunk}: description: {e}"))?;
-    let outputs: Option<bool> = table.get("outputs").map_err(|e| format!("{chunk}: outputs must be true or false: {e}"))?;
+    let outputs: Option<bool> =
+        table.get("outputs").map_err(|e| format!("{chunk}: outputs must be true or false: {e}"))?;
     let _: Function = table.get("start").map_err(|_| format!("{chunk}: `start` must be a function"))?;
     let mut params = Vec::new();
-    if let Some(decls) = table.get::<Option<Table>>("params").map_err(|e| format!("{chunk}: params must be a table: {e}"))? {
+    if let Some(decls) =
+        table.get::<Option<Table>>("params").map_err(|e| format!("{chunk}: params must be a table: {e}"))?
+    {
         for pair in decls.pairs::<String, String>() {
             let (key, decl) = pair.map_err(|e| format!("{chunk}: params: each entry is name = \"type\": {e}"))?;
             params.push(ParamSpec::parse(&key, &decl).map_err(|e| format!("{chunk}: {e}"))?);
         }
     }
     params.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(RecipeDecl { name, description: description.unwrap_or_default(), params, outputs: outputs.unwrap_or(false) })
+    Ok(RecipeDecl { description: description.unwrap_or_default(), params, outputs: outputs.unwrap_or(false) })
 }
 
 /// A Lua error as one readable line with its `file:line`, without Rust internals.
@@ -128,7 +137,11 @@ pub fn error_text(err: &mlua::Error) -> String {
     match err {
         mlua::Error::RuntimeError(msg) | mlua::Error::SyntaxError { message: msg, .. } => msg.clone(),
         mlua::Error::CallbackError { traceback, cause } => {
-            let at = traceback.lines().map(str::trim).find(|l| l.contains(".lua:")).map(|l| l.split(": in ").next().unwrap_or(l));
+            let at = traceback
+                .lines()
+                .map(str::trim)
+                .find(|l| l.contains(".lua:"))
+                .map(|l| l.split(": in ").next().unwrap_or(l));
             match at {
                 Some(at) => format!("{}: {}", at.trim_end_matches(':'), error_text(cause)),
                 None => error_text(cause),
@@ -162,7 +175,6 @@ mod tests {
         let src = "return recipe { params = { url = 'url', n = 'number?' }, outputs = true, start = function() end }";
         let t = eval_recipe(&lua, src, "scripts/web.lua").unwrap();
         let d = declaration(&t, "web", "scripts/web.lua").unwrap();
-        assert_eq!(d.name, "web");
         assert_eq!(d.params.len(), 2);
         assert!(d.outputs);
         let err = eval_recipe(&lua, "return recipe {\n params = {} }", "scripts/x.lua").unwrap_err();

@@ -88,7 +88,12 @@ impl Encoder {
             "video/x-raw,format=I420,width={},height={},framerate={}/1,pixel-aspect-ratio=1/1",
             s.width, s.height, s.framerate
         );
-        let mut chain = vec![make("videoconvert", None)?, make("videoscale", None)?, make("videorate", None)?, capsfilter(&raw_caps)?];
+        let mut chain = vec![
+            make("videoconvert", None)?,
+            make("videoscale", None)?,
+            make("videorate", None)?,
+            capsfilter(&raw_caps)?,
+        ];
         match codec {
             VideoCodec::H264 => {
                 let enc = make("x264enc", None)?;

@@ -29,7 +29,13 @@ pub struct Graph {
 }
 
 impl Graph {
-    pub fn new(name: &str, storage: &Path, crash_safe_mp4: bool, template: Template, events: UnboundedSender<MediaEvent>) -> Self {
+    pub fn new(
+        name: &str,
+        storage: &Path,
+        crash_safe_mp4: bool,
+        template: Template,
+        events: UnboundedSender<MediaEvent>,
+    ) -> Self {
         Graph {
             pipeline: gst::Pipeline::with_name(name),
             storage: storage.to_path_buf(),
@@ -39,10 +45,6 @@ impl Graph {
             outputs: Vec::new(),
             events,
         }
-    }
-
-    pub fn is_playing(&self) -> bool {
-        self.pipeline.current_state() == gst::State::Playing
     }
 
     pub fn add_testsrc(&mut self, opts: &TestSourceOptions) -> Result<Vec<MediaPad>> {
@@ -72,8 +74,15 @@ impl Graph {
         let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
         match &output.spec {
             OutputSpec::File(f) => {
-                let path = resolve_file(&self.storage, &self.template, &f.filepath, f.file_type.extension(), &format!("{field}.filepath"))?;
-                let parts = file::build(&self.encoders[encoder], f.file_type, &path, self.crash_safe_mp4).map_err(fail)?;
+                let path = resolve_file(
+                    &self.storage,
+                    &self.template,
+                    &f.filepath,
+                    f.file_type.extension(),
+                    &format!("{field}.filepath"),
+                )?;
+                let parts =
+                    file::build(&self.encoders[encoder], f.file_type, &path, self.crash_safe_mp4).map_err(fail)?;
                 self.attach(encoder, parts, OutputStatus::new(field.into(), "file", self.relative(&path))).map_err(fail)
             }
             OutputSpec::Segments(s) => {
@@ -93,7 +102,11 @@ impl Graph {
                 if !enc.has(MediaKind::Video) {
                     return Err(FieldError::new(field, "image outputs need video, and this egress has none"));
                 }
-                let raw = if spec.filename_prefix.is_empty() { self.template.default_stem() } else { self.template.expand(&spec.filename_prefix) };
+                let raw = if spec.filename_prefix.is_empty() {
+                    self.template.default_stem()
+                } else {
+                    self.template.expand(&spec.filename_prefix)
+                };
                 let prefix = inside(&self.storage, &raw, &format!("{field}.filename_prefix"))?;
                 let status = OutputStatus::new(field.into(), "images", self.relative(&prefix));
                 let size = (enc.settings.width, enc.settings.height);
@@ -112,7 +125,14 @@ impl Graph {
 
     fn attach(&mut self, encoder: usize, parts: super::outputs::BranchParts, status: Arc<OutputStatus>) -> Result<()> {
         let index = self.outputs.len();
-        let branch = OutputBranch::attach(&self.pipeline, &mut self.encoders[encoder], parts, status, index, self.events.clone())?;
+        let branch = OutputBranch::attach(
+            &self.pipeline,
+            &mut self.encoders[encoder],
+            parts,
+            status,
+            index,
+            self.events.clone(),
+        )?;
         self.outputs.push(branch);
         Ok(())
     }
@@ -142,7 +162,10 @@ impl Graph {
                 check_relative(&live, &format!("{field}.live_playlist_name"))?;
                 let path = playlist_path.with_file_name(format!("{live}.m3u8"));
                 if path == playlist_path {
-                    return Err(FieldError::new(format!("{field}.live_playlist_name"), "must differ from playlist_name"));
+                    return Err(FieldError::new(
+                        format!("{field}.live_playlist_name"),
+                        "must differ from playlist_name",
+                    ));
                 }
                 Some(path)
             }

@@ -35,10 +35,33 @@ pub struct MediaPad {
 
 /// Every element factory egress pipelines use; loaded once at startup.
 const FACTORIES: &[&str] = &[
-    "videotestsrc", "audiotestsrc", "timeoverlay", "capsfilter", "queue", "tee", "videoconvert", "videoscale",
-    "videorate", "audioconvert", "audioresample", "x264enc", "h264parse", "vp8enc", "avenc_aac", "aacparse",
-    "opusenc", "mp4mux", "oggmux", "webmmux", "filesink", "splitmuxsink", "mpegtsmux", "flvmux", "rtmp2sink",
-    "jpegenc", "appsink",
+    "videotestsrc",
+    "audiotestsrc",
+    "timeoverlay",
+    "capsfilter",
+    "queue",
+    "tee",
+    "videoconvert",
+    "videoscale",
+    "videorate",
+    "audioconvert",
+    "audioresample",
+    "x264enc",
+    "h264parse",
+    "vp8enc",
+    "avenc_aac",
+    "aacparse",
+    "opusenc",
+    "mp4mux",
+    "oggmux",
+    "webmmux",
+    "filesink",
+    "splitmuxsink",
+    "mpegtsmux",
+    "flvmux",
+    "rtmp2sink",
+    "jpegenc",
+    "appsink",
 ];
 
 /// Loads the plugins up front so the first egress starts as fast as the next ones, and

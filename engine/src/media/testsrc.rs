@@ -70,8 +70,12 @@ pub fn build(pipeline: &gst::Pipeline, opts: &TestSourceOptions) -> Result<Vec<M
 /// beep starts, whatever the phase of the source's frame clock.
 fn add_flash_probe(pad: &gst::Pad) {
     pad.add_probe(gst::PadProbeType::BUFFER, |pad, info| {
-        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
-        let (Some(pts), Some(duration)) = (buffer.pts(), buffer.duration()) else { return gst::PadProbeReturn::Ok };
+        let Some(buffer) = info.buffer() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let (Some(pts), Some(duration)) = (buffer.pts(), buffer.duration()) else {
+            return gst::PadProbeReturn::Ok;
+        };
         let centre = pts.nseconds() + duration.nseconds() / 2;
         if centre % SECOND_NS >= FLASH_NS {
             return gst::PadProbeReturn::Ok;

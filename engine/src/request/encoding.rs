@@ -170,7 +170,9 @@ impl EncodeSettings {
             None | Some(0) => {}
             Some(1) => self.audio_codec = Some(AudioCodec::Opus),
             Some(2) => self.audio_codec = Some(AudioCodec::Aac),
-            Some(_) => return Err(FieldError::new(o.field_path("audio_codec"), "AC_MP3 is not supported; use AAC or OPUS")),
+            Some(_) => {
+                return Err(FieldError::new(o.field_path("audio_codec"), "AC_MP3 is not supported; use AAC or OPUS"));
+            }
         }
         match o.enumeration("video_codec", VIDEO_CODECS)? {
             None | Some(0) => {}
@@ -179,7 +181,9 @@ impl EncodeSettings {
                 self.h264_profile = [H264Profile::Baseline, H264Profile::Main, H264Profile::High][i - 1];
             }
             Some(4) => self.video_codec = Some(VideoCodec::Vp8),
-            Some(_) => return Err(FieldError::new(o.field_path("video_codec"), "VP9 is not supported; use H264_* or VP8")),
+            Some(_) => {
+                return Err(FieldError::new(o.field_path("video_codec"), "VP9 is not supported; use H264_* or VP8"));
+            }
         }
         // Accepted for LiveKit compatibility; x264/opus rate control is bitrate-driven here.
         for ignored in ["depth", "audio_quality", "video_quality"] {
@@ -199,7 +203,10 @@ mod tests {
         let s = EncodeSettings::from_request(&json!({"preset": "PORTRAIT_H264_1080P_60"})).unwrap();
         assert_eq!((s.width, s.height, s.framerate, s.video_bitrate), (1080, 1920, 60, 6000));
         let s = EncodeSettings::from_request(&json!({"advanced": {"width": 640, "height": 360, "video_codec": "H264_HIGH", "audio_codec": "OPUS", "key_frame_interval": 2}})).unwrap();
-        assert_eq!((s.width, s.height, s.h264_profile, s.audio_codec), (640, 360, H264Profile::High, Some(AudioCodec::Opus)));
+        assert_eq!(
+            (s.width, s.height, s.h264_profile, s.audio_codec),
+            (640, 360, H264Profile::High, Some(AudioCodec::Opus))
+        );
         let e = EncodeSettings::from_request(&json!({"advanced": {"width": 641}})).unwrap_err();
         assert_eq!(e.field, "advanced.width");
         let e = EncodeSettings::from_request(&json!({"advanced": {"colour": 1}})).unwrap_err();

@@ -21,7 +21,11 @@ impl FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.field, self.message) }
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
     }
 }
 
@@ -87,14 +91,6 @@ impl<'a> Obj<'a> {
         }
     }
 
-    pub fn bool(&mut self, key: &'static str) -> FieldResult<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(FieldError::new(self.field_path(key), "must be true or false")),
-        }
-    }
-
     /// A non-negative number; proto3 JSON may send 64-bit integers as strings.
     pub fn number(&mut self, key: &'static str) -> FieldResult<Option<f64>> {
         let path = self.field_path(key);
@@ -127,9 +123,7 @@ impl<'a> Obj<'a> {
             Some(Value::Number(n)) => n.as_u64().map(|n| n as usize).filter(|n| *n < names.len()),
             Some(_) => None,
         };
-        index
-            .map(Some)
-            .ok_or_else(|| FieldError::new(path, format!("must be one of {}", names.join(", "))))
+        index.map(Some).ok_or_else(|| FieldError::new(path, format!("must be one of {}", names.join(", "))))
     }
 
     pub fn array(&mut self, key: &'static str) -> FieldResult<&'a [Value]> {

@@ -9,7 +9,10 @@ use super::fields::{FieldError, FieldResult};
 pub fn check_relative(path: &str, field: &str) -> FieldResult<()> {
     let p = Path::new(path);
     if p.is_absolute() {
-        return Err(FieldError::new(field, format!("`{path}` is absolute; paths are relative to the storage directory")));
+        return Err(FieldError::new(
+            field,
+            format!("`{path}` is absolute; paths are relative to the storage directory"),
+        ));
     }
     if p.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(FieldError::new(field, format!("`{path}` escapes the storage directory (`..`)")));
@@ -36,10 +39,8 @@ impl Template {
     }
 
     pub fn set(&mut self, name: &str, value: &str) {
-        let safe: String = value
-            .chars()
-            .map(|c| if c.is_alphanumeric() || "-_.@+=".contains(c) { c } else { '_' })
-            .collect();
+        let safe: String =
+            value.chars().map(|c| if c.is_alphanumeric() || "-_.@+=".contains(c) { c } else { '_' }).collect();
         self.vars.insert(name.to_string(), safe.replace("..", "_"));
     }
 
@@ -66,7 +67,13 @@ impl Template {
 
 /// A file path from a template: default name when empty or a directory (`dir/`), the
 /// extension appended when missing, parent directories created.
-pub fn resolve_file(storage: &Path, template: &Template, raw: &str, extension: &str, field: &str) -> FieldResult<PathBuf> {
+pub fn resolve_file(
+    storage: &Path,
+    template: &Template,
+    raw: &str,
+    extension: &str,
+    field: &str,
+) -> FieldResult<PathBuf> {
     let mut rel = template.expand(raw);
     if rel.is_empty() || rel.ends_with('/') {
         rel.push_str(&template.default_stem());
@@ -102,7 +109,10 @@ mod tests {
         assert!(p.starts_with(&dir));
         assert!(p.to_string_lossy().ends_with("/EG_abc.mp4"), "{}", p.display());
         let p = resolve_file(&dir, &t, "rec/", ".ogg", "f").unwrap();
-        assert!(p.file_name().unwrap().to_string_lossy().starts_with("_.._etc_passwd-") || p.to_string_lossy().contains("_etc_passwd-"));
+        assert!(
+            p.file_name().unwrap().to_string_lossy().starts_with("_.._etc_passwd-")
+                || p.to_string_lossy().contains("_etc_passwd-")
+        );
         assert!(check_relative("a/../../b", "f").is_err());
     }
 }

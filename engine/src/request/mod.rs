@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 
 pub use encoding::EncodeSettings;
 pub use fields::{FieldError, FieldResult};
-pub use outputs::{Output, OutputSpec};
 
 /// The type of one declared recipe parameter, written in Lua as `"string"`, `"number?"`...
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,7 +73,11 @@ impl ParamSpec {
             ParamType::Table => value.is_object() || value.is_array(),
             ParamType::Any => true,
         };
-        if ok { Ok(()) } else { Err(FieldError::new(&self.name, format!("must be of type {:?}", self.kind).to_lowercase())) }
+        if ok {
+            Ok(())
+        } else {
+            Err(FieldError::new(&self.name, format!("must be of type {:?}", self.kind).to_lowercase()))
+        }
     }
 }
 
@@ -84,7 +87,6 @@ pub struct ValidRequest {
     /// The params, snake_case keys, without null values.
     pub params: Value,
     pub settings: EncodeSettings,
-    pub outputs: Vec<Output>,
 }
 
 /// Checks params against a recipe's declaration. Output and encoding fields are accepted
@@ -100,26 +102,29 @@ pub fn validate(params: Value, specs: &[ParamSpec], takes_outputs: bool) -> Fiel
     for key in map.keys() {
         let declared = specs.iter().any(|s| &s.name == key);
         let output_field = outputs::OUTPUT_FIELDS.contains(&key.as_str()) || encoding_fields.contains(&key.as_str());
-        if !declared && !(takes_outputs && output_field) {
+        if !(declared || takes_outputs && output_field) {
             let hint = if output_field { " (this recipe takes no outputs)" } else { "" };
             return Err(FieldError::new(key, format!("unknown parameter{hint}")));
         }
     }
     for spec in specs {
         match map.get(&spec.name) {
-            None if !spec.optional => return Err(FieldError::new(&spec.name, "required parameter is missing")),
+            None if !spec.optional => {
+                return Err(FieldError::new(&spec.name, "required parameter is missing"));
+            }
             None => {}
             Some(v) => spec.check(v)?,
         }
     }
-    let (settings, outputs) = if takes_outputs {
+    let settings = if takes_outputs {
         let settings = EncodeSettings::from_request(&params)?;
-        let outputs = outputs::parse_outputs(&params, &settings)?;
-        (settings, outputs)
+        // Checked now so a bad output is a 400 before anything starts; the recipe builds it.
+        outputs::parse_outputs(&params, &settings)?;
+        settings
     } else {
-        (EncodeSettings::default(), Vec::new())
+        EncodeSettings::default()
     };
-    Ok(ValidRequest { params, settings, outputs })
+    Ok(ValidRequest { params, settings })
 }
 
 #[cfg(test)]
@@ -131,7 +136,7 @@ mod tests {
     fn params_are_checked_by_name() {
         let specs = vec![ParamSpec::parse("url", "url").unwrap(), ParamSpec::parse("n", "integer?").unwrap()];
         let ok = json!({"url": "http://x", "fileOutputs": [{"filepath": "a.mp4"}]});
-        assert_eq!(validate(ok, &specs, true).unwrap().outputs.len(), 1);
+        assert!(validate(ok, &specs, true).is_ok());
         assert_eq!(validate(json!({}), &specs, true).unwrap_err().field, "url");
         assert_eq!(validate(json!({"url": "ftp://x"}), &specs, true).unwrap_err().field, "url");
         assert_eq!(validate(json!({"url": "http://x", "n": 1.5}), &specs, true).unwrap_err().field, "n");

@@ -113,7 +113,10 @@ pub fn parse_outputs(request: &Value, settings: &EncodeSettings) -> FieldResult<
 fn refuse_storage(o: &mut Obj) -> FieldResult<()> {
     for key in STORAGE_FIELDS {
         if o.get(key).is_some() {
-            return Err(FieldError::new(o.field_path(key), "uploads are not supported yet; files stay in the storage directory"));
+            return Err(FieldError::new(
+                o.field_path(key),
+                "uploads are not supported yet; files stay in the storage directory",
+            ));
         }
     }
     o.get("disable_manifest");
@@ -131,7 +134,9 @@ fn parse_file(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<
         Some(1) => FileType::Mp4,
         Some(2) => FileType::Ogg,
         Some(4) => FileType::Webm,
-        Some(_) => return Err(FieldError::new(o.field_path("file_type"), "MP3 is not supported; use MP4, OGG or WEBM")),
+        Some(_) => {
+            return Err(FieldError::new(o.field_path("file_type"), "MP3 is not supported; use MP4, OGG or WEBM"));
+        }
     };
     check_relative(&filepath, &o.field_path("filepath"))?;
     refuse_storage(&mut o)?;
@@ -189,26 +194,30 @@ fn parse_segments(v: &Value, field: &str, settings: &EncodeSettings) -> FieldRes
     if let Some(live) = &live_playlist_name {
         check_relative(live, &o.field_path("live_playlist_name"))?;
         if live.contains('/') {
-            return Err(FieldError::new(o.field_path("live_playlist_name"), "must be a file name beside playlist_name"));
+            return Err(FieldError::new(
+                o.field_path("live_playlist_name"),
+                "must be a file name beside playlist_name",
+            ));
         }
     }
     let segment_duration = match o.uint("segment_duration")? {
         None | Some(0) => 4,
         Some(d) if d <= 60 => d,
-        Some(_) => return Err(FieldError::new(o.field_path("segment_duration"), "must be at most 60 seconds")),
+        Some(_) => {
+            return Err(FieldError::new(o.field_path("segment_duration"), "must be at most 60 seconds"));
+        }
     };
     let timestamp_suffix = o.enumeration("filename_suffix", &["INDEX", "TIMESTAMP"])? == Some(1);
     refuse_storage(&mut o)?;
-    check_codecs(settings, &[VideoCodec::H264], &[AudioCodec::Aac], &format!("{field}"), "HLS (MPEG-TS)")?;
+    check_codecs(settings, &[VideoCodec::H264], &[AudioCodec::Aac], field, "HLS (MPEG-TS)")?;
     o.finish(&[])?;
     Ok(SegmentOutput { filename_prefix, playlist_name, live_playlist_name, segment_duration, timestamp_suffix })
 }
 
 fn parse_stream(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<StreamOutput> {
     let mut o = Obj::new(v, field)?;
-    match o.enumeration("protocol", &["DEFAULT_PROTOCOL", "RTMP", "SRT"])? {
-        Some(2) => return Err(FieldError::new(o.field_path("protocol"), "SRT is not supported yet; use RTMP")),
-        _ => {}
+    if o.enumeration("protocol", &["DEFAULT_PROTOCOL", "RTMP", "SRT"])? == Some(2) {
+        return Err(FieldError::new(o.field_path("protocol"), "SRT is not supported yet; use RTMP"));
     }
     let mut urls = Vec::new();
     for (i, u) in o.array("urls")?.iter().enumerate() {
@@ -240,7 +249,9 @@ pub fn check_stream_url(url: &str, field: &str) -> FieldResult<()> {
 fn parse_images(v: &Value, field: &str) -> FieldResult<ImageOutput> {
     let mut o = Obj::new(v, field)?;
     let capture_interval = match o.uint("capture_interval")? {
-        None | Some(0) => return Err(FieldError::new(o.field_path("capture_interval"), "required: seconds between snapshots")),
+        None | Some(0) => {
+            return Err(FieldError::new(o.field_path("capture_interval"), "required: seconds between snapshots"));
+        }
         Some(n) => n,
     };
     let width = o.uint("width")?.filter(|w| *w > 0);
@@ -254,14 +265,15 @@ fn parse_images(v: &Value, field: &str) -> FieldResult<ImageOutput> {
     }
     let filename_prefix = o.string("filename_prefix")?.unwrap_or_default();
     check_relative(&filename_prefix, &o.field_path("filename_prefix"))?;
-    let suffix = match o.enumeration("filename_suffix", &["IMAGE_SUFFIX_INDEX", "IMAGE_SUFFIX_TIMESTAMP", "IMAGE_SUFFIX_NONE_OVERWRITE"])? {
+    let suffix = match o.enumeration(
+        "filename_suffix",
+        &["IMAGE_SUFFIX_INDEX", "IMAGE_SUFFIX_TIMESTAMP", "IMAGE_SUFFIX_NONE_OVERWRITE"],
+    )? {
         Some(1) => ImageSuffix::Timestamp,
         Some(2) => ImageSuffix::Overwrite,
         _ => ImageSuffix::Index,
     };
-    if let Some(c) = o.enumeration("image_codec", &["IC_DEFAULT", "IC_JPEG"])? {
-        let _ = c; // JPEG either way
-    }
+    o.enumeration("image_codec", &["IC_DEFAULT", "IC_JPEG"])?; // JPEG either way
     refuse_storage(&mut o)?;
     o.finish(&[])?;
     Ok(ImageOutput { capture_interval, width, height, filename_prefix, suffix })
@@ -296,8 +308,14 @@ mod tests {
             (json!({}), "file_outputs"),
             (json!({"file_outputs": [{"filepath": "../x.mp4"}]}), "file_outputs[0].filepath"),
             (json!({"file_outputs": [{"filepath": "/etc/x.mp4"}]}), "file_outputs[0].filepath"),
-            (json!({"file_outputs": [{"file_type": "OGG"}], "advanced": {"audio_codec": "AAC"}}), "file_outputs[0].file_type"),
-            (json!({"file_outputs": [{"filepath": "x.mp4"}], "advanced": {"video_codec": "VP8"}}), "file_outputs[0].file_type"),
+            (
+                json!({"file_outputs": [{"file_type": "OGG"}], "advanced": {"audio_codec": "AAC"}}),
+                "file_outputs[0].file_type",
+            ),
+            (
+                json!({"file_outputs": [{"filepath": "x.mp4"}], "advanced": {"video_codec": "VP8"}}),
+                "file_outputs[0].file_type",
+            ),
             (json!({"stream_outputs": [{"urls": ["http://x/y"]}]}), "stream_outputs[0].urls[0]"),
             (json!({"image_outputs": [{}]}), "image_outputs[0].capture_interval"),
             (json!({"file_outputs": [{"filepath": "x.mp4", "colour": 1}]}), "file_outputs[0].colour"),

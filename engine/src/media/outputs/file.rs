@@ -75,9 +75,8 @@ pub fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bo
 pub fn link_input(bin: &gst::Bin, chain: &[gst::Element], mux: &gst::Element, template: &str) -> Result<()> {
     bin.add_many(chain)?;
     gst::Element::link_many(chain)?;
-    let mux_pad = mux
-        .request_pad_simple(template)
-        .ok_or_else(|| anyhow::anyhow!("{} refused a {template} pad", mux.name()))?;
+    let mux_pad =
+        mux.request_pad_simple(template).ok_or_else(|| anyhow::anyhow!("{} refused a {template} pad", mux.name()))?;
     chain.last().expect("non-empty chain").static_pad("src").expect("src").link(&mux_pad)?;
     Ok(())
 }

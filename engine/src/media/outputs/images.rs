@@ -13,7 +13,12 @@ use super::{BranchParts, Input, OutputStatus, ghost_sink};
 use crate::media::{MediaKind, capsfilter, make, queue};
 use crate::request::outputs::{ImageOutput, ImageSuffix};
 
-pub fn build(spec: &ImageOutput, default_size: (u32, u32), prefix: PathBuf, status: Arc<OutputStatus>) -> Result<BranchParts> {
+pub fn build(
+    spec: &ImageOutput,
+    default_size: (u32, u32),
+    prefix: PathBuf,
+    status: Arc<OutputStatus>,
+) -> Result<BranchParts> {
     let bin = gst::Bin::new();
     let q = queue(2, true)?;
     let rate = make("videorate", None)?;
@@ -36,17 +41,17 @@ pub fn build(spec: &ImageOutput, default_size: (u32, u32), prefix: PathBuf, stat
                 let index = status.count.load(Ordering::Relaxed);
                 let name = match suffix {
                     ImageSuffix::Index => format!("{}_{index:05}.jpeg", prefix.display()),
-                    ImageSuffix::Timestamp => format!("{}_{}.jpeg", prefix.display(), chrono::Utc::now().format("%Y%m%d%H%M%S%3f")),
+                    ImageSuffix::Timestamp => {
+                        format!("{}_{}.jpeg", prefix.display(), chrono::Utc::now().format("%Y%m%d%H%M%S%3f"))
+                    }
                     ImageSuffix::Overwrite => format!("{}.jpeg", prefix.display()),
                 };
                 // Written whole then renamed, so a reader never sees half a JPEG.
                 let tmp = format!("{name}.tmp");
-                std::fs::write(&tmp, map.as_slice())
-                    .and_then(|_| std::fs::rename(&tmp, &name))
-                    .map_err(|e| {
-                        gst::element_error!(sink, gst::ResourceError::Write, ["cannot write {name}: {e}"]);
-                        gst::FlowError::Error
-                    })?;
+                std::fs::write(&tmp, map.as_slice()).and_then(|_| std::fs::rename(&tmp, &name)).map_err(|e| {
+                    gst::element_error!(sink, gst::ResourceError::Write, ["cannot write {name}: {e}"]);
+                    gst::FlowError::Error
+                })?;
                 status.count.fetch_add(1, Ordering::Relaxed);
                 Ok(gst::FlowSuccess::Ok)
             })

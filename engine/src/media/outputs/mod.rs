@@ -129,7 +129,7 @@ pub struct BranchParts {
 /// Events from streaming threads to the egress supervisor.
 #[derive(Debug)]
 pub enum MediaEvent {
-    OutputActive(usize),
+    OutputActive,
     OutputUnlinked(usize),
 }
 
@@ -186,7 +186,7 @@ impl OutputBranch {
             };
             if bytes_status.bytes.fetch_add(size as u64, Ordering::Relaxed) == 0 && size > 0 {
                 bytes_status.set_state(OutputState::Active, None);
-                let _ = events.send(MediaEvent::OutputActive(index));
+                let _ = events.send(MediaEvent::OutputActive);
             }
             gst::PadProbeReturn::Ok
         });

@@ -79,7 +79,9 @@ impl BranchHandler for Playlist {
         match message.name().as_str() {
             "splitmuxsink-fragment-opened" => self.opened_at = running_time,
             "splitmuxsink-fragment-closed" => {
-                let Ok(location) = message.get::<String>("location") else { return };
+                let Ok(location) = message.get::<String>("location") else {
+                    return;
+                };
                 let location = PathBuf::from(location);
                 let bytes = std::fs::metadata(&location).map(|m| m.len()).unwrap_or(0);
                 let duration = running_time.saturating_sub(self.opened_at) as f64 / 1e9;
@@ -116,7 +118,8 @@ impl Playlist {
 
 fn render(segments: &[Segment], media_sequence: usize, ended: bool, event: bool) -> String {
     let target = segments.iter().map(|s| s.duration.ceil() as u64).max().unwrap_or(1).max(1);
-    let mut out = format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{media_sequence}\n");
+    let mut out =
+        format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{media_sequence}\n");
     if event {
         // A playlist may not change type (RFC 8216): EVENT throughout, closed by ENDLIST.
         out.push_str("#EXT-X-PLAYLIST-TYPE:EVENT\n");
@@ -159,7 +162,10 @@ mod tests {
 
     #[test]
     fn playlist_text() {
-        let segs = vec![Segment { uri: "a_00000.ts".into(), duration: 4.0, bytes: 1 }, Segment { uri: "a_00001.ts".into(), duration: 2.5, bytes: 1 }];
+        let segs = vec![
+            Segment { uri: "a_00000.ts".into(), duration: 4.0, bytes: 1 },
+            Segment { uri: "a_00001.ts".into(), duration: 2.5, bytes: 1 },
+        ];
         let live = render(&segs, 0, false, true);
         assert!(live.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && !live.contains("ENDLIST"));
         assert!(live.contains("#EXTINF:2.500,\na_00001.ts"));
