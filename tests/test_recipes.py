@@ -88,6 +88,15 @@ def test_add_edit_break_fix_while_running(egret):
     wait_recipe_gone(egret)
 
 
+def wait_listed(egret, *names, timeout=5.0):
+    """Waits until the watcher picked up every named recipe; returns the listing."""
+    deadline = time.monotonic() + timeout
+    while not all(n in (recipes := egret.api.recipes()) for n in names):
+        assert time.monotonic() < deadline, f"{names} not listed: {list(recipes)}"
+        time.sleep(0.02)
+    return recipes
+
+
 def wait_recipe_gone(egret, timeout=5.0):
     deadline = time.monotonic() + timeout
     while "hot" in egret.api.recipes():
@@ -98,10 +107,7 @@ def wait_recipe_gone(egret, timeout=5.0):
 def test_recipe_errors_reach_the_caller_with_file_and_line(egret):
     path = egret.recipes / "raises.lua"
     save(path, 'return recipe {\n  outputs = true,\n  start = function(req, egress)\n    error("no luck")\n  end,\n}\n')
-    deadline = time.monotonic() + 5
-    while "raises" not in egret.api.recipes():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_listed(egret, "raises")
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "raises", "params": {
         "file_outputs": [{"filepath": "r.mp4"}]}})
     assert status == 422
@@ -114,10 +120,7 @@ def test_sandbox_blocks_io_and_os(egret):
     path = egret.recipes / "escape.lua"
     save(path, 'return recipe {\n  outputs = true,\n  start = function(req, egress)\n'
                '    os.execute("touch /tmp/egret-escaped")\n  end,\n}\n')
-    deadline = time.monotonic() + 5
-    while "escape" not in egret.api.recipes():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_listed(egret, "escape")
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "escape", "params": {
         "file_outputs": [{"filepath": "e.mp4"}]}})
     assert status == 422 and "scripts/escape.lua:4:" in reply["error"], reply
@@ -135,11 +138,7 @@ def test_example_recipes_load(egret):
     for example in sorted((ROOT / "examples" / "recipes").glob("*.lua")):
         shutil.copy(example, egret.recipes / example.name)
         names.append(example.stem)
-    deadline = time.monotonic() + 5
-    while not all(n in egret.api.recipes() and egret.api.recipes()[n]["version"] for n in names):
-        assert time.monotonic() < deadline, egret.api.recipes()
-        time.sleep(0.02)
-    recipes = egret.api.recipes()
+    recipes = wait_listed(egret, *names)
     for n in names:
         assert recipes[n]["last_error"] is None, recipes[n]
     info = egret.api.start("guarded_restream", max_seconds=1, file_outputs=[{"filepath": "guarded/g.mp4"}])

@@ -6,9 +6,9 @@ use anyhow::{Result, bail};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::{BranchParts, Input, ghost_sink};
+use super::{BranchParts, mux_input};
 use crate::media::encoder::{Codec, Encoder};
-use crate::media::{MediaKind, make, queue};
+use crate::media::{MediaKind, make};
 use crate::request::encoding::{AudioCodec, VideoCodec};
 use crate::request::outputs::FileType;
 
@@ -50,33 +50,11 @@ pub fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bo
 
     let mut inputs = Vec::new();
     if let Some(v) = video {
-        let q = queue(3, false)?;
-        let mut chain = vec![q.clone()];
-        if v == VideoCodec::H264 {
-            chain.push(make("h264parse", None)?);
-        }
-        link_input(&bin, &chain, &mux, "video_%u")?;
-        inputs.push((Input::Encoded(Codec::Video(v)), ghost_sink(&bin, &q, "video")?));
+        inputs.push(mux_input(&bin, &mux, Codec::Video(v), "video_%u", false)?);
     }
     if let Some(a) = audio {
-        let q = queue(3, false)?;
-        let mut chain = vec![q.clone()];
-        if a == AudioCodec::Aac {
-            chain.push(make("aacparse", None)?);
-        }
-        link_input(&bin, &chain, &mux, "audio_%u")?;
-        inputs.push((Input::Encoded(Codec::Audio(a)), ghost_sink(&bin, &q, "audio")?));
+        inputs.push(mux_input(&bin, &mux, Codec::Audio(a), "audio_%u", false)?);
     }
     let measure = sink.static_pad("sink").expect("filesink sink");
     Ok(BranchParts { bin, inputs, measure, handler: None, file: Some(path.to_path_buf()) })
-}
-
-/// Links a chain of elements into a request pad of the muxer.
-pub fn link_input(bin: &gst::Bin, chain: &[gst::Element], mux: &gst::Element, template: &str) -> Result<()> {
-    bin.add_many(chain)?;
-    gst::Element::link_many(chain)?;
-    let mux_pad =
-        mux.request_pad_simple(template).ok_or_else(|| anyhow::anyhow!("{} refused a {template} pad", mux.name()))?;
-    chain.last().expect("non-empty chain").static_pad("src").expect("src").link(&mux_pad)?;
-    Ok(())
 }

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::encoder::{Codec, Encoder};
-use super::{MediaKind, sync_states};
+use super::{MediaKind, make, queue, sync_states};
+use crate::request::encoding::{AudioCodec, VideoCodec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputState {
@@ -267,6 +268,35 @@ impl OutputBranch {
 fn running_time(pad: &gst::Pad, pts: gst::ClockTime) -> Option<gst::ClockTime> {
     let event = pad.sticky_event::<gst::event::Segment>(0)?;
     event.segment().downcast_ref::<gst::ClockTime>()?.to_running_time(pts)
+}
+
+/// One input of a muxing branch: queue → parser (where the codec needs one) → the muxer's
+/// `template` pad, exposed as a ghost pad named after its kind. Network branches use leaky
+/// queues so a stalled server drops its own data instead of blocking the shared encoder.
+pub fn mux_input(
+    bin: &gst::Bin,
+    mux: &gst::Element,
+    codec: Codec,
+    template: &str,
+    leaky: bool,
+) -> Result<(Input, gst::Pad)> {
+    let q = if leaky { queue(2, true)? } else { queue(3, false)? };
+    let mut chain = vec![q.clone()];
+    match codec {
+        Codec::Video(VideoCodec::H264) => chain.push(make("h264parse", None)?),
+        Codec::Audio(AudioCodec::Aac) => chain.push(make("aacparse", None)?),
+        _ => {}
+    }
+    bin.add_many(&chain)?;
+    gst::Element::link_many(&chain)?;
+    let mux_pad =
+        mux.request_pad_simple(template).ok_or_else(|| anyhow::anyhow!("{} refused a {template} pad", mux.name()))?;
+    chain.last().expect("non-empty chain").static_pad("src").expect("src").link(&mux_pad)?;
+    let name = match codec {
+        Codec::Video(_) => "video",
+        Codec::Audio(_) => "audio",
+    };
+    Ok((Input::Encoded(codec), ghost_sink(bin, &q, name)?))
 }
 
 /// Makes a ghost sink pad on `bin` for `target`'s sink pad.

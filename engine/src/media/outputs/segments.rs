@@ -9,9 +9,9 @@ use anyhow::Result;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::{BranchHandler, BranchParts, Input, OutputStatus, file::link_input, ghost_sink};
+use super::{BranchHandler, BranchParts, OutputStatus, mux_input};
 use crate::media::encoder::{Codec, Encoder};
-use crate::media::{MediaKind, make, queue};
+use crate::media::{MediaKind, make};
 use crate::request::encoding::{AudioCodec, VideoCodec};
 
 const LIVE_WINDOW: usize = 5;
@@ -47,14 +47,10 @@ pub fn build(encoder: &Encoder, paths: SegmentPaths) -> Result<BranchParts> {
 
     let mut inputs = Vec::new();
     if encoder.has(MediaKind::Video) {
-        let q = queue(3, false)?;
-        link_input(&bin, &[q.clone(), make("h264parse", None)?], &split, "video")?;
-        inputs.push((Input::Encoded(Codec::Video(VideoCodec::H264)), ghost_sink(&bin, &q, "video")?));
+        inputs.push(mux_input(&bin, &split, Codec::Video(VideoCodec::H264), "video", false)?);
     }
     if encoder.has(MediaKind::Audio) {
-        let q = queue(3, false)?;
-        link_input(&bin, &[q.clone(), make("aacparse", None)?], &split, "audio_%u")?;
-        inputs.push((Input::Encoded(Codec::Audio(AudioCodec::Aac)), ghost_sink(&bin, &q, "audio")?));
+        inputs.push(mux_input(&bin, &split, Codec::Audio(AudioCodec::Aac), "audio_%u", false)?);
     }
     let measure = inputs.first().map(|(_, p)| p.clone()).ok_or_else(|| anyhow::anyhow!("no media for HLS"))?;
     let handler = Playlist { paths, segments: Vec::new(), opened_at: 0 };

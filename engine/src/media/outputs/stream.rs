@@ -5,9 +5,9 @@ use anyhow::Result;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::{BranchParts, Input, file::link_input, ghost_sink};
+use super::{BranchParts, mux_input};
 use crate::media::encoder::{Codec, Encoder};
-use crate::media::{MediaKind, make, queue};
+use crate::media::{MediaKind, make};
 use crate::request::encoding::{AudioCodec, VideoCodec};
 
 pub fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
@@ -22,14 +22,10 @@ pub fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
     mux.link(&sink)?;
     let mut inputs = Vec::new();
     if encoder.has(MediaKind::Video) {
-        let q = queue(2, true)?;
-        link_input(&bin, &[q.clone(), make("h264parse", None)?], &mux, "video")?;
-        inputs.push((Input::Encoded(Codec::Video(VideoCodec::H264)), ghost_sink(&bin, &q, "video")?));
+        inputs.push(mux_input(&bin, &mux, Codec::Video(VideoCodec::H264), "video", true)?);
     }
     if encoder.has(MediaKind::Audio) {
-        let q = queue(2, true)?;
-        link_input(&bin, &[q.clone(), make("aacparse", None)?], &mux, "audio")?;
-        inputs.push((Input::Encoded(Codec::Audio(AudioCodec::Aac)), ghost_sink(&bin, &q, "audio")?));
+        inputs.push(mux_input(&bin, &mux, Codec::Audio(AudioCodec::Aac), "audio", true)?);
     }
     let measure = sink.static_pad("sink").expect("rtmp2sink sink");
     Ok(BranchParts { bin, inputs, measure, handler: None, file: None })
