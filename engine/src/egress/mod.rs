@@ -36,9 +36,18 @@ pub enum Command {
     Stop {
         reason: String,
     },
+    /// Ends the egress as failed (a recipe's `egress:fail`, chromium dying): outputs are
+    /// finalized first.
+    Fail {
+        reason: String,
+    },
     /// A Lua timer (`egress:after`) is due.
     Timer {
         id: u64,
+    },
+    /// A page this egress captures logged to its console.
+    Console {
+        text: String,
     },
 }
 

@@ -39,16 +39,38 @@ struct Ending {
     deadline: Instant,
 }
 
+impl Ending {
+    fn now(status: EgressStatus, reason: String, error: Option<String>) -> Self {
+        Ending { status, reason, error, deadline: Instant::now() }
+    }
+}
+
+fn reply(answer: &mut Option<oneshot::Sender<Result<(), FieldError>>>, result: Result<(), FieldError>) {
+    if let Some(tx) = answer.take() {
+        let _ = tx.send(result);
+    }
+}
+
+/// A failed `start` as the caller sees it: the request field when a primitive named one,
+/// and the recipe's file:line.
+fn start_error(e: &mlua::Error) -> FieldError {
+    let text = error_text(e);
+    match find_field_error(e) {
+        Some(fe) => FieldError::new(fe.field, format!("{} ({})", fe.message, text.lines().next().unwrap_or(""))),
+        None => FieldError::new("", text),
+    }
+}
+
 impl Supervisor {
-    /// Starts the egress; `started` learns whether `start` and PLAYING succeeded.
+    /// Runs the egress to its end. `started` is answered when `start` returned and the
+    /// pipeline plays, or as soon as `start` waits on the outside world (a page loading).
     pub async fn run(mut self, start: Function, started: oneshot::Sender<Result<(), FieldError>>) {
-        if let Err(e) = self.start(start) {
-            self.record.set_status(EgressStatus::Failed, Some("start failed".into()), Some(e.to_string()));
-            let _ = self.pipeline().set_state(gst::State::Null);
-            let _ = started.send(Err(e));
-            return;
-        }
-        let _ = started.send(Ok(()));
+        let mut answer = Some(started);
+        let request = self.lua.to_value(&self.ctx.request.params);
+        let handle = EgressHandle(self.ctx.clone());
+        let start_call = async move { start.call_async::<()>((request?, handle)).await };
+        tokio::pin!(start_call);
+        let mut starting = true;
         let bus = self.pipeline().bus().expect("pipeline has a bus");
         let mut messages = bus.stream();
         let mut ending: Option<Ending> = None;
@@ -56,15 +78,44 @@ impl Supervisor {
             let deadline =
                 ending.as_ref().map(|e| e.deadline).unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
             tokio::select! {
+                result = &mut start_call, if starting => {
+                    starting = false;
+                    match result.map_err(|e| start_error(&e)).and_then(|()| self.play()) {
+                        Ok(()) => reply(&mut answer, Ok(())),
+                        Err(e) => {
+                            let end = Ending::now(EgressStatus::Failed, e.message.clone(), Some(e.to_string()));
+                            reply(&mut answer, Err(e));
+                            self.finish(end);
+                            return;
+                        }
+                    }
+                }
+                _ = self.ctx.suspended.notified(), if starting && answer.is_some() => reply(&mut answer, Ok(())),
                 Some(command) = self.commands.recv() => match command {
-                    Command::Stop { reason } => self.begin_ending(&mut ending, None, reason, None),
+                    // Before `start` returned nothing records yet: end at once.
+                    Command::Stop { reason } if starting => {
+                        reply(&mut answer, Ok(()));
+                        return self.finish(Ending::now(EgressStatus::Aborted, reason, None));
+                    }
+                    Command::Fail { reason } if starting => {
+                        reply(&mut answer, Err(FieldError::new("", reason.clone())));
+                        return self.finish(Ending::now(EgressStatus::Failed, reason.clone(), Some(reason)));
+                    }
+                    Command::Stop { reason } => self.begin_ending(&mut ending, None, reason, None, false),
+                    Command::Fail { reason } => {
+                        self.begin_ending(&mut ending, Some(EgressStatus::Failed), reason.clone(), Some(reason), false)
+                    }
                     Command::Timer { id } => {
                         self.ctx.run_timer(&self.lua, id);
                         self.publish_outputs();
                     }
+                    Command::Console { text } => {
+                        self.ctx.fire_console(&self.lua, &text);
+                        self.publish_outputs();
+                    }
                 },
                 Some(event) = self.media.recv() => self.on_media_event(event),
-                Some(message) = messages.next() => {
+                Some(message) = messages.next(), if !starting => {
                     if self.on_message(&message, &mut ending) {
                         break;
                     }
@@ -77,12 +128,7 @@ impl Supervisor {
                 }
             }
         }
-        let end = ending.unwrap_or(Ending {
-            status: EgressStatus::Complete,
-            reason: "source ended".into(),
-            error: None,
-            deadline: Instant::now(),
-        });
+        let end = ending.unwrap_or_else(|| Ending::now(EgressStatus::Complete, "source ended".into(), None));
         self.finish(end);
     }
 
@@ -90,18 +136,8 @@ impl Supervisor {
         self.ctx.graph.lock().unwrap().pipeline.clone()
     }
 
-    fn start(&mut self, start: Function) -> Result<(), FieldError> {
-        let req = self.lua.to_value(&self.ctx.request.params).map_err(|e| FieldError::new("params", e.to_string()))?;
-        if let Err(e) = start.call::<()>((req, EgressHandle(self.ctx.clone()))) {
-            return Err(find_field_error(&e)
-                .map(|fe| {
-                    FieldError::new(
-                        fe.field,
-                        format!("{} ({})", fe.message, error_text(&e).lines().next().unwrap_or("")),
-                    )
-                })
-                .unwrap_or_else(|| FieldError::new("", error_text(&e))));
-        }
+    /// After `start` returned: the recipe built its outputs, so the pipeline may play.
+    fn play(&mut self) -> Result<(), FieldError> {
         if self.ctx.graph.lock().unwrap().outputs.is_empty() {
             return Err(FieldError::new("", format!("recipe `{}` built no output", self.ctx.recipe)));
         }
@@ -152,6 +188,7 @@ impl Supervisor {
         status: Option<EgressStatus>,
         reason: String,
         error: Option<String>,
+        broken_source: bool,
     ) {
         if ending.is_some() {
             return;
@@ -164,7 +201,7 @@ impl Supervisor {
         self.record.set_status(EgressStatus::Ending, Some(reason.clone()), error.clone());
         self.ctx.fire(&self.lua, "stop", mlua::Value::String(self.lua.create_string(&reason).expect("lua string")));
         let graph = self.ctx.graph.lock().unwrap();
-        if error.is_some() {
+        if broken_source {
             graph.outputs.iter().filter(|o| o.attached).for_each(|o| o.push_eos());
         } else {
             graph.pipeline.send_event(gst::event::Eos::new());
@@ -202,7 +239,7 @@ impl Supervisor {
                                     .for_each(|o| o.push_eos());
                             }
                         } else {
-                            self.begin_ending(ending, Some(EgressStatus::Failed), text.clone(), Some(text));
+                            self.begin_ending(ending, Some(EgressStatus::Failed), text.clone(), Some(text), true);
                         }
                         false
                     }
@@ -251,6 +288,7 @@ impl Supervisor {
     fn finish(self, end: Ending) {
         let pipeline = self.pipeline();
         let _ = pipeline.set_state(gst::State::Null);
+        self.ctx.release();
         {
             let mut graph = self.ctx.graph.lock().unwrap();
             for output in graph.outputs.iter_mut() {

@@ -1,15 +1,18 @@
 //! What a recipe's `start(req, egress)` can call. Every method builds or drives GStreamer
 //! pieces in Rust; Lua holds only handles (`egress`, sources' `video`/`audio`, encoders).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mlua::{Function, Lua, LuaSerdeExt, RegistryKey, Table, UserData, UserDataFields, UserDataMethods, Value};
+use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::egress::Command;
+use crate::media::chrome::console_matches;
 use crate::media::graph::Graph;
 use crate::media::testsrc::TestSourceOptions;
 use crate::media::{MediaKind, MediaPad};
@@ -23,12 +26,18 @@ pub struct EgressCtx {
     pub request: ValidRequest,
     pub graph: Mutex<Graph>,
     pub commands: UnboundedSender<Command>,
-    handlers: Mutex<Vec<(String, RegistryKey)>>,
+    /// (event, filter, function): the filter is the console text for `console` handlers.
+    handlers: Mutex<Vec<(String, Option<String>, RegistryKey)>>,
     timers: Mutex<HashMap<u64, RegistryKey>>,
     next_timer: AtomicU64,
+    /// Told when `start` waits on the outside world (a page loading, a start signal): the
+    /// HTTP call is answered then rather than when `start` returns.
+    pub suspended: Notify,
+    /// What lives as long as the egress (a chrome session); released when it ends.
+    resources: Mutex<Vec<Box<dyn Any + Send>>>,
 }
 
-/// Events a recipe can subscribe to with `egress:on(name, fn)`.
+/// Events a recipe can subscribe to with `egress:on(name, fn)`; pages add `console`.
 pub const EVENTS: &[&str] = &["active", "stop", "output_failed", "ended"];
 
 impl EgressCtx {
@@ -48,18 +57,44 @@ impl EgressCtx {
             handlers: Mutex::new(Vec::new()),
             timers: Mutex::new(HashMap::new()),
             next_timer: AtomicU64::new(1),
+            suspended: Notify::new(),
+            resources: Mutex::new(Vec::new()),
         })
+    }
+
+    pub fn keep(&self, resource: Box<dyn Any + Send>) {
+        self.resources.lock().unwrap().push(resource);
+    }
+
+    /// Stops what the egress kept alive (chromium, Xvfb...), after its pipeline stopped.
+    pub fn release(&self) {
+        self.resources.lock().unwrap().clear();
+    }
+
+    pub fn add_handler(&self, lua: &Lua, event: &str, filter: Option<String>, f: Function) -> mlua::Result<()> {
+        self.handlers.lock().unwrap().push((event.to_string(), filter, lua.create_registry_value(f)?));
+        Ok(())
     }
 
     /// Calls every handler of `event`; a failing handler is logged with its file:line.
     pub fn fire(&self, lua: &Lua, event: &str, arg: Value) {
+        self.fire_matching(lua, event, |_| true, arg)
+    }
+
+    /// Calls the console handlers whose pattern the message matches.
+    pub fn fire_console(&self, lua: &Lua, text: &str) {
+        let arg = lua.create_string(text).map(Value::String).unwrap_or(Value::Nil);
+        self.fire_matching(lua, "console", |pattern| console_matches(text, pattern), arg)
+    }
+
+    fn fire_matching(&self, lua: &Lua, event: &str, matches: impl Fn(&str) -> bool, arg: Value) {
         let handlers: Vec<Function> = self
             .handlers
             .lock()
             .unwrap()
             .iter()
-            .filter(|(name, _)| name == event)
-            .filter_map(|(_, key)| lua.registry_value::<Function>(key).ok())
+            .filter(|(name, filter, _)| name == event && filter.as_deref().is_none_or(&matches))
+            .filter_map(|(_, _, key)| lua.registry_value::<Function>(key).ok())
             .collect();
         for f in handlers {
             if let Err(e) = f.call::<()>(arg.clone()) {
@@ -84,7 +119,7 @@ impl EgressCtx {
 pub struct EgressHandle(pub Arc<EgressCtx>);
 
 #[derive(Clone)]
-struct MediaHandle(MediaPad);
+pub struct MediaHandle(pub MediaPad);
 
 #[derive(Clone)]
 struct EncoderHandle {
@@ -171,6 +206,17 @@ impl UserData for EgressHandle {
             Ok(EncoderHandle { ctx: this.0.clone(), index })
         });
 
+        // egress:chrome { url = ..., video = true, audio = true }: a page captured with its sound.
+        methods.add_async_method("chrome", |_, this, opts: Table| async move {
+            super::page::open(this.0.clone(), opts).await
+        });
+
+        // egress:fail(reason): ends the egress as failed; what was recorded is finalized.
+        methods.add_method("fail", |_, this, reason: String| {
+            let _ = this.0.commands.send(Command::Fail { reason });
+            Ok(())
+        });
+
         // egress:stop(reason): ends the egress; files are finalized.
         methods.add_method("stop", |_, this, reason: Option<String>| {
             let reason = reason.unwrap_or_else(|| "stopped by recipe".into());
@@ -186,8 +232,7 @@ impl UserData for EgressHandle {
                     EVENTS.join(", ")
                 )));
             }
-            this.0.handlers.lock().unwrap().push((event, lua.create_registry_value(f)?));
-            Ok(())
+            this.0.add_handler(lua, &event, None, f)
         });
 
         // egress:after(seconds, fn): runs fn once, later, unless the egress ended.

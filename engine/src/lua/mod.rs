@@ -2,6 +2,7 @@
 //! (`return recipe { name, params, outputs, start }`) read out of a recipe file.
 
 pub mod api;
+mod page;
 
 use std::path::{Path, PathBuf};
 

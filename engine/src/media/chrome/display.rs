@@ -1,0 +1,81 @@
+//! The private X display and PulseAudio server of one Chrome capture, so that two egresses
+//! never see or hear each other. Both processes die with the session (kill_on_drop).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Name of the null sink chromium plays into; its monitor is what we capture.
+pub const SINK: &str = "egress";
+
+pub struct Xvfb {
+    _child: Child,
+    pub display: String,
+}
+
+/// Starts Xvfb on a free display. `-displayfd` makes Xvfb pick the number and print it once it
+/// accepts connections, so there is neither a race on numbers nor a poll for readiness.
+pub async fn start_xvfb(width: u32, height: u32) -> Result<Xvfb> {
+    // A screen slightly larger than the window: no black 1-px edge in the capture.
+    let screen = format!("{}x{}x24", width + 16, height + 16);
+    let mut child = Command::new("Xvfb")
+        .args(["-displayfd", "1", "-screen", "0", &screen, "-ac", "-nolisten", "tcp", "-nocursor"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start Xvfb (install the xvfb package: tests/setup.sh)")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(READY_TIMEOUT, lines.next_line())
+        .await
+        .context("Xvfb did not report a display within 10 s")??
+        .context("Xvfb exited before it was ready")?;
+    let number: u32 = line.trim().parse().with_context(|| format!("Xvfb printed `{line}`, not a display number"))?;
+    Ok(Xvfb { _child: child, display: format!(":{number}") })
+}
+
+pub struct Pulse {
+    _child: Child,
+    pub socket: PathBuf,
+}
+
+/// Starts a PulseAudio server of our own with one null sink, reachable on a unix socket in
+/// `dir`. No D-Bus and no autospawn: nothing outside this egress can play into it.
+pub async fn start_pulse(dir: &Path) -> Result<Pulse> {
+    let socket = dir.join("native");
+    let child = Command::new("pulseaudio")
+        .args([
+            "--daemonize=no",
+            "--system=false",
+            "--exit-idle-time=-1",
+            "--disallow-exit=true",
+            "--disable-shm=true",
+            "-n",
+            &format!("--load=module-native-protocol-unix auth-anonymous=1 socket={}", socket.display()),
+            &format!("--load=module-null-sink sink_name={SINK} rate=48000 channels=2"),
+            "--load=module-always-sink",
+        ])
+        .env("XDG_RUNTIME_DIR", dir)
+        .env("HOME", dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start pulseaudio (install the pulseaudio package: tests/setup.sh)")?;
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    // Pulse has no readiness signal of its own: its socket appearing is the signal.
+    while !socket.exists() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("pulseaudio did not open {} within 10 s", socket.display());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(Pulse { _child: child, socket })
+}
