@@ -64,7 +64,7 @@ dir = "scripts"
             [str(BINARY), "--config", str(self.config)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RUST_LOG": "info"},
+            env={**os.environ, "RUST_LOG": "info,chromiumoxide=error"},
         )
         wait_for_port(self.port, self.proc)
         self.api = Egret(f"http://127.0.0.1:{self.port}", API_KEY, API_SECRET)
@@ -140,3 +140,40 @@ def nginx(tmp_path_factory):
     server = Nginx(tmp_path_factory.mktemp("nginx"))
     yield server
     server.stop()
+
+
+class Pages:
+    """Serves tests/pages on 127.0.0.1 from a thread."""
+
+    def __init__(self):
+        import functools
+        import http.server
+        import threading
+
+        handler = functools.partial(QuietHandler, directory=str(Path(__file__).parent / "pages"))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+
+def _quiet_handler():
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+QuietHandler = _quiet_handler()
+
+
+@pytest.fixture(scope="session")
+def pages():
+    served = Pages()
+    yield served
+    served.server.shutdown()

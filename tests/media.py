@@ -104,3 +104,23 @@ def av_offset(path):
     pairs = [p for p in pairs if abs(p) < 0.5]
     assert len(pairs) >= 3, f"unpaired flashes {flashes} and beeps {beeps}"
     return float(np.median(pairs)), len(pairs)
+
+
+def tone_levels(path, freqs, rate=48000):
+    """Relative spectral energy near each frequency (fraction of the total), whole file."""
+    samples, _ = audio_samples(path, rate)
+    spectrum = np.abs(np.fft.rfft(samples)) ** 2
+    bins = np.fft.rfftfreq(len(samples), 1.0 / rate)
+    total = spectrum.sum() or 1.0
+    return {f: float(spectrum[(bins > f - 15) & (bins < f + 15)].sum() / total) for f in freqs}
+
+
+def frames_differ(path, at=(1.0, 1.5)):
+    """True if two frames half a second apart differ (the picture moves)."""
+    grabs = []
+    for t in at:
+        grabs.append(subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-ss", str(t), "-i", str(path), "-frames:v", "1", "-vf",
+             "scale=64:36,format=gray", "-f", "rawvideo", "-"], capture_output=True, timeout=60).stdout)
+    a, b = (np.frombuffer(g, np.uint8).astype(int) for g in grabs)
+    return len(a) == len(b) > 0 and np.abs(a - b).mean() > 1.0

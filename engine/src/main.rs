@@ -44,7 +44,9 @@ fn main() -> ExitCode {
         }
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,chromiumoxide=error".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -110,6 +112,7 @@ async fn serve(mut config: config::Config) -> Result<()> {
         config.recipes.dir.canonicalize().with_context(|| format!("recipes dir {}", config.recipes.dir.display()))?;
     let config = Arc::new(config);
 
+    media::chrome::pool::refill();
     let recipes = recipes::Recipes::load(&config.recipes.dir);
     let _watcher = recipes.watch().context("watching the recipes directory")?;
     let manager = egress::manager::Manager::new(config.clone(), recipes);

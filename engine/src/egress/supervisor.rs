@@ -288,13 +288,16 @@ impl Supervisor {
     fn finish(self, end: Ending) {
         let pipeline = self.pipeline();
         let _ = pipeline.set_state(gst::State::Null);
-        self.ctx.release();
         {
             let mut graph = self.ctx.graph.lock().unwrap();
             for output in graph.outputs.iter_mut() {
                 output.finish(OutputState::Complete);
             }
+            // Elements go before the processes they talk to: an X client still connected
+            // when its Xvfb dies would make Xlib end this whole process.
+            graph.dispose();
         }
+        self.ctx.release();
         self.publish_outputs();
         self.record.set_status(end.status, Some(end.reason.clone()), end.error.clone());
         let info =

@@ -136,7 +136,10 @@ pub fn declaration(table: &Table, file_stem: &str, chunk: &str) -> Result<Recipe
 /// A Lua error as one readable line with its `file:line`, without Rust internals.
 pub fn error_text(err: &mlua::Error) -> String {
     match err {
-        mlua::Error::RuntimeError(msg) | mlua::Error::SyntaxError { message: msg, .. } => msg.clone(),
+        // Errors from coroutines (async `start`) carry Lua's traceback: keep the message only.
+        mlua::Error::RuntimeError(msg) | mlua::Error::SyntaxError { message: msg, .. } => {
+            msg.split("\nstack traceback:").next().unwrap_or(msg).to_string()
+        }
         mlua::Error::CallbackError { traceback, cause } => {
             let at = traceback
                 .lines()

@@ -196,6 +196,15 @@ impl Graph {
         None
     }
 
+    /// Removes every element so each is finalized now (closing its connections), whoever
+    /// still holds a pad of it.
+    pub fn dispose(&mut self) {
+        self.encoders.clear();
+        for child in self.pipeline.children() {
+            let _ = self.pipeline.remove(&child);
+        }
+    }
+
     /// Outputs still linked and not failed.
     pub fn live_outputs(&self) -> usize {
         self.outputs.iter().filter(|o| o.attached).count()

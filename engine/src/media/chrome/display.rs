@@ -9,6 +9,9 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Name of the null sink chromium plays into; its monitor is what we capture.
@@ -17,6 +20,9 @@ pub const SINK: &str = "egress";
 pub struct Xvfb {
     _child: Child,
     pub display: String,
+    /// Screen size: a window of up to this size can be captured.
+    pub width: u32,
+    pub height: u32,
 }
 
 /// Starts Xvfb on a free display. `-displayfd` makes Xvfb pick the number and print it once it
@@ -38,17 +44,53 @@ pub async fn start_xvfb(width: u32, height: u32) -> Result<Xvfb> {
         .context("Xvfb did not report a display within 10 s")??
         .context("Xvfb exited before it was ready")?;
     let number: u32 = line.trim().parse().with_context(|| format!("Xvfb printed `{line}`, not a display number"))?;
-    Ok(Xvfb { _child: child, display: format!(":{number}") })
+    Ok(Xvfb { _child: child, display: format!(":{number}"), width, height })
 }
 
 pub struct Pulse {
     _child: Child,
     pub socket: PathBuf,
+    dir: PathBuf,
+    warm: Option<gst::Element>,
+}
+
+impl Drop for Pulse {
+    fn drop(&mut self) {
+        if let Some(warm) = self.warm.take() {
+            let _ = warm.set_state(gst::State::Null);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A new null sink renders its first block of ~2 s before any reader gets samples; after that,
+/// a reader asking for low latency keeps it in small blocks and a new capture starts within
+/// ~50 ms. This reader stays attached so the server is warm by the time it is used (pool.rs).
+async fn keep_sink_warm(socket: &Path) -> Result<gst::Element> {
+    let description = format!(
+        "pulsesrc server=unix:{} device={SINK}.monitor provide-clock=false ! fakesink name=sink sync=false",
+        socket.display()
+    );
+    let warm = gst::parse::launch(&description).context("building the Pulse warm-up reader")?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let sink = warm.downcast_ref::<gst::Bin>().and_then(|b| b.by_name("sink")).context("warm-up sink")?;
+    sink.static_pad("sink").context("warm-up sink pad")?.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        if let Some(tx) = tx.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        gst::PadProbeReturn::Remove
+    });
+    warm.set_state(gst::State::Playing).context("starting the Pulse warm-up reader")?;
+    // Ready means samples flow: a capture started now gets its first ones at once.
+    tokio::time::timeout(READY_TIMEOUT, rx).await.context("Pulse gave no samples within 10 s")??;
+    Ok(warm)
 }
 
 /// Starts a PulseAudio server of our own with one null sink, reachable on a unix socket in
-/// `dir`. No D-Bus and no autospawn: nothing outside this egress can play into it.
+/// `dir` (removed with it). No D-Bus and no autospawn: nothing outside its egress plays into it.
 pub async fn start_pulse(dir: &Path) -> Result<Pulse> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let socket = dir.join("native");
     let child = Command::new("pulseaudio")
         .args([
@@ -77,5 +119,6 @@ pub async fn start_pulse(dir: &Path) -> Result<Pulse> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(Pulse { _child: child, socket })
+    let warm = Some(keep_sink_warm(&socket).await?);
+    Ok(Pulse { _child: child, socket, dir: dir.to_path_buf(), warm })
 }

@@ -3,6 +3,7 @@
 //! GStreamer; CDP only navigates and reports console messages.
 
 mod display;
+pub mod pool;
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
@@ -108,10 +109,10 @@ impl ChromeSession {
     /// navigation error (`net::ERR_CONNECTION_REFUSED`...) when the page cannot load.
     pub async fn launch(egress_id: &str, opts: &ChromeOptions, events: PageEvents) -> Result<ChromeSession> {
         let dir = std::env::temp_dir().join(format!("egret-{egress_id}"));
-        std::fs::create_dir_all(dir.join("pulse")).context("creating the chrome session directory")?;
+        std::fs::create_dir_all(&dir).context("creating the chrome session directory")?;
         let (xvfb, pulse) = tokio::join!(
-            async { if opts.video { display::start_xvfb(opts.width, opts.height).await.map(Some) } else { Ok(None) } },
-            async { if opts.audio { display::start_pulse(&dir.join("pulse")).await.map(Some) } else { Ok(None) } },
+            async { if opts.video { pool::xvfb(opts.width, opts.height).await.map(Some) } else { Ok(None) } },
+            async { if opts.audio { pool::pulse(&dir.join("pulse")).await.map(Some) } else { Ok(None) } },
         );
         let (xvfb, pulse) = (xvfb?, pulse?);
 
@@ -235,6 +236,7 @@ impl ChromeSession {
             let src = make("pulsesrc", None)?;
             src.set_property("server", format!("unix:{}", p.socket.display()));
             src.set_property("device", format!("{}.monitor", display::SINK));
+            src.set_property("provide-clock", false);
             let caps = capsfilter("audio/x-raw,rate=48000,channels=2")?;
             add_chain(pipeline, &[&src, &caps])?;
             pads.push(MediaPad { kind: MediaKind::Audio, pad: caps.static_pad("src").expect("src") });
