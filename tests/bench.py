@@ -1,8 +1,15 @@
-"""Bench: the test source to MP4 at 720p30 through egret and through the equivalent bare
-gst-launch-1.0 pipeline, in the same run. Prints CPU-seconds per minute of output for both,
-their ratio, and start latency (call -> first byte written).
+"""Bench: egret next to the bare pipeline doing the same work, measured in the same run.
 
-    .venv/bin/python tests/bench.py [--seconds 20] [--rounds 2]
+  testsrc  the test source to MP4 at 720p30, egret vs gst-launch-1.0 with the same elements
+  web      an animated page with a tone to MP4 at 720p30, egret's web egress vs the bare path
+           (Xvfb + PulseAudio + chromium + gst-launch-1.0 ximagesrc/pulsesrc -> x264 -> MP4)
+  load     1, 2, 3 web egresses at once: repeated frames in each output (a moving page
+           repeats none unless frames are dropped)
+
+Prints CPU-seconds per minute of output (whole process trees: chromium, Xvfb and Pulse count),
+the egret/bare ratio and start latency (call -> first byte written).
+
+    .venv/bin/python tests/bench.py [--seconds 20] [--rounds 2] [--only testsrc,web,load]
 """
 
 import argparse
@@ -17,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import EgretProcess  # noqa: E402
+from conftest import EgretProcess, Pages  # noqa: E402
 from media import duration, probe  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -39,6 +46,27 @@ BARE_PIPELINE = (
 def process_cpu(pid):
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def tree_cpu(root):
+    """CPU seconds of `root` and every live descendant (chromium's helpers, Xvfb, Pulse)."""
+    parents, cpu = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    total = 0.0
+    for pid in cpu:
+        p = pid
+        while p > 1 and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            total += cpu[pid]
+    return total
 
 
 def first_byte_after(path: Path, t0_holder, result):
@@ -96,21 +124,104 @@ def per_minute(cpu, media_seconds):
     return cpu / media_seconds * 60.0
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=20.0, help="recording length per run")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating egret/bare rounds")
-    args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="egret-bench-"))
-    egret = EgretProcess(workdir)
-    rows = {"egret": [], "bare gst-launch": []}
-    try:
-        for i in range(args.rounds):
-            rows["egret"].append(run_egret(egret, args.seconds, i))
-            rows["bare gst-launch"].append(run_bare(workdir, args.seconds, i))
-    finally:
-        egret.stop()
-    print(f"\ntestsrc -> MP4, 720p30 H.264 3 Mb/s + AAC, {args.rounds} x {args.seconds:.0f} s each, {os.cpu_count()} cores")
+def run_web_egret(egret, page_url, seconds, index):
+    rel = f"bench/web-{index}.mp4"
+    path = egret.storage / rel
+    t0, latency = [time.monotonic()], []
+    watcher = threading.Thread(target=first_byte_after, args=(path, t0, latency), daemon=True)
+    watcher.start()
+    cpu0 = tree_cpu(egret.proc.pid)
+    t0[0] = time.monotonic()
+    started = egret.api.start("web", url=page_url, file_outputs=[{"filepath": rel}])
+    watcher.join(timeout=30)
+    time.sleep(seconds)
+    cpu = tree_cpu(egret.proc.pid) - cpu0  # before stop: the page's processes are still alive
+    egret.api.stop(started["egress_id"])
+    egret.api.wait_status(started["egress_id"], "complete")
+    return cpu, duration(probe(path)), latency[0] if latency else float("nan")
+
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run", "--disable-quic", "--kiosk", "--window-position=0,0", "--window-size=1280,720",
+    "--autoplay-policy=no-user-gesture-required", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+]
+
+
+def run_web_bare(workdir, page_url, seconds, index):
+    """The same capture by hand: Xvfb, PulseAudio, chromium, then gst-launch-1.0."""
+    path = workdir / f"bare-web-{index}.mp4"
+    pulse_dir = workdir / f"pulse-{index}"
+    pulse_dir.mkdir()
+    socket_path = pulse_dir / "native"
+    t0, latency = [time.monotonic()], []
+    watcher = threading.Thread(target=first_byte_after, args=(path, t0, latency), daemon=True)
+    watcher.start()
+    t0[0] = time.monotonic()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1296x736x24", "-ac", "-nolisten", "tcp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    display = ":" + xvfb.stdout.readline().strip()
+    pulse = subprocess.Popen(
+        ["pulseaudio", "--daemonize=no", "--system=false", "--exit-idle-time=-1", "--disallow-exit=true", "-n",
+         f"--load=module-native-protocol-unix auth-anonymous=1 socket={socket_path}",
+         "--load=module-null-sink sink_name=egress rate=48000 channels=2", "--load=module-always-sink"],
+        env={**os.environ, "XDG_RUNTIME_DIR": str(pulse_dir), "HOME": str(pulse_dir)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not socket_path.exists():
+        time.sleep(0.005)
+    env = {**os.environ, "DISPLAY": display, "PULSE_SERVER": f"unix:{socket_path}", "PULSE_SINK": "egress"}
+    chromium = subprocess.Popen(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={workdir}/profile-{index}", page_url],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pipeline = (
+        f"ximagesrc display-name={display} use-damage=false show-pointer=false startx=0 starty=0 endx=1279 endy=719 "
+        "! video/x-raw,framerate=30/1 ! videoconvert ! videoscale ! videorate "
+        "! video/x-raw,format=I420,width=1280,height=720,framerate=30/1,pixel-aspect-ratio=1/1 "
+        "! x264enc bitrate=3000 speed-preset=veryfast tune=zerolatency key-int-max=120 "
+        "! video/x-h264,profile=main ! h264parse ! queue ! mp4mux fragment-duration=250 name=mux "
+        f"! filesink location={path} "
+        f"pulsesrc server=unix:{socket_path} device=egress.monitor provide-clock=false "
+        "! audio/x-raw,rate=48000,channels=2 ! audioconvert ! audioresample "
+        "! audio/x-raw,rate=48000,channels=2 ! avenc_aac bitrate=128000 ! aacparse ! queue ! mux."
+    )
+    gst = subprocess.Popen(["gst-launch-1.0", "-e", *split_pipeline(pipeline)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watcher.join(timeout=30)
+    time.sleep(seconds)
+    cpu = sum(tree_cpu(p.pid) for p in (xvfb, pulse, chromium, gst))
+    gst.send_signal(signal.SIGINT)
+    gst.wait()
+    for p in (chromium, pulse, xvfb):
+        p.kill()
+        p.wait()
+    return cpu, duration(probe(path)), latency[0] if latency else float("nan")
+
+
+def repeated_frames(path):
+    """Share of frames identical to the one before: a moving page has none unless dropped."""
+    out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v", "-f", "framemd5", "-"],
+                         capture_output=True, text=True, timeout=300).stdout
+    hashes = [line.rsplit(",", 1)[1].strip() for line in out.splitlines() if line and not line.startswith("#")]
+    repeats = sum(1 for a, b in zip(hashes, hashes[1:]) if a == b)
+    return repeats / max(1, len(hashes) - 1), len(hashes)
+
+
+def run_load(egret, page_url, seconds, count):
+    starts = [egret.api.start("web", url=page_url, file_outputs=[{"filepath": f"bench/load-{count}-{i}.mp4"}])
+              for i in range(count)]
+    for s in starts:
+        egret.api.wait_status(s["egress_id"], "active", timeout=60)
+    time.sleep(seconds)
+    for s in starts:
+        egret.api.stop(s["egress_id"])
+    results = []
+    for s in starts:
+        info = egret.api.wait_status(s["egress_id"], "complete", "failed")
+        results.append(repeated_frames(egret.storage / info["outputs"][0]["target"]) + (info["outputs"][0]["duration"],))
+    return results
+
+
+def report(title, rows, rounds, seconds):
+    print(f"\n{title}, {rounds} x {seconds:.0f} s each, {os.cpu_count()} cores")
     print(f"{'path':<18}{'CPU-s/min':>12}{'output s':>10}{'start latency':>15}")
     summary = {}
     for name, runs in rows.items():
@@ -120,8 +231,43 @@ def main():
         summary[name] = per_minute(cpu, media)
         each = ", ".join(f"{r[2] * 1000:.0f}" for r in runs)
         print(f"{name:<18}{summary[name]:>12.2f}{media:>10.1f}{latency * 1000:>12.0f} ms   (runs: {each} ms)")
-    ratio = summary["egret"] / summary["bare gst-launch"]
-    print(f"ratio egret / bare: {ratio:.3f} (target <= 1.10)")
+    names = list(rows)
+    print(f"ratio {names[0]} / {names[1]}: {summary[names[0]] / summary[names[1]]:.3f} (target <= 1.10)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="recording length per run")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating egret/bare rounds")
+    parser.add_argument("--only", default="testsrc,web,load", help="comma-separated scenarios")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    workdir = Path(tempfile.mkdtemp(prefix="egret-bench-"))
+    egret = EgretProcess(workdir)
+    pages = Pages()
+    try:
+        if "testsrc" in only:
+            rows = {"egret": [], "bare gst-launch": []}
+            for i in range(args.rounds):
+                rows["egret"].append(run_egret(egret, args.seconds, i))
+                rows["bare gst-launch"].append(run_bare(workdir, args.seconds, i))
+            report("testsrc -> MP4, 720p30 H.264 3 Mb/s + AAC", rows, args.rounds, args.seconds)
+        if "web" in only:
+            page = pages.url("animated.html?tone=440")
+            rows = {"egret web": [], "bare chrome+gst": []}
+            for i in range(args.rounds):
+                rows["egret web"].append(run_web_egret(egret, page, args.seconds, i))
+                rows["bare chrome+gst"].append(run_web_bare(workdir, page, args.seconds, i))
+            report("web page -> MP4, 720p30 H.264 3 Mb/s + AAC", rows, args.rounds, args.seconds)
+        if "load" in only:
+            print(f"\nconcurrent 720p30 web egresses, {args.seconds:.0f} s each: repeated frames per output")
+            for count in (1, 2, 3):
+                results = run_load(egret, pages.url("animated.html"), args.seconds, count)
+                shown = ", ".join(f"{r * 100:.1f}% of {n}" for r, n, _ in results)
+                print(f"  {count} at once: {shown}")
+    finally:
+        egret.stop()
+        pages.server.shutdown()
     shutil.rmtree(workdir, ignore_errors=True)
 
 

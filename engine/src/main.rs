@@ -135,6 +135,7 @@ async fn serve(mut config: config::Config) -> Result<()> {
     }
     // Drain: no new egresses, every running one finalized, then exit.
     manager.drain().await;
+    media::chrome::pool::clear();
     let _ = shutdown_tx.send(true);
     let _ = server.await;
     tracing::info!("all egresses finalized; bye");

@@ -14,6 +14,23 @@ use gstreamer::prelude::*;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A helper process that dies with egret, even when egret is killed: the kernel sends it
+/// SIGKILL when its parent goes (Drop alone cannot run on SIGKILL or for the static pool).
+pub fn helper(program: &str) -> Command {
+    let mut command = Command::new(program);
+    command.kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 /// Name of the null sink chromium plays into; its monitor is what we capture.
 pub const SINK: &str = "egress";
 
@@ -30,11 +47,10 @@ pub struct Xvfb {
 pub async fn start_xvfb(width: u32, height: u32) -> Result<Xvfb> {
     // A screen slightly larger than the window: no black 1-px edge in the capture.
     let screen = format!("{}x{}x24", width + 16, height + 16);
-    let mut child = Command::new("Xvfb")
+    let mut child = helper("Xvfb")
         .args(["-displayfd", "1", "-screen", "0", &screen, "-ac", "-nolisten", "tcp", "-nocursor"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .context("cannot start Xvfb (install the xvfb package: tests/setup.sh)")?;
     let stdout = child.stdout.take().expect("piped stdout");
@@ -68,7 +84,8 @@ impl Drop for Pulse {
 /// ~50 ms. This reader stays attached so the server is warm by the time it is used (pool.rs).
 async fn keep_sink_warm(socket: &Path) -> Result<gst::Element> {
     let description = format!(
-        "pulsesrc server=unix:{} device={SINK}.monitor provide-clock=false ! fakesink name=sink sync=false",
+        // 100 ms reads: enough to keep the sink out of its 2 s blocks, few wake-ups while idle.
+        "pulsesrc server=unix:{} device={SINK}.monitor provide-clock=false buffer-time=400000 latency-time=100000 ! fakesink name=sink sync=false",
         socket.display()
     );
     let warm = gst::parse::launch(&description).context("building the Pulse warm-up reader")?;
@@ -92,7 +109,7 @@ async fn keep_sink_warm(socket: &Path) -> Result<gst::Element> {
 pub async fn start_pulse(dir: &Path) -> Result<Pulse> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let socket = dir.join("native");
-    let child = Command::new("pulseaudio")
+    let child = helper("pulseaudio")
         .args([
             "--daemonize=no",
             "--system=false",
@@ -108,7 +125,6 @@ pub async fn start_pulse(dir: &Path) -> Result<Pulse> {
         .env("HOME", dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .context("cannot start pulseaudio (install the pulseaudio package: tests/setup.sh)")?;
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;

@@ -116,7 +116,7 @@ impl ChromeSession {
         );
         let (xvfb, pulse) = (xvfb?, pulse?);
 
-        let mut command = tokio::process::Command::new("chromium");
+        let mut command = display::helper("chromium");
         command.args(chromium_args(&dir, opts, xvfb.is_none())).stdout(Stdio::null()).stderr(Stdio::piped());
         if let Some(x) = &xvfb {
             command.env("DISPLAY", &x.display);

@@ -39,6 +39,12 @@ pub fn refill() {
     });
 }
 
+/// Stops the pooled processes (engine shutdown).
+pub fn clear() {
+    XVFB.lock().unwrap().take();
+    PULSE.lock().unwrap().take();
+}
+
 /// A display for a `width` x `height` window: the pooled one if it fits, else a new one.
 pub async fn xvfb(width: u32, height: u32) -> Result<Xvfb> {
     let pooled = XVFB.lock().unwrap().take_if(|x| x.width >= width && x.height >= height);
