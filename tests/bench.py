@@ -37,7 +37,7 @@ BARE_PIPELINE = (
     "! video/x-raw,format=I420,width=1280,height=720,framerate=30/1,pixel-aspect-ratio=1/1 "
     "! x264enc bitrate=3000 speed-preset=veryfast tune=zerolatency key-int-max=120 "
     "! video/x-h264,profile=main ! h264parse ! queue ! mp4mux fragment-duration=250 name=mux "
-    "! filesink location={path} "
+    "! filesink buffer-mode=unbuffered location={path} "
     "audiotestsrc is-live=true wave=sine freq=440 volume=0.3 ! audioconvert ! audioresample "
     "! audio/x-raw,rate=48000,channels=2 ! avenc_aac bitrate=128000 ! aacparse ! queue ! mux."
 )
@@ -178,7 +178,7 @@ def run_web_bare(workdir, page_url, seconds, index):
         "! video/x-raw,format=I420,width=1280,height=720,framerate=30/1,pixel-aspect-ratio=1/1 "
         "! x264enc bitrate=3000 speed-preset=veryfast tune=zerolatency key-int-max=120 "
         "! video/x-h264,profile=main ! h264parse ! queue ! mp4mux fragment-duration=250 name=mux "
-        f"! filesink location={path} "
+        f"! filesink buffer-mode=unbuffered location={path} "
         f"pulsesrc server=unix:{socket_path} device=egress.monitor provide-clock=false "
         "! audio/x-raw,rate=48000,channels=2 ! audioconvert ! audioresample "
         "! audio/x-raw,rate=48000,channels=2 ! avenc_aac bitrate=128000 ! aacparse ! queue ! mux."

@@ -52,7 +52,7 @@ pub async fn open(ctx: Arc<EgressCtx>, opts: Table) -> mlua::Result<PageHandle> 
         session.capture(&graph.pipeline, &options).map_err(|e| mlua::Error::runtime(format!("{e:#}")))?
     };
     let console = session.console.clone();
-    tracing::info!(egress = %ctx.id, pid = ?session.pid, url = %options.url, "page loaded");
+    tracing::debug!(egress = %ctx.id, pid = ?session.pid, url = %options.url, "capturing");
     ctx.keep(Box::new(session));
     Ok(PageHandle { ctx, console, pads })
 }

@@ -108,6 +108,7 @@ impl ChromeSession {
     /// Starts display, sound and chromium, then opens `url`. Fails with chromium's own
     /// navigation error (`net::ERR_CONNECTION_REFUSED`...) when the page cannot load.
     pub async fn launch(egress_id: &str, opts: &ChromeOptions, events: PageEvents) -> Result<ChromeSession> {
+        let began = std::time::Instant::now();
         let dir = std::env::temp_dir().join(format!("egret-{egress_id}"));
         std::fs::create_dir_all(&dir).context("creating the chrome session directory")?;
         let (xvfb, pulse) = tokio::join!(
@@ -143,6 +144,7 @@ impl ChromeSession {
         .await
         .context("chromium did not start within 20 s")??;
 
+        let devtools_ms = began.elapsed().as_millis();
         let on_crash = Arc::new(events.on_crash);
         let mut tasks = Vec::new();
         // Keep reading stderr (a full pipe would block chromium) and watch for its exit.
@@ -206,8 +208,13 @@ impl ChromeSession {
 
         let session =
             ChromeSession { xvfb, pulse, _browser: browser, _kill_chromium: kill_tx, tasks, dir, console, pid };
+        let navigate_ms = began.elapsed().as_millis();
         match tokio::time::timeout(opts.load_timeout, page.goto(opts.url.as_str())).await {
-            Ok(Ok(_)) => Ok(session),
+            Ok(Ok(_)) => {
+                let loaded_ms = began.elapsed().as_millis();
+                tracing::info!(egress = egress_id, devtools_ms, navigate_ms, loaded_ms, "page loaded");
+                Ok(session)
+            }
             Ok(Err(chromiumoxide::error::CdpError::ChromeMessage(text))) => {
                 Err(anyhow!("navigation to {} failed: {text}", opts.url))
             }

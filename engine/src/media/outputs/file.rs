@@ -45,6 +45,9 @@ pub fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bo
     let sink = make("filesink", None)?;
     sink.set_property("location", path.to_string_lossy().to_string());
     sink.set_property("async", false);
+    // Straight to the kernel: a 64 KB stdio buffer would delay the first byte by a second on
+    // calm content and lose its contents if egret were killed.
+    sink.set_property_from_str("buffer-mode", "unbuffered");
     bin.add_many([&mux, &sink])?;
     mux.link(&sink)?;
 
