@@ -70,6 +70,9 @@ impl Api {
         if path == "/healthz" {
             return reply(200, json!({ "ok": true }));
         }
+        if let Some(twirp_method) = path.strip_prefix("/twirp/livekit.Egress/") {
+            return self.twirp(twirp_method.to_string(), req).await;
+        }
         let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
         match self.verifier.check_header(auth) {
             Ok(_) => {}
@@ -86,7 +89,7 @@ impl Api {
                 Some(e) => reply(200, e.to_json()),
                 None => error(404, format!("no egress `{id}`"), Some("egress_id")),
             },
-            (&Method::POST, ["v1", "egress", id, "stop"]) => match self.manager.stop(id, "stopped by API") {
+            (&Method::POST, ["v1", "egress", id, "stop"]) => match self.manager.stop(id, "stopped by API").await {
                 Ok(e) => reply(200, e.to_json()),
                 Err(StopError::NotFound) => error(404, format!("no egress `{id}`"), Some("egress_id")),
                 Err(StopError::AlreadyEnded(s)) => {
@@ -99,6 +102,16 @@ impl Api {
             }
             _ => error(404, format!("no route {method} {path}"), None),
         }
+    }
+
+    async fn twirp(&self, method: String, req: Request<Incoming>) -> Reply {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (content_type, auth) = (header("content-type").unwrap_or_default(), header("authorization"));
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(413, format!("body larger than {MAX_BODY} bytes"), None),
+        };
+        crate::twirp::handle(&self.manager, &self.verifier, &method, &content_type, auth.as_deref(), &body).await
     }
 
     async fn start(&self, req: Request<Incoming>) -> Reply {

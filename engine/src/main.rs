@@ -9,6 +9,7 @@ mod lua;
 mod media;
 mod recipes;
 mod request;
+mod twirp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -135,7 +136,7 @@ async fn serve(mut config: config::Config) -> Result<()> {
     }
     // Drain: no new egresses, every running one finalized, then exit.
     manager.drain().await;
-    media::chrome::pool::clear();
+    media::chrome::pool::clear().await;
     let _ = shutdown_tx.send(true);
     let _ = server.await;
     tracing::info!("all egresses finalized; bye");

@@ -7,6 +7,7 @@ use mlua::Function;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+pub use super::UpdateError;
 use super::supervisor::Supervisor;
 use super::{Command, EgressRecord, EgressStatus};
 use crate::config::Config;
@@ -123,12 +124,42 @@ impl Manager {
         self.egresses.read().unwrap().clone()
     }
 
-    pub fn stop(&self, id: &str, reason: &str) -> Result<Arc<EgressRecord>, StopError> {
+    /// Stops an egress; answers once it is ending (its outputs finalizing), as LiveKit does.
+    pub async fn stop(&self, id: &str, reason: &str) -> Result<Arc<EgressRecord>, StopError> {
         let record = self.get(id).ok_or(StopError::NotFound)?;
         let status = record.status();
         if status.is_terminal() || !record.send(Command::Stop { reason: reason.to_string() }) {
             return Err(StopError::AlreadyEnded(status));
         }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), record.leaving()).await;
+        Ok(record)
+    }
+
+    pub fn storage_dir(&self) -> std::path::PathBuf {
+        self.config.storage.dir.clone()
+    }
+
+    /// Adds and removes stream URLs of a running egress; its other outputs are untouched.
+    pub async fn update_stream(
+        &self,
+        id: &str,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> Result<Arc<EgressRecord>, UpdateError> {
+        let record = self.get(id).ok_or(UpdateError::NotFound)?;
+        for (i, url) in add.iter().enumerate() {
+            crate::request::outputs::check_stream_url(url, &format!("add_output_urls[{i}]"))
+                .map_err(UpdateError::Invalid)?;
+        }
+        let ended = || UpdateError::NotRunning(format!("egress {id} already ended"));
+        if record.status().is_terminal() {
+            return Err(ended());
+        }
+        let (reply, answer) = oneshot::channel();
+        if !record.send(Command::UpdateStream { add, remove, reply }) {
+            return Err(ended());
+        }
+        answer.await.map_err(|_| ended())??;
         Ok(record)
     }
 

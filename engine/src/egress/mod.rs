@@ -49,6 +49,20 @@ pub enum Command {
     Console {
         text: String,
     },
+    /// LiveKit's UpdateStream: stream URLs added and removed while it runs.
+    UpdateStream {
+        add: Vec<String>,
+        remove: Vec<String>,
+        reply: tokio::sync::oneshot::Sender<Result<(), UpdateError>>,
+    },
+}
+
+/// Why an UpdateStream was refused.
+#[derive(Debug)]
+pub enum UpdateError {
+    NotFound,
+    Invalid(crate::request::FieldError),
+    NotRunning(String),
 }
 
 struct Lifecycle {
@@ -138,6 +152,12 @@ impl EgressRecord {
 
     fn set_outputs(&self, outputs: Vec<Arc<OutputStatus>>) {
         *self.outputs.lock().unwrap() = outputs;
+    }
+
+    /// Waits until the egress is ending or ended.
+    pub async fn leaving(&self) {
+        let mut rx = self.status_tx.subscribe();
+        let _ = rx.wait_for(|s| *s == EgressStatus::Ending || s.is_terminal()).await;
     }
 
     /// Waits until the egress reaches a terminal state.

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Command, EgressRecord, EgressStatus};
+use super::{Command, EgressRecord, EgressStatus, UpdateError};
 use crate::lua::api::{EgressCtx, EgressHandle, find_field_error};
 use crate::lua::error_text;
 use crate::media::outputs::{MediaEvent, OutputState};
@@ -113,6 +113,10 @@ impl Supervisor {
                         self.ctx.fire_console(&self.lua, &text);
                         self.publish_outputs();
                     }
+                    Command::UpdateStream { add, remove, reply } => {
+                        let _ = reply.send(self.update_stream(&add, &remove));
+                        self.publish_outputs();
+                    }
                 },
                 Some(event) = self.media.recv() => self.on_media_event(event),
                 Some(message) = messages.next(), if !starting => {
@@ -153,6 +157,33 @@ impl Supervisor {
                 })
                 .unwrap_or_else(|| "pipeline refused to play".into());
             return Err(FieldError::new("", detail));
+        }
+        Ok(())
+    }
+
+    fn update_stream(&self, add: &[String], remove: &[String]) -> Result<(), UpdateError> {
+        let mut graph = self.ctx.graph.lock().unwrap();
+        if !graph.has_encoder() {
+            return Err(UpdateError::NotRunning("the egress is not encoding yet".into()));
+        }
+        let mut removing = Vec::new();
+        for (i, url) in remove.iter().enumerate() {
+            let index = graph.stream_output(url).ok_or_else(|| {
+                UpdateError::Invalid(FieldError::new(
+                    format!("remove_output_urls[{i}]"),
+                    format!("`{url}` is not a stream of this egress"),
+                ))
+            })?;
+            removing.push(index);
+        }
+        for index in removing {
+            let output = &mut graph.outputs[index];
+            output.status.set_state(OutputState::Complete, None);
+            output.unlink(index, self.media_tx.clone());
+        }
+        for url in add {
+            let field = format!("stream_outputs[+{}]", graph.outputs.len());
+            graph.add_stream_url(0, &field, url).map_err(UpdateError::Invalid)?;
         }
         Ok(())
     }

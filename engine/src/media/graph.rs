@@ -205,6 +205,15 @@ impl Graph {
         }
     }
 
+    pub fn has_encoder(&self) -> bool {
+        !self.encoders.is_empty()
+    }
+
+    /// The live stream output sending to `url`.
+    pub fn stream_output(&self, url: &str) -> Option<usize> {
+        self.outputs.iter().position(|o| o.attached && o.status.kind == "stream" && o.status.target == url)
+    }
+
     /// Outputs still linked and not failed.
     pub fn live_outputs(&self) -> usize {
         self.outputs.iter().filter(|o| o.attached).count()

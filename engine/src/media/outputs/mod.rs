@@ -221,11 +221,13 @@ impl OutputBranch {
         }
     }
 
-    /// After `unlink` completed: releases tee pads and drops the bin.
+    /// After `unlink` completed: releases tee pads and drops the bin, telling it the stream
+    /// ended first (an RTMP server sees a clean unpublish).
     pub fn remove(&mut self, pipeline: &gst::Pipeline) {
         for (tee, src) in self.links.drain(..) {
             tee.release_request_pad(&src);
         }
+        self.push_eos();
         let _ = self.bin.set_state(gst::State::Null);
         let _ = pipeline.remove(&self.bin);
     }

@@ -1,0 +1,150 @@
+"""LiveKit's Egress API served by egret, driven by LiveKit's own Python client (protobuf) and by
+raw proto3 JSON (camelCase and snake_case, defaults left out, as the JS SDK sends it)."""
+
+import asyncio
+import json
+import time
+import urllib.request
+
+import pytest
+from livekit import api
+
+from conftest import API_KEY, API_SECRET
+from egret_client import livekit_token
+from media import duration, probe, streams
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def with_client(egret, body):
+    lk = api.LiveKitAPI(url=f"http://127.0.0.1:{egret.port}", api_key=API_KEY, api_secret=API_SECRET)
+    try:
+        return await body(lk)
+    finally:
+        await lk.aclose()
+
+
+async def wait_info(lk, egress_id, predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        (info,) = (await lk.egress.list_egress(api.ListEgressRequest(egress_id=egress_id))).items
+        if predicate(info):
+            return info
+        assert time.monotonic() < deadline, f"not reached: {info}"
+        await asyncio.sleep(0.1)
+
+
+def test_python_client_start_list_update_stream_stop(egret, pages, nginx):
+    first, second = nginx.url("twirp-a"), nginx.url("twirp-b")
+
+    async def scenario(lk):
+        request = api.WebEgressRequest(
+            url=pages.url("animated.html?tone=440"),
+            file_outputs=[api.EncodedFileOutput(file_type=api.EncodedFileType.MP4, filepath="twirp/web.mp4")],
+            stream_outputs=[api.StreamOutput(protocol=api.StreamProtocol.RTMP, urls=[first])],
+        )
+        info = await lk.egress.start_web_egress(request)
+        assert info.status in (api.EGRESS_STARTING, api.EGRESS_ACTIVE)
+        assert info.WhichOneof("request") == "web" and info.web.url == request.url
+        assert info.source_type == api.EgressSourceType.EGRESS_SOURCE_TYPE_WEB
+        eid = info.egress_id
+
+        active = await wait_info(lk, eid, lambda i: i.status == api.EGRESS_ACTIVE)
+        listed = (await lk.egress.list_egress(api.ListEgressRequest(active=True))).items
+        assert eid in [i.egress_id for i in listed]
+        assert active.started_at > 0 and [s.url for s in active.stream_results] == [first]
+
+        updated = await lk.egress.update_stream(api.UpdateStreamRequest(egress_id=eid, add_output_urls=[second]))
+        assert sorted(s.url for s in updated.stream_results) == sorted([first, second])
+        await wait_info(lk, eid, lambda i: all(s.status == api.StreamInfo.ACTIVE and s.duration > 0 for s in i.stream_results))
+        live = probe(second, timeout=20)
+        assert {s["codec_name"] for s in live["streams"]} == {"h264", "aac"}
+
+        removed = await lk.egress.update_stream(api.UpdateStreamRequest(egress_id=eid, remove_output_urls=[first]))
+        by_url = {s.url: s for s in removed.stream_results}
+        assert by_url[first].status == api.StreamInfo.FINISHED
+        assert by_url[second].status == api.StreamInfo.ACTIVE
+
+        stopped = await lk.egress.stop_egress(api.StopEgressRequest(egress_id=eid))
+        assert stopped.status in (api.EGRESS_ENDING, api.EGRESS_COMPLETE)
+        return await wait_info(lk, eid, lambda i: i.status == api.EGRESS_COMPLETE)
+
+    final = run(with_client(egret, scenario))
+    (file_result,) = final.file_results
+    assert file_result.filename == "twirp/web.mp4" and file_result.size > 0 and file_result.duration > 1e9
+    media = probe(file_result.location)
+    assert abs(duration(media) - file_result.duration / 1e9) <= 0.5
+    assert streams(media, "video")[0]["width"] == 1280
+    assert final.ended_at >= final.started_at > 0
+
+
+def post_json(egret, method, body, token=None):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{egret.port}/twirp/livekit.Egress/{method}",
+        data=body if isinstance(body, bytes) else json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json",
+                 "Authorization": f"Bearer {egret.api.token if token is None else token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers["content-type"], json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["content-type"], json.loads(e.read())
+
+
+@pytest.mark.parametrize("body", [
+    # camelCase, enums by name, default values left out: what the JS SDK posts
+    lambda url: {"url": url, "audioOnly": True, "fileOutputs": [{"fileType": "OGG", "filepath": "twirp/camel.ogg"}]},
+    # snake_case, the deprecated single `file` output, an enum by number
+    lambda url: {"url": url, "audio_only": True, "file": {"file_type": 2, "filepath": "twirp/snake.ogg"}},
+])
+def test_json_requests_in_either_case(egret, pages, body):
+    status, content_type, info = post_json(egret, "StartWebEgress", body(pages.url("animated.html?tone=660")))
+    assert status == 200 and content_type == "application/json", info
+    eid = info["egressId"]
+    # proto3 JSON leaves default values out: no "status" means EGRESS_STARTING (enum 0)
+    assert info.get("status", "EGRESS_STARTING") in ("EGRESS_STARTING", "EGRESS_ACTIVE")
+    assert info["web"]["audioOnly"] is True
+    egret.api.wait_status(eid, "active")
+    time.sleep(1)
+    status, _, stopped = post_json(egret, "StopEgress", {"egressId": eid})
+    assert status == 200 and stopped["egressId"] == eid
+    egret.api.wait_status(eid, "complete")
+    status, _, listed = post_json(egret, "ListEgress", {"egress_id": eid})
+    (item,) = listed["items"]
+    assert item["status"] == "EGRESS_COMPLETE"
+    (result,) = item["fileResults"]
+    assert [s["codec_name"] for s in probe(result["location"])["streams"]] == ["opus"]
+
+
+def test_twirp_errors(egret, pages):
+    web = {"url": pages.url("animated.html"), "fileOutputs": [{"filepath": "twirp/e.mp4"}]}
+    cases = [
+        (post_json(egret, "StartWebEgress", web, token=""), 401, "unauthenticated"),
+        (post_json(egret, "StartWebEgress", web, token=livekit_token(API_KEY, "wrong-secret-0123456789abcdefgh")), 401,
+         "unauthenticated"),
+        (post_json(egret, "StartWebEgress", web, token=livekit_token(API_KEY, API_SECRET, room_record=False)), 403,
+         "permission_denied"),
+        (post_json(egret, "StartWebEgress", b'{"url": '), 400, "malformed"),
+        (post_json(egret, "StartWebEgress", {**web, "url": "ftp://x/y"}), 400, "invalid_argument"),
+        (post_json(egret, "StartWebEgress", {"url": web["url"]}), 400, "invalid_argument"),
+        (post_json(egret, "StopEgress", {"egressId": "EG_missing"}), 404, "not_found"),
+        (post_json(egret, "StartTrackEgress", {"roomName": "r", "trackId": "TR_x"}), 501, "unimplemented"),
+        (post_json(egret, "NoSuchMethod", {}), 404, "bad_route"),
+    ]
+    for (status, content_type, body), want_status, want_code in cases:
+        assert (status, body["code"]) == (want_status, want_code), body
+        assert content_type == "application/json" and body["msg"]
+
+
+def test_python_client_sees_twirp_errors(egret):
+    async def scenario(lk):
+        with pytest.raises(api.TwirpError) as failure:
+            await lk.egress.stop_egress(api.StopEgressRequest(egress_id="EG_missing"))
+        return failure.value
+
+    error = run(with_client(egret, scenario))
+    assert error.code == "not_found" and error.status == 404
