@@ -197,10 +197,10 @@ fn request_params<T: Message + Default + DeserializeOwned + Serialize>(
     if let Value::Object(map) = &mut params {
         for (single, list) in [("file", "file_outputs"), ("stream", "stream_outputs"), ("segments", "segment_outputs")]
         {
-            if let Some(output) = map.remove(single) {
-                if let Some(list) = map.entry(list).or_insert_with(|| json!([])).as_array_mut() {
-                    list.push(output);
-                }
+            if let Some(output) = map.remove(single)
+                && let Some(list) = map.entry(list).or_insert_with(|| json!([])).as_array_mut()
+            {
+                list.push(output);
             }
         }
         // Per-request webhooks are not supported yet: drop rather than refuse LiveKit's own field.
