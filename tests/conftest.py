@@ -40,7 +40,7 @@ def wait_for_port(port, proc, timeout=20.0):
 class EgretProcess:
     """egret with its own config, storage and a private copy of the recipes."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, extra_config: str = ""):
         self.workdir = workdir
         self.storage = workdir / "out"
         self.recipes = workdir / "scripts"
@@ -57,6 +57,7 @@ api_secret = "{API_SECRET}"
 dir = "out"
 [recipes]
 dir = "scripts"
+{extra_config}
 """
         )
         self.log = open(workdir / "egret.log", "w")

@@ -13,6 +13,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub recipes: RecipesConfig,
+    pub webhooks: Option<WebhooksConfig>,
     /// Read by the recipes that join LiveKit rooms (room, participant, track egress).
     #[allow(dead_code)]
     pub livekit: Option<LiveKitConfig>,
@@ -46,6 +47,15 @@ pub struct LiveKitConfig {
     pub api_secret: String,
 }
 
+/// Where egress_started / egress_updated / egress_ended events are POSTed, as LiveKit does.
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    pub urls: Vec<String>,
+    /// The key whose secret signs each event (default: server.api_key).
+    pub api_key: String,
+    pub api_secret: String,
+}
+
 /// All problems found in one config file, one per line: `key.path: message`.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -66,6 +76,7 @@ impl std::error::Error for ConfigErrors {}
 enum Kind {
     Str,
     Bool,
+    StrList,
     Section,
 }
 
@@ -80,6 +91,9 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("storage.crash_safe_mp4", Kind::Bool, false),
     ("recipes", Kind::Section, true),
     ("recipes.dir", Kind::Str, true),
+    ("webhooks", Kind::Section, false),
+    ("webhooks.urls", Kind::StrList, true),
+    ("webhooks.api_key", Kind::Str, false),
     ("livekit", Kind::Section, false),
     ("livekit.url", Kind::Str, true),
     ("livekit.api_key", Kind::Str, true),
@@ -126,6 +140,25 @@ impl Config {
         {
             errors.push(format!("livekit.url: `{}` must start with ws://, wss://, http:// or https://", lk.url));
         }
+        let webhooks = root.get("webhooks").map(|_| {
+            let urls: Vec<String> = lookup(&root, "webhooks.urls")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            for (i, url) in urls.iter().enumerate() {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    errors.push(format!("webhooks.urls[{i}]: `{url}` is not an http(s) URL"));
+                } else if url.starts_with("https://") {
+                    errors.push(format!("webhooks.urls[{i}]: https webhooks are not supported yet; use http://"));
+                }
+            }
+            let key = reader.str("webhooks.api_key");
+            let server_key = reader.str("server.api_key");
+            if !key.is_empty() && key != server_key {
+                errors.push("webhooks.api_key: only server.api_key has a known secret".to_string());
+            }
+            WebhooksConfig { urls, api_key: server_key, api_secret: reader.str("server.api_secret") }
+        });
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -140,6 +173,7 @@ impl Config {
                 crash_safe_mp4: reader.bool("storage.crash_safe_mp4").unwrap_or(true),
             },
             recipes: RecipesConfig { dir: base.join(reader.str("recipes.dir")) },
+            webhooks,
             livekit,
         })
     }
@@ -163,6 +197,9 @@ fn check_keys(table: &Table, prefix: &str, errors: &mut Vec<String>) {
             }
             Some((Kind::Bool, _)) if !value.is_bool() => {
                 errors.push(format!("{path}: must be true or false, found {}", value.type_str()))
+            }
+            Some((Kind::StrList, _)) if !value.as_array().is_some_and(|a| a.iter().all(Value::is_str)) => {
+                errors.push(format!("{path}: must be a list of strings"))
             }
             Some(_) => {}
         }
@@ -232,6 +269,16 @@ dir = "scripts"
         assert_eq!(c.storage.dir, Path::new("/base/out"));
         assert!(c.storage.crash_safe_mp4);
         assert!(c.livekit.is_none());
+    }
+
+    #[test]
+    fn webhooks_are_checked() {
+        let ok = Config::parse(&format!("{GOOD}[webhooks]\nurls = [\"http://127.0.0.1:9/hook\"]\n"), Path::new("."))
+            .unwrap();
+        assert_eq!(ok.webhooks.unwrap().urls, ["http://127.0.0.1:9/hook"]);
+        let errs =
+            Config::parse(&format!("{GOOD}[webhooks]\nurls = [\"ftp://x\", 3]\n"), Path::new(".")).unwrap_err().0;
+        assert!(errs.iter().any(|e| e.starts_with("webhooks.urls: must be a list of strings")), "{errs:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod media;
 mod recipes;
 mod request;
 mod twirp;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

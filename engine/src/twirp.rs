@@ -216,7 +216,7 @@ fn nanos(seconds: Option<f64>) -> i64 {
 }
 
 /// EgressInfo as LiveKit fills it, from egret's view of the egress.
-fn egress_info(record: &EgressRecord, storage: &Path) -> lk::EgressInfo {
+pub fn egress_info(record: &EgressRecord, storage: &Path) -> lk::EgressInfo {
     let snapshot = record.to_json();
     let status = match snapshot["status"].as_str().unwrap_or_default() {
         "starting" => lk::EgressStatus::EgressStarting,

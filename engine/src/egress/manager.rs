@@ -41,6 +41,7 @@ pub enum StopError {
 
 pub struct Manager {
     config: Arc<Config>,
+    webhooks: Option<crate::webhooks::Notifier>,
     recipes: Arc<Recipes>,
     egresses: RwLock<Vec<Arc<EgressRecord>>>,
     draining: AtomicBool,
@@ -53,7 +54,14 @@ fn new_egress_id() -> String {
 
 impl Manager {
     pub fn new(config: Arc<Config>, recipes: Arc<Recipes>) -> Arc<Manager> {
-        Arc::new(Manager { config, recipes, egresses: RwLock::new(Vec::new()), draining: AtomicBool::new(false) })
+        let webhooks = crate::webhooks::Notifier::start(config.webhooks.as_ref());
+        Arc::new(Manager {
+            config,
+            webhooks,
+            recipes,
+            egresses: RwLock::new(Vec::new()),
+            draining: AtomicBool::new(false),
+        })
     }
 
     pub fn recipes(&self) -> &Arc<Recipes> {
@@ -104,6 +112,10 @@ impl Manager {
         let graph = Graph::new(&id, &storage.dir, storage.crash_safe_mp4, template, media_tx.clone());
         let ctx = EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx);
         self.egresses.write().unwrap().push(record.clone());
+        if let Some(webhooks) = &self.webhooks {
+            let storage = self.storage_dir();
+            webhooks.follow(record.clone(), move |r| crate::twirp::egress_info(r, &storage));
+        }
 
         let supervisor =
             Supervisor { record: record.clone(), ctx, lua: state, commands: command_rx, media: media_rx, media_tx };

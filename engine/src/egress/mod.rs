@@ -154,6 +154,11 @@ impl EgressRecord {
         *self.outputs.lock().unwrap() = outputs;
     }
 
+    /// Every status change from now on (webhooks follow them).
+    pub fn watch_status(&self) -> watch::Receiver<EgressStatus> {
+        self.status_tx.subscribe()
+    }
+
     /// Waits until the egress is ending or ended.
     pub async fn leaving(&self) {
         let mut rx = self.status_tx.subscribe();
