@@ -39,5 +39,10 @@ if ! .venv/bin/python -c "import pytest, livekit.api, numpy" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 
+# JS: LiveKit's server SDK (pinned by tests/js/package-lock.json) as a second API client.
+if [ ! -d tests/js/node_modules/livekit-server-sdk ]; then
+  npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+fi
+
 cargo build --release --quiet
 echo "setup: done ($(./target/release/egret --help | head -1))"

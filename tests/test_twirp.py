@@ -148,3 +148,39 @@ def test_python_client_sees_twirp_errors(egret):
 
     error = run(with_client(egret, scenario))
     assert error.code == "not_found" and error.status == 404
+
+
+def test_unified_start_egress_runs_the_web_recipe(egret, pages):
+    body = {"web": {"url": pages.url("animated.html?tone=440"), "audioOnly": True},
+            "outputs": [{"file": {"fileType": "OGG", "filepath": "twirp/unified.ogg"}}]}
+    status, _, info = post_json(egret, "StartEgress", body)
+    assert status == 200, info
+    eid = info["egressId"]
+    egret.api.wait_status(eid, "active")
+    post_json(egret, "StopEgress", {"egressId": eid})
+    done = egret.api.wait_status(eid, "complete")
+    assert done["recipe"] == "web"
+    assert [s["codec_name"] for s in probe(egret.storage / "twirp/unified.ogg")["streams"]] == ["opus"]
+    status, _, refused = post_json(egret, "StartEgress", {"outputs": []})
+    assert (status, refused["code"]) == (400, "invalid_argument") and "source" in refused["msg"]
+
+
+def test_js_server_sdk_egress_client(egret, pages, nginx):
+    """The npm livekit-server-sdk EgressClient (proto3 JSON, camelCase), unchanged."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parent / "js" / "egress_client.mjs"
+    a, b = nginx.url("js-a"), nginx.url("js-b")
+    out = subprocess.run(["node", str(script), f"http://127.0.0.1:{egret.port}", API_KEY, API_SECRET,
+                          pages.url("animated.html"), a, b], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["requestCase"] == "web" and summary["listedActive"]
+    streams_after = {s["url"]: s["status"] for s in summary["streamsAfterUpdate"]}
+    assert streams_after == {a: 1, b: 0}, streams_after  # StreamInfo.Status: ACTIVE=0, FINISHED=1
+    assert summary["stoppedStatus"] in ("EGRESS_ENDING", "EGRESS_COMPLETE")
+    assert summary["finalStatus"] == "EGRESS_COMPLETE"
+    (file_result,) = summary["file"]
+    assert file_result["filename"] == "js/web.mp4" and file_result["size"] > 0
+    assert {s["codec_name"] for s in probe(file_result["location"])["streams"]} == {"h264", "aac"}

@@ -90,7 +90,9 @@ pub async fn handle(
     }
     let storage = manager.storage_dir();
     let result = match method {
-        _ if recipe_for(method).is_some() => start(manager, method, encoding, body, &storage).await,
+        _ if recipe_for(method).is_some() || method == "StartEgress" => {
+            start(manager, method, encoding, body, &storage).await
+        }
         "ListEgress" => decode::<lk::ListEgressRequest>(encoding, body).map(|req| {
             let items = manager
                 .list()
@@ -141,13 +143,9 @@ async fn start(
     body: &[u8],
     storage: &Path,
 ) -> Result<Reply, TwirpError> {
-    let recipe = recipe_for(method).expect("checked by caller");
-    let params = match method {
-        "StartRoomCompositeEgress" => request_params::<lk::RoomCompositeEgressRequest>(encoding, body)?,
-        "StartWebEgress" => request_params::<lk::WebEgressRequest>(encoding, body)?,
-        "StartParticipantEgress" => request_params::<lk::ParticipantEgressRequest>(encoding, body)?,
-        "StartTrackCompositeEgress" => request_params::<lk::TrackCompositeEgressRequest>(encoding, body)?,
-        _ => request_params::<lk::TrackEgressRequest>(encoding, body)?,
+    let (recipe, params) = match method {
+        "StartEgress" => unified_params(encoding, body)?,
+        _ => (recipe_for(method).expect("checked by caller"), legacy_params(method, encoding, body)?),
     };
     match manager.start(recipe, params).await {
         Ok(record) => Ok(encode(encoding, &egress_info(&record, storage))),
@@ -162,6 +160,69 @@ async fn start(
             Err(err(code, e.error.to_string()))
         }
     }
+}
+
+fn legacy_params(method: &str, encoding: Encoding, body: &[u8]) -> Result<Value, TwirpError> {
+    match method {
+        "StartRoomCompositeEgress" => request_params::<lk::RoomCompositeEgressRequest>(encoding, body),
+        "StartWebEgress" => request_params::<lk::WebEgressRequest>(encoding, body),
+        "StartParticipantEgress" => request_params::<lk::ParticipantEgressRequest>(encoding, body),
+        "StartTrackCompositeEgress" => request_params::<lk::TrackCompositeEgressRequest>(encoding, body),
+        _ => request_params::<lk::TrackEgressRequest>(encoding, body),
+    }
+}
+
+/// The unified StartEgress: its `source` picks the recipe, its source's fields become params
+/// and its `outputs` are sorted into the output lists the recipes take.
+fn unified_params(encoding: Encoding, body: &[u8]) -> Result<(&'static str, Value), TwirpError> {
+    let Value::Object(mut request) = request_params::<lk::StartEgressRequest>(encoding, body)? else {
+        return Err(err("malformed", "StartEgress body must be an object"));
+    };
+    let (recipe, source) = [("web", "web"), ("template", "room_composite"), ("media", "track_composite")]
+        .into_iter()
+        .find_map(|(key, recipe)| request.remove(key).map(|source| (recipe, source)))
+        .ok_or_else(|| err("invalid_argument", "source: one of web, template, media is required"))?;
+    let mut params = serde_json::Map::new();
+    if let Value::Object(fields) = source {
+        params.extend(fields);
+    }
+    for (key, value) in request {
+        match key.as_str() {
+            "outputs" => {
+                for (i, output) in value.as_array().into_iter().flatten().enumerate() {
+                    if output.get("storage").is_some() {
+                        return Err(err(
+                            "invalid_argument",
+                            format!("outputs[{i}].storage: uploads are not supported yet"),
+                        ));
+                    }
+                    let (kind, config) = ["file", "stream", "segments", "images"]
+                        .into_iter()
+                        .find_map(|k| output.get(k).map(|c| (k, c.clone())))
+                        .ok_or_else(|| {
+                            err("invalid_argument", format!("outputs[{i}]: file, stream, segments or images"))
+                        })?;
+                    let list = match kind {
+                        "file" => "file_outputs",
+                        "stream" => "stream_outputs",
+                        "segments" => "segment_outputs",
+                        _ => "image_outputs",
+                    };
+                    if let Some(list) = params.entry(list).or_insert_with(|| json!([])).as_array_mut() {
+                        list.push(config);
+                    }
+                }
+            }
+            "storage" => return Err(err("invalid_argument", "storage: uploads are not supported yet")),
+            _ => {
+                params.insert(key, value);
+            }
+        }
+    }
+    if recipe == "web" {
+        params.remove("room_name"); // the web source is not tied to a room
+    }
+    Ok((recipe, Value::Object(params)))
 }
 
 fn decode<T: Message + Default + DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, TwirpError> {
