@@ -47,19 +47,7 @@ class EgretProcess:
         shutil.copytree(ROOT / "scripts", self.recipes)
         self.port = free_port()
         self.config = workdir / "egress.toml"
-        self.config.write_text(
-            f"""
-[server]
-listen = "127.0.0.1:{self.port}"
-api_key = "{API_KEY}"
-api_secret = "{API_SECRET}"
-[storage]
-dir = "out"
-[recipes]
-dir = "scripts"
-{extra_config}
-"""
-        )
+        self.write_config(extra_config)
         self.log = open(workdir / "egret.log", "w")
         self.proc = subprocess.Popen(
             [str(BINARY), "--config", str(self.config)],
@@ -69,6 +57,23 @@ dir = "scripts"
         )
         wait_for_port(self.port, self.proc)
         self.api = Egret(f"http://127.0.0.1:{self.port}", API_KEY, API_SECRET)
+
+    def write_config(self, extra=""):
+        """The test config plus `extra` TOML; written whole then renamed, as editors do."""
+        text = f"""
+[server]
+listen = "127.0.0.1:{self.port}"
+api_key = "{API_KEY}"
+api_secret = "{API_SECRET}"
+[storage]
+dir = "out"
+[recipes]
+dir = "scripts"
+{extra}
+"""
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config)
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc.poll() is None:
@@ -99,8 +104,8 @@ def fresh_egret(tmp_path):
 
 
 class Nginx:
-    def __init__(self, workdir: Path):
-        self.port = free_port()
+    def __init__(self, workdir: Path, port=None):
+        self.port = port or free_port()
         self.workdir = workdir
         module = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
         (workdir / "logs").mkdir(exist_ok=True)

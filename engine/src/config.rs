@@ -14,6 +14,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub recipes: RecipesConfig,
     pub webhooks: Option<WebhooksConfig>,
+    /// Egresses that always run, restarted whenever they end (`[[always_on]]`).
+    pub always_on: Vec<AlwaysOnEntry>,
     /// Read by the recipes that join LiveKit rooms (room, participant, track egress).
     #[allow(dead_code)]
     pub livekit: Option<LiveKitConfig>,
@@ -47,6 +49,15 @@ pub struct LiveKitConfig {
     pub api_secret: String,
 }
 
+/// One `[[always_on]]` entry: a named egress of `recipe` with `params`, kept running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlwaysOnEntry {
+    pub name: String,
+    pub recipe: String,
+    /// The same params as `POST /v1/egress`.
+    pub params: serde_json::Value,
+}
+
 /// Where egress_started / egress_updated / egress_ended events are POSTed, as LiveKit does.
 #[derive(Debug, Clone)]
 pub struct WebhooksConfig {
@@ -78,6 +89,8 @@ enum Kind {
     Bool,
     StrList,
     Section,
+    /// An array of tables, checked entry by entry by its own reader.
+    TableList,
 }
 
 /// Every key egret knows. Anything else in the file is reported as unknown.
@@ -91,6 +104,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("storage.crash_safe_mp4", Kind::Bool, false),
     ("recipes", Kind::Section, true),
     ("recipes.dir", Kind::Str, true),
+    ("always_on", Kind::TableList, false),
     ("webhooks", Kind::Section, false),
     ("webhooks.urls", Kind::StrList, true),
     ("webhooks.api_key", Kind::Str, false),
@@ -140,6 +154,7 @@ impl Config {
         {
             errors.push(format!("livekit.url: `{}` must start with ws://, wss://, http:// or https://", lk.url));
         }
+        let always_on = parse_always_on(&root, &mut errors);
         let webhooks = root.get("webhooks").map(|_| {
             let urls: Vec<String> = lookup(&root, "webhooks.urls")
                 .and_then(Value::as_array)
@@ -174,9 +189,52 @@ impl Config {
             },
             recipes: RecipesConfig { dir: base.join(reader.str("recipes.dir")) },
             webhooks,
+            always_on,
             livekit,
         })
     }
+}
+
+fn parse_always_on(root: &Table, errors: &mut Vec<String>) -> Vec<AlwaysOnEntry> {
+    let Some(value) = root.get("always_on") else { return Vec::new() };
+    let Some(list) = value.as_array() else {
+        errors.push("always_on: must be a list of tables ([[always_on]])".into());
+        return Vec::new();
+    };
+    let mut entries: Vec<AlwaysOnEntry> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let path = format!("always_on[{i}]");
+        let Some(table) = item.as_table() else {
+            errors.push(format!("{path}: must be a table"));
+            continue;
+        };
+        for key in table.keys().filter(|k| !["name", "recipe", "params"].contains(&k.as_str())) {
+            errors.push(format!("{path}.{key}: unknown key"));
+        }
+        let text = |key: &str| match table.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(Value::String(_)) | None => Err(format!("{path}.{key}: missing")),
+            Some(other) => Err(format!("{path}.{key}: must be a string, found {}", other.type_str())),
+        };
+        let (name, recipe) = (text("name"), text("recipe"));
+        if let Ok(n) = &name {
+            if names.contains(n) {
+                errors.push(format!("{path}.name: `{n}` is used by another entry"));
+            }
+            names.push(n.clone());
+        }
+        let params = match table.get("params") {
+            None => Ok(serde_json::json!({})),
+            Some(Value::Table(t)) => serde_json::to_value(t).map_err(|e| format!("{path}.params: {e}")),
+            Some(other) => Err(format!("{path}.params: must be a table, found {}", other.type_str())),
+        };
+        match (name, recipe, params) {
+            (Ok(name), Ok(recipe), Ok(params)) => entries.push(AlwaysOnEntry { name, recipe, params }),
+            (name, recipe, params) => errors.extend([name.err(), recipe.err(), params.err()].into_iter().flatten()),
+        }
+    }
+    entries
 }
 
 fn kind_of(path: &str) -> Option<(Kind, bool)> {
@@ -269,6 +327,23 @@ dir = "scripts"
         assert_eq!(c.storage.dir, Path::new("/base/out"));
         assert!(c.storage.crash_safe_mp4);
         assert!(c.livekit.is_none());
+    }
+
+    #[test]
+    fn always_on_entries() {
+        let text = format!(
+            "{GOOD}[[always_on]]\nname = \"a\"\nrecipe = \"web\"\nparams = {{ url = \"http://x\", stream_outputs = [{{ urls = [\"rtmp://h/a/b\"] }}] }}\n"
+        );
+        let c = Config::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(c.always_on[0].params["stream_outputs"][0]["urls"][0], "rtmp://h/a/b");
+        let bad =
+            format!("{GOOD}[[always_on]]\nname = \"a\"\ncolour = 1\n[[always_on]]\nname = \"a\"\nrecipe = \"web\"\n");
+        let errs = Config::parse(&bad, Path::new(".")).unwrap_err().0.join("\n");
+        for expected in
+            ["always_on[0].colour: unknown key", "always_on[0].recipe: missing", "always_on[1].name: `a` is used"]
+        {
+            assert!(errs.contains(expected), "{expected} not in {errs}");
+        }
     }
 
     #[test]

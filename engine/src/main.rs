@@ -1,6 +1,7 @@
 //! egret: an egress engine. Lua recipes describe egresses; Rust runs them as supervised
 //! GStreamer pipelines, started over HTTP.
 
+mod always_on;
 mod auth;
 mod config;
 mod egress;
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(Into::into)
-            .and_then(|rt| rt.block_on(serve(config))),
+            .and_then(|rt| rt.block_on(serve(config, config_path))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,7 +101,7 @@ fn check(config: &config::Config) -> Result<()> {
     }
 }
 
-async fn serve(mut config: config::Config) -> Result<()> {
+async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     gstreamer::init().context("GStreamer could not start")?;
     let missing = media::preload_plugins();
     if !missing.is_empty() {
@@ -118,6 +119,13 @@ async fn serve(mut config: config::Config) -> Result<()> {
     let recipes = recipes::Recipes::load(&config.recipes.dir);
     let _watcher = recipes.watch().context("watching the recipes directory")?;
     let manager = egress::manager::Manager::new(config.clone(), recipes);
+    let always_on = always_on::AlwaysOn::new(manager.clone());
+    let problems = always_on.check(&config.always_on);
+    if !problems.is_empty() {
+        anyhow::bail!("always-on entries are invalid:\n  {}", problems.join("\n  "));
+    }
+    always_on.apply(config.always_on.clone());
+    let _config_watcher = always_on.watch_config(&config_path).context("watching the config file")?;
     let api = Arc::new(http::Api {
         manager: manager.clone(),
         verifier: auth::Verifier::new(&config.server.api_key, &config.server.api_secret),
@@ -136,6 +144,7 @@ async fn serve(mut config: config::Config) -> Result<()> {
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
     // Drain: no new egresses, every running one finalized, then exit.
+    always_on.stop_all();
     manager.drain().await;
     media::chrome::pool::clear().await;
     let _ = shutdown_tx.send(true);

@@ -68,11 +68,16 @@ impl Manager {
         &self.recipes
     }
 
-    /// Validates the request, runs the recipe's `start`, and returns once the pipeline plays.
-    pub async fn start(&self, recipe: &str, params: Value) -> Result<Arc<EgressRecord>, StartError> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Err(StartError::new(503, "", "egret is shutting down"));
-        }
+    /// Checks a request against its recipe without starting anything (always-on entries).
+    pub fn check(&self, recipe: &str, params: Value) -> Result<(), FieldError> {
+        self.validate(recipe, params).map(|_| ()).map_err(|e| e.error)
+    }
+
+    fn validate(
+        &self,
+        recipe: &str,
+        params: Value,
+    ) -> Result<(crate::recipes::RecipeVersion, request::ValidRequest), StartError> {
         let version = self.recipes.get(recipe).map_err(|e| match e {
             RecipeLookupError::Unknown(known) => {
                 StartError::new(404, "recipe", format!("unknown recipe `{recipe}` (known: {})", known.join(", ")))
@@ -83,7 +88,25 @@ impl Manager {
         })?;
         let request = request::validate(params, &version.decl.params, version.decl.outputs)
             .map_err(|error| StartError { status: 400, error, egress: None })?;
+        Ok((version, request))
+    }
 
+    /// Validates the request, runs the recipe's `start`, and returns once the pipeline plays.
+    pub async fn start(&self, recipe: &str, params: Value) -> Result<Arc<EgressRecord>, StartError> {
+        self.start_named(recipe, params, None).await
+    }
+
+    /// `start` for an always-on entry, whose name the egress carries.
+    pub async fn start_named(
+        &self,
+        recipe: &str,
+        params: Value,
+        always_on: Option<String>,
+    ) -> Result<Arc<EgressRecord>, StartError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(StartError::new(503, "", "egret is shutting down"));
+        }
+        let (version, request) = self.validate(recipe, params)?;
         let id = new_egress_id();
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (media_tx, media_rx) = mpsc::unbounded_channel();
@@ -92,6 +115,7 @@ impl Manager {
             recipe.to_string(),
             version.version,
             request.params.clone(),
+            always_on,
             command_tx.clone(),
         ));
 

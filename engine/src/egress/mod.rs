@@ -80,6 +80,8 @@ pub struct EgressRecord {
     pub recipe: String,
     pub recipe_version: u64,
     pub params: Value,
+    /// The `[[always_on]]` entry this egress runs for, if any.
+    pub always_on: Option<String>,
     pub created_at: f64,
     lifecycle: Mutex<Lifecycle>,
     outputs: Mutex<Vec<Arc<OutputStatus>>>,
@@ -97,6 +99,7 @@ impl EgressRecord {
         recipe: String,
         recipe_version: u64,
         params: Value,
+        always_on: Option<String>,
         commands: mpsc::UnboundedSender<Command>,
     ) -> Self {
         EgressRecord {
@@ -104,6 +107,7 @@ impl EgressRecord {
             recipe,
             recipe_version,
             params,
+            always_on,
             created_at: now(),
             lifecycle: Mutex::new(Lifecycle {
                 status: EgressStatus::Starting,
@@ -184,6 +188,7 @@ impl EgressRecord {
             "egress_id": self.id,
             "recipe": self.recipe,
             "recipe_version": self.recipe_version,
+            "always_on": self.always_on,
             "status": l.status,
             "reason": l.reason,
             "error": l.error,

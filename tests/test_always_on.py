@@ -1,0 +1,96 @@
+"""[[always_on]] entries: restarted after failures, and egress.toml edits applied live."""
+
+import time
+
+from conftest import EgretProcess, Nginx
+from media import probe, streams
+
+
+def always_on(egret, name):
+    return [e for e in egret.api.ok("GET", "/v1/egress")["egresses"] if e["always_on"] == name]
+
+
+def wait_for(what, predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not reached"
+        time.sleep(0.1)
+
+
+def active_one(egret, name, not_id=None):
+    """The running egress of an entry (optionally a newer one than `not_id`), once active."""
+    def find():
+        for e in always_on(egret, name):
+            if e["status"] == "active" and e["egress_id"] != not_id and all(o["status"] == "active" for o in e["outputs"]):
+                return e
+        return None
+    return wait_for(f"{name} active", find)
+
+
+def entry(name, params):
+    return f'[[always_on]]\nname = "{name}"\nrecipe = "testsrc"\nparams = {params}\n'
+
+
+def test_restream_comes_back_after_rtmp_outage(tmp_path):
+    (tmp_path / "ng").mkdir()
+    nginx = Nginx(tmp_path / "ng")
+    url = nginx.url("always")
+    egret = EgretProcess(tmp_path / "eg", extra_config=entry("pattern", f'{{ stream_outputs = [{{ urls = ["{url}"] }}] }}'))
+    try:
+        first = active_one(egret, "pattern")
+        assert streams(probe(url, timeout=20), "video")[0]["codec_name"] == "h264"
+        nginx.stop()  # the RTMP server goes away...
+        wait_for("egress failed", lambda: egret.api.get(first["egress_id"])["status"] == "failed")
+        time.sleep(3)  # ...stays away while egret keeps retrying...
+        (tmp_path / "ng2").mkdir()
+        nginx = Nginx(tmp_path / "ng2", port=nginx.port)  # ...and comes back
+        again = active_one(egret, "pattern", not_id=first["egress_id"])
+        assert again["egress_id"] != first["egress_id"]
+        assert streams(probe(url, timeout=20), "video")[0]["codec_name"] == "h264"
+        assert "restarting" in egret.log_text()
+    finally:
+        egret.stop()
+        nginx.stop()
+
+
+def test_config_edits_add_change_remove_break(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    a = entry("a", '{ audio_only = true, file_outputs = [{ filepath = "a/{egress_id}.ogg" }] }')
+    b = entry("b", '{ audio_only = true, file_outputs = [{ filepath = "b/{egress_id}.ogg" }] }')
+    egret = EgretProcess(tmp_path, extra_config=a)
+    try:
+        first_a = active_one(egret, "a")
+
+        egret.write_config(a + b)  # added: b starts, a untouched
+        first_b = active_one(egret, "b")
+        assert egret.api.get(first_a["egress_id"])["status"] == "active"
+
+        changed_a = a.replace("audio_only = true", "audio_only = true, tone = 660")
+        egret.write_config(changed_a + b)  # changed: a restarts, b untouched
+        second_a = active_one(egret, "a", not_id=first_a["egress_id"])
+        old_a = egret.api.wait_status(first_a["egress_id"], "complete")
+        assert old_a["reason"] == "changed in egress.toml"
+        assert second_a["params"]["tone"] == 660
+        assert egret.api.get(first_b["egress_id"])["status"] == "active"
+
+        egret.write_config(changed_a)  # removed: b stops cleanly and stays stopped
+        old_b = egret.api.wait_status(first_b["egress_id"], "complete")
+        assert old_b["reason"] == "removed from egress.toml"
+        assert streams(probe(egret.storage / old_b["outputs"][0]["target"]), "audio")[0]["codec_name"] == "opus"
+
+        egret.write_config(changed_a + "[server2]\nx = 1\n" + entry("c", "{ colour = 1 }"))  # broken
+        wait_for("errors reported", lambda: "not applied" in egret.log_text())
+        log = egret.log_text()
+        assert "server2: unknown key" in log
+        time.sleep(0.5)
+        egret.write_config(changed_a + entry("c", "{ colour = 1 }"))  # valid TOML, bad params
+        wait_for("param errors reported", lambda: "always_on[1].params.colour" in egret.log_text())
+        time.sleep(1)
+        assert [e["egress_id"] for e in always_on(egret, "b") if e["status"] == "active"] == []
+        assert always_on(egret, "c") == []
+        assert egret.api.get(second_a["egress_id"])["status"] == "active", "the running config stays"
+    finally:
+        egret.stop()
