@@ -94,3 +94,21 @@ def test_config_edits_add_change_remove_break(tmp_path):
         assert egret.api.get(second_a["egress_id"])["status"] == "active", "the running config stays"
     finally:
         egret.stop()
+
+
+def test_max_duration_rotates_always_on_files(tmp_path):
+    rotating = entry("rot", '{ max_duration = 2, file_outputs = [{ filepath = "rot/{egress_id}.mp4" }] }')
+    egret = EgretProcess(tmp_path, extra_config=rotating)
+    try:
+        done = wait_for("two periods", lambda: [e for e in always_on(egret, "rot") if e["status"] == "complete"][:2]
+                        if len([e for e in always_on(egret, "rot") if e["status"] == "complete"]) >= 2 else None)
+        for period in done:
+            assert period["reason"] == "limit reached"
+            media = probe(egret.storage / period["outputs"][0]["target"])
+            assert abs(float(media["format"]["duration"]) - 2.0) <= 0.5
+        first, second = sorted(done, key=lambda e: e["started_at"])
+        gap = second["started_at"] - first["ended_at"]
+        print(f"rotation gap {gap * 1000:.0f} ms")
+        assert gap < 1.0, "the next file starts at once, without backoff"
+    finally:
+        egret.stop()

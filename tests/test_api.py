@@ -88,3 +88,25 @@ def test_list_shows_status_duration_bytes_outputs(egret):
     info = egret.api.wait_status(eid, "complete")
     assert info["outputs"][0]["bytes"] == (egret.storage / "api/list.mp4").stat().st_size
     assert info["duration"] > 0.5 and info["ended_at"] >= info["started_at"]
+
+
+def test_max_duration_limit_reached(egret):
+    started = egret.api.start("testsrc", max_duration=2, file_outputs=[{"filepath": "api/limit.mp4"}])
+    info = egret.api.wait_status(started["egress_id"], "complete", "failed")
+    assert info["status"] == "complete" and info["reason"] == "limit reached"
+    from media import duration, probe
+
+    assert abs(duration(probe(egret.storage / "api/limit.mp4")) - 2.0) <= 0.5
+    # LiveKit's view of it: EGRESS_LIMIT_REACHED
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{egret.api.base_url}/twirp/livekit.Egress/ListEgress",
+                                 data=json.dumps({"egressId": started["egress_id"]}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {egret.api.token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        (item,) = json.loads(resp.read())["items"]
+    assert item["status"] == "EGRESS_LIMIT_REACHED"
+    status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
+        "max_duration": -1, "file_outputs": [{"filepath": "api/x.mp4"}]}})
+    assert status == 400 and reply["field"] == "params.max_duration"

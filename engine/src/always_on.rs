@@ -140,6 +140,12 @@ async fn keep_running(manager: Arc<Manager>, entry: AlwaysOnEntry, mut stop: wat
             Ok(record) => {
                 tokio::select! {
                     status = record.finished() => {
+                        if record.to_json()["reason"] == crate::egress::LIMIT_REACHED {
+                            // max_duration rotates: the next file starts at once, without backoff.
+                            tracing::info!(always_on = %entry.name, egress = %record.id, "period over: next file");
+                            retry = FIRST_RETRY;
+                            continue;
+                        }
                         tracing::warn!(always_on = %entry.name, egress = %record.id, ?status, "always-on egress ended");
                     }
                     reason = async { stop.wait_for(Option::is_some).await.map(|r| r.clone()) } => {

@@ -283,6 +283,7 @@ pub fn egress_info(record: &EgressRecord, storage: &Path) -> lk::EgressInfo {
         "starting" => lk::EgressStatus::EgressStarting,
         "active" => lk::EgressStatus::EgressActive,
         "ending" => lk::EgressStatus::EgressEnding,
+        "complete" if snapshot["reason"] == crate::egress::LIMIT_REACHED => lk::EgressStatus::EgressLimitReached,
         "complete" => lk::EgressStatus::EgressComplete,
         "failed" => lk::EgressStatus::EgressFailed,
         _ => lk::EgressStatus::EgressAborted,

@@ -4,6 +4,8 @@
 pub mod manager;
 mod supervisor;
 
+pub use supervisor::LIMIT_REACHED;
+
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 

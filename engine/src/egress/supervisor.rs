@@ -19,6 +19,9 @@ use crate::lua::error_text;
 use crate::media::outputs::{MediaEvent, OutputState};
 use crate::request::FieldError;
 
+/// The reason of an egress ended by its `max_duration` (LiveKit's EGRESS_LIMIT_REACHED).
+pub const LIMIT_REACHED: &str = "limit reached";
+
 /// How long outputs get to finalize after EOS before the egress is failed anyway.
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -200,6 +203,13 @@ impl Supervisor {
                 if self.record.status() == EgressStatus::Starting
                     && self.record.set_status(EgressStatus::Active, None, None)
                 {
+                    if let Some(limit) = self.ctx.request.max_duration {
+                        let commands = self.ctx.commands.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs_f64(limit)).await;
+                            let _ = commands.send(Command::Stop { reason: LIMIT_REACHED.into() });
+                        });
+                    }
                     self.ctx.fire(&self.lua, "active", mlua::Value::Nil);
                 }
             }

@@ -87,7 +87,12 @@ pub struct ValidRequest {
     /// The params, snake_case keys, without null values.
     pub params: Value,
     pub settings: EncodeSettings,
+    /// Seconds of recording after which the egress ends with "limit reached" (any recipe).
+    pub max_duration: Option<f64>,
 }
+
+/// Params the engine itself reads, for every recipe that does not declare them itself.
+pub const ENGINE_FIELDS: &[&str] = &["max_duration"];
 
 /// Checks params against a recipe's declaration. Output and encoding fields are accepted
 /// only when the recipe takes outputs; everything else undeclared is refused by name.
@@ -102,7 +107,8 @@ pub fn validate(params: Value, specs: &[ParamSpec], takes_outputs: bool) -> Fiel
     for key in map.keys() {
         let declared = specs.iter().any(|s| &s.name == key);
         let output_field = outputs::OUTPUT_FIELDS.contains(&key.as_str()) || encoding_fields.contains(&key.as_str());
-        if !(declared || takes_outputs && output_field) {
+        let engine_field = ENGINE_FIELDS.contains(&key.as_str());
+        if !(declared || engine_field || takes_outputs && output_field) {
             let hint = if output_field { " (this recipe takes no outputs)" } else { "" };
             return Err(FieldError::new(key, format!("unknown parameter{hint}")));
         }
@@ -124,7 +130,15 @@ pub fn validate(params: Value, specs: &[ParamSpec], takes_outputs: bool) -> Fiel
     } else {
         EncodeSettings::default()
     };
-    Ok(ValidRequest { params, settings })
+    let declared_max = specs.iter().any(|s| s.name == "max_duration");
+    let max_duration = match map.get("max_duration").filter(|_| !declared_max) {
+        None => None,
+        Some(v) => match v.as_f64() {
+            Some(s) if s > 0.0 && s.is_finite() => Some(s),
+            _ => return Err(FieldError::new("max_duration", "must be a positive number of seconds")),
+        },
+    };
+    Ok(ValidRequest { params, settings, max_duration })
 }
 
 #[cfg(test)]
