@@ -43,11 +43,6 @@ BARE_PIPELINE = (
 )
 
 
-def process_cpu(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-
-
 def tree_cpu(root):
     """CPU seconds of `root` and every live descendant (chromium's helpers, Xvfb, Pulse)."""
     parents, cpu = {}, {}
@@ -81,20 +76,22 @@ def first_byte_after(path: Path, t0_holder, result):
         time.sleep(0.001)
 
 
-def run_egret(egret, seconds, index):
-    rel = f"bench/egret-{index}.mp4"
+def run_egret(egret, seconds, name, recipe, **params):
+    """One egress through egret: CPU of egret's whole process tree (chromium, Xvfb and Pulse
+    included) while it records, output seconds, and HTTP call -> first byte written."""
+    rel = f"bench/{name}.mp4"
     path = egret.storage / rel
     t0, latency = [time.monotonic()], []
     watcher = threading.Thread(target=first_byte_after, args=(path, t0, latency), daemon=True)
     watcher.start()
-    cpu0 = process_cpu(egret.proc.pid)
+    cpu0 = tree_cpu(egret.proc.pid)
     t0[0] = time.monotonic()
-    started = egret.api.start("testsrc", file_outputs=[{"filepath": rel}])
-    watcher.join(timeout=10)
+    started = egret.api.start(recipe, file_outputs=[{"filepath": rel}], **params)
+    watcher.join(timeout=30)
     time.sleep(seconds)
+    cpu = tree_cpu(egret.proc.pid) - cpu0  # before stop: a page's processes are still alive
     egret.api.stop(started["egress_id"])
     egret.api.wait_status(started["egress_id"], "complete")
-    cpu = process_cpu(egret.proc.pid) - cpu0
     return cpu, duration(probe(path)), latency[0] if latency else float("nan")
 
 
@@ -122,23 +119,6 @@ def split_pipeline(text):
 
 def per_minute(cpu, media_seconds):
     return cpu / media_seconds * 60.0
-
-
-def run_web_egret(egret, page_url, seconds, index):
-    rel = f"bench/web-{index}.mp4"
-    path = egret.storage / rel
-    t0, latency = [time.monotonic()], []
-    watcher = threading.Thread(target=first_byte_after, args=(path, t0, latency), daemon=True)
-    watcher.start()
-    cpu0 = tree_cpu(egret.proc.pid)
-    t0[0] = time.monotonic()
-    started = egret.api.start("web", url=page_url, file_outputs=[{"filepath": rel}])
-    watcher.join(timeout=30)
-    time.sleep(seconds)
-    cpu = tree_cpu(egret.proc.pid) - cpu0  # before stop: the page's processes are still alive
-    egret.api.stop(started["egress_id"])
-    egret.api.wait_status(started["egress_id"], "complete")
-    return cpu, duration(probe(path)), latency[0] if latency else float("nan")
 
 
 CHROMIUM_FLAGS = [
@@ -249,14 +229,14 @@ def main():
         if "testsrc" in only:
             rows = {"egret": [], "bare gst-launch": []}
             for i in range(args.rounds):
-                rows["egret"].append(run_egret(egret, args.seconds, i))
+                rows["egret"].append(run_egret(egret, args.seconds, f"testsrc-{i}", "testsrc"))
                 rows["bare gst-launch"].append(run_bare(workdir, args.seconds, i))
             report("testsrc -> MP4, 720p30 H.264 3 Mb/s + AAC", rows, args.rounds, args.seconds)
         if "web" in only:
             page = pages.url("animated.html?tone=440")
             rows = {"egret web": [], "bare chrome+gst": []}
             for i in range(args.rounds):
-                rows["egret web"].append(run_web_egret(egret, page, args.seconds, i))
+                rows["egret web"].append(run_egret(egret, args.seconds, f"web-{i}", "web", url=page))
                 rows["bare chrome+gst"].append(run_web_bare(workdir, page, args.seconds, i))
             report("web page -> MP4, 720p30 H.264 3 Mb/s + AAC", rows, args.rounds, args.seconds)
         if "load" in only:

@@ -39,6 +39,13 @@ if ! .venv/bin/python -c "import pytest, livekit.api, numpy" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 
+# S3: versitygw, a real S3-compatible server (posix backend), for the upload tests.
+GOBIN_DIR="$(go env GOPATH)/bin"
+if [ ! -x "$GOBIN_DIR/versitygw" ]; then
+  echo "setup: building versitygw (go install, pinned)"
+  go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi
+
 # JS: LiveKit's server SDK (pinned by tests/js/package-lock.json) as a second API client.
 if [ ! -d tests/js/node_modules/livekit-server-sdk ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error

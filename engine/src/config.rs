@@ -34,6 +34,10 @@ pub struct StorageConfig {
     pub dir: PathBuf,
     /// Fragmented MP4: each fragment is playable on its own, so a file survives SIGKILL.
     pub crash_safe_mp4: bool,
+    /// Finished files are uploaded here when set (`[storage.s3]`).
+    pub s3: Option<crate::storage::S3Config>,
+    /// Where a file goes when its upload failed every attempt.
+    pub backup_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +106,14 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("storage", Kind::Section, true),
     ("storage.dir", Kind::Str, true),
     ("storage.crash_safe_mp4", Kind::Bool, false),
+    ("storage.backup_dir", Kind::Str, false),
+    ("storage.s3", Kind::Section, false),
+    ("storage.s3.endpoint", Kind::Str, true),
+    ("storage.s3.region", Kind::Str, true),
+    ("storage.s3.bucket", Kind::Str, true),
+    ("storage.s3.access_key", Kind::Str, true),
+    ("storage.s3.secret", Kind::Str, true),
+    ("storage.s3.force_path_style", Kind::Bool, false),
     ("recipes", Kind::Section, true),
     ("recipes.dir", Kind::Str, true),
     ("always_on", Kind::TableList, false),
@@ -186,6 +198,18 @@ impl Config {
             storage: StorageConfig {
                 dir: base.join(reader.str("storage.dir")),
                 crash_safe_mp4: reader.bool("storage.crash_safe_mp4").unwrap_or(true),
+                s3: lookup(&root, "storage.s3").map(|_| crate::storage::S3Config {
+                    endpoint: reader.str("storage.s3.endpoint"),
+                    region: reader.str("storage.s3.region"),
+                    bucket: reader.str("storage.s3.bucket"),
+                    access_key: reader.str("storage.s3.access_key"),
+                    secret: reader.str("storage.s3.secret"),
+                    force_path_style: reader.bool("storage.s3.force_path_style").unwrap_or(true),
+                }),
+                backup_dir: match reader.str("storage.backup_dir") {
+                    dir if dir.is_empty() => base.join(reader.str("storage.dir")).join("backup"),
+                    dir => base.join(dir),
+                },
             },
             recipes: RecipesConfig { dir: base.join(reader.str("recipes.dir")) },
             webhooks,
@@ -267,12 +291,12 @@ fn check_keys(table: &Table, prefix: &str, errors: &mut Vec<String>) {
 /// Required keys of every present section (and required sections) must be there.
 fn check_schema(root: &Table, errors: &mut Vec<String>) {
     let present: BTreeSet<&str> =
-        SCHEMA.iter().filter(|(p, k, _)| *k == Kind::Section && root.get(*p).is_some()).map(|(p, _, _)| *p).collect();
+        SCHEMA.iter().filter(|(p, k, _)| *k == Kind::Section && root_has(root, p)).map(|(p, _, _)| *p).collect();
     for (path, kind, required) in SCHEMA {
         if !required || root_has(root, path) {
             continue;
         }
-        match path.split_once('.') {
+        match path.rsplit_once('.') {
             None if *kind == Kind::Section => errors.push(format!("{path}: missing section [{path}]")),
             Some((section, _)) if present.contains(section) => errors.push(format!("{path}: missing")),
             _ => {}
@@ -344,6 +368,16 @@ dir = "scripts"
         {
             assert!(errs.contains(expected), "{expected} not in {errs}");
         }
+    }
+
+    #[test]
+    fn nested_s3_section() {
+        let text = format!("{GOOD}[storage.s3]\nendpoint = \"http://127.0.0.1:9000\"\nbucket = \"b\"\n");
+        let errs = Config::parse(&text, Path::new(".")).unwrap_err().0.join("\n");
+        for missing in ["storage.s3.region: missing", "storage.s3.access_key: missing", "storage.s3.secret: missing"] {
+            assert!(errs.contains(missing), "{missing} not in {errs}");
+        }
+        assert!(Config::parse(GOOD, Path::new(".")).unwrap().storage.s3.is_none());
     }
 
     #[test]

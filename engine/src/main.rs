@@ -10,6 +10,7 @@ mod lua;
 mod media;
 mod recipes;
 mod request;
+mod storage;
 mod twirp;
 mod webhooks;
 

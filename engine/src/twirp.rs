@@ -310,7 +310,12 @@ pub fn egress_info(record: &EgressRecord, storage: &Path) -> lk::EgressInfo {
         let target = output["target"].as_str().unwrap_or_default().to_string();
         let duration = (output["duration"].as_f64().unwrap_or(0.0) * 1e9) as i64;
         let size = output["bytes"].as_i64().unwrap_or(0);
-        let location = storage.join(&target).to_string_lossy().to_string();
+        let location = output["location"]
+            .as_str()
+            .or(output["backup"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| storage.join(&target).to_string_lossy().to_string());
+        info.backup_storage_used |= output["backup"].is_string();
         match output["kind"].as_str().unwrap_or_default() {
             "file" => info.file_results.push(lk::FileInfo {
                 filename: target,

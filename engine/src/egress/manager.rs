@@ -42,6 +42,7 @@ pub enum StopError {
 pub struct Manager {
     config: Arc<Config>,
     webhooks: Option<crate::webhooks::Notifier>,
+    uploader: Option<Arc<crate::storage::Uploader>>,
     recipes: Arc<Recipes>,
     egresses: RwLock<Vec<Arc<EgressRecord>>>,
     draining: AtomicBool,
@@ -55,9 +56,13 @@ fn new_egress_id() -> String {
 impl Manager {
     pub fn new(config: Arc<Config>, recipes: Arc<Recipes>) -> Arc<Manager> {
         let webhooks = crate::webhooks::Notifier::start(config.webhooks.as_ref());
+        let storage = &config.storage;
+        let uploader =
+            storage.s3.clone().map(|s3| Arc::new(crate::storage::Uploader::new(s3, &storage.dir, &storage.backup_dir)));
         Arc::new(Manager {
             config,
             webhooks,
+            uploader,
             recipes,
             egresses: RwLock::new(Vec::new()),
             draining: AtomicBool::new(false),
@@ -141,8 +146,15 @@ impl Manager {
             webhooks.follow(record.clone(), move |r| crate::twirp::egress_info(r, &storage));
         }
 
-        let supervisor =
-            Supervisor { record: record.clone(), ctx, lua: state, commands: command_rx, media: media_rx, media_tx };
+        let supervisor = Supervisor {
+            record: record.clone(),
+            ctx,
+            lua: state,
+            commands: command_rx,
+            media: media_rx,
+            media_tx,
+            uploader: self.uploader.clone(),
+        };
         let (started_tx, started_rx) = oneshot::channel();
         tokio::spawn(supervisor.run(start, started_tx));
         match started_rx.await {

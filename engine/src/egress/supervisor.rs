@@ -32,6 +32,7 @@ pub(super) struct Supervisor {
     pub commands: UnboundedReceiver<Command>,
     pub media: UnboundedReceiver<MediaEvent>,
     pub media_tx: UnboundedSender<MediaEvent>,
+    pub uploader: Option<Arc<crate::storage::Uploader>>,
 }
 
 /// How the egress will end once its outputs have finalized.
@@ -88,7 +89,7 @@ impl Supervisor {
                         Err(e) => {
                             let end = Ending::now(EgressStatus::Failed, e.message.clone(), Some(e.to_string()));
                             reply(&mut answer, Err(e));
-                            self.finish(end);
+                            self.finish(end).await;
                             return;
                         }
                     }
@@ -98,11 +99,11 @@ impl Supervisor {
                     // Before `start` returned nothing records yet: end at once.
                     Command::Stop { reason } if starting => {
                         reply(&mut answer, Ok(()));
-                        return self.finish(Ending::now(EgressStatus::Aborted, reason, None));
+                        return self.finish(Ending::now(EgressStatus::Aborted, reason, None)).await;
                     }
                     Command::Fail { reason } if starting => {
                         reply(&mut answer, Err(FieldError::new("", reason.clone())));
-                        return self.finish(Ending::now(EgressStatus::Failed, reason.clone(), Some(reason)));
+                        return self.finish(Ending::now(EgressStatus::Failed, reason.clone(), Some(reason))).await;
                     }
                     Command::Stop { reason } => self.begin_ending(&mut ending, None, reason, None, false),
                     Command::Fail { reason } => {
@@ -136,7 +137,7 @@ impl Supervisor {
             }
         }
         let end = ending.unwrap_or_else(|| Ending::now(EgressStatus::Complete, "source ended".into(), None));
-        self.finish(end);
+        self.finish(end).await;
     }
 
     fn pipeline(&self) -> gst::Pipeline {
@@ -189,6 +190,23 @@ impl Supervisor {
             graph.add_stream_url(0, &field, url).map_err(UpdateError::Invalid)?;
         }
         Ok(())
+    }
+
+    /// Finished files go to S3 (the egress is still `ending` meanwhile); a file whose upload
+    /// fails every attempt is kept in the backup directory.
+    async fn upload_files(&self) {
+        let Some(uploader) = &self.uploader else { return };
+        let files: Vec<_> = {
+            let graph = self.ctx.graph.lock().unwrap();
+            graph
+                .outputs
+                .iter()
+                .filter_map(|o| o.file().filter(|f| f.exists()).map(|f| (o.status.clone(), f.clone())))
+                .collect()
+        };
+        for (status, file) in files {
+            status.set_upload(uploader.upload(&file).await);
+        }
     }
 
     /// The API reads output statuses from the record; outputs may be added by handlers.
@@ -326,7 +344,7 @@ impl Supervisor {
         false
     }
 
-    fn finish(self, end: Ending) {
+    async fn finish(self, end: Ending) {
         let pipeline = self.pipeline();
         let _ = pipeline.set_state(gst::State::Null);
         {
@@ -339,6 +357,7 @@ impl Supervisor {
             graph.dispose();
         }
         self.ctx.release();
+        self.upload_files().await;
         self.publish_outputs();
         self.record.set_status(end.status, Some(end.reason.clone()), end.error.clone());
         let info =

@@ -41,6 +41,7 @@ pub struct OutputStatus {
     first_pts: AtomicU64,
     last_pts: AtomicU64,
     state: Mutex<(OutputState, Option<String>)>,
+    upload: Mutex<Option<crate::storage::Upload>>,
 }
 
 const NO_PTS: u64 = u64::MAX;
@@ -56,6 +57,7 @@ impl OutputStatus {
             first_pts: AtomicU64::new(NO_PTS),
             last_pts: AtomicU64::new(0),
             state: Mutex::new((OutputState::Starting, None)),
+            upload: Mutex::new(None),
         })
     }
 
@@ -76,6 +78,10 @@ impl OutputStatus {
         self.last_pts.fetch_max(pts.wrapping_add(1), Ordering::Relaxed);
     }
 
+    pub fn set_upload(&self, upload: crate::storage::Upload) {
+        *self.upload.lock().unwrap() = Some(upload);
+    }
+
     /// The start of the newest buffer seen (ns of running time), 0 before any.
     pub fn last_pts(&self) -> u64 {
         self.last_pts.load(Ordering::Relaxed).saturating_sub(1)
@@ -90,7 +96,17 @@ impl OutputStatus {
 
     pub fn to_json(&self) -> Value {
         let (state, error) = self.state.lock().unwrap().clone();
+        let (location, backup, upload_error) = match self.upload.lock().unwrap().clone() {
+            Some(crate::storage::Upload::Uploaded { location }) => (Some(location), None, None),
+            Some(crate::storage::Upload::BackedUp { path, error }) => {
+                (None, Some(path.to_string_lossy().to_string()), Some(error))
+            }
+            None => (None, None, None),
+        };
         json!({
+            "location": location,
+            "backup": backup,
+            "upload_error": upload_error,
             "field": self.field,
             "kind": self.kind,
             "target": self.target,
@@ -237,6 +253,11 @@ impl OutputBranch {
         for pad in self.bin.sink_pads() {
             pad.send_event(gst::event::Eos::new());
         }
+    }
+
+    /// The file this output wrote, if it writes one.
+    pub fn file(&self) -> Option<&PathBuf> {
+        self.file.as_ref()
     }
 
     pub fn on_element_message(&mut self, message: &gst::StructureRef) {
