@@ -49,6 +49,21 @@ class Egret:
             raise ApiError(status, reply)
         return reply
 
+    def twirp(self, method, body, token=None):
+        """LiveKit's Egress API over proto3 JSON: (status, content type, decoded body)."""
+        req = urllib.request.Request(
+            f"{self.base_url}/twirp/livekit.Egress/{method}",
+            data=body if isinstance(body, bytes) else json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json",
+                     "Authorization": f"Bearer {self.token if token is None else token}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.headers["content-type"], json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers["content-type"], json.loads(e.read())
+
     def start(self, recipe, **params):
         return self.ok("POST", "/v1/egress", {"recipe": recipe, "params": params})
 

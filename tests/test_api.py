@@ -98,14 +98,8 @@ def test_max_duration_limit_reached(egret):
 
     assert abs(duration(probe(egret.storage / "api/limit.mp4")) - 2.0) <= 0.5
     # LiveKit's view of it: EGRESS_LIMIT_REACHED
-    import json
-    import urllib.request
-
-    req = urllib.request.Request(f"{egret.api.base_url}/twirp/livekit.Egress/ListEgress",
-                                 data=json.dumps({"egressId": started["egress_id"]}).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {egret.api.token}"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        (item,) = json.loads(resp.read())["items"]
+    _, _, listed = egret.api.twirp("ListEgress", {"egressId": started["egress_id"]})
+    (item,) = listed["items"]
     assert item["status"] == "EGRESS_LIMIT_REACHED"
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
         "max_duration": -1, "file_outputs": [{"filepath": "api/x.mp4"}]}})

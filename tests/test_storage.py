@@ -75,15 +75,8 @@ def test_s3_down_keeps_a_backup_and_says_where(tmp_path):
         assert backup.is_relative_to(egret.storage / "backup") and backup.exists()
         assert duration(probe(backup)) >= 1.5, "the recording is kept, playable"
         assert not (egret.storage / out["target"]).exists(), "moved, not copied, to the backup directory"
-        import json
-        import urllib.request
-
-        req = urllib.request.Request(f"{egret.api.base_url}/twirp/livekit.Egress/ListEgress",
-                                     data=json.dumps({"egressId": eid}).encode(), method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": f"Bearer {egret.api.token}"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            (item,) = json.loads(resp.read())["items"]
+        _, _, listed = egret.api.twirp("ListEgress", {"egressId": eid})
+        (item,) = listed["items"]
         assert item["backupStorageUsed"] is True and item["fileResults"][0]["location"] == str(backup)
     finally:
         egret.stop()

@@ -4,7 +4,6 @@ raw proto3 JSON (camelCase and snake_case, defaults left out, as the JS SDK send
 import asyncio
 import json
 import time
-import urllib.request
 
 import pytest
 from livekit import api
@@ -81,18 +80,7 @@ def test_python_client_start_list_update_stream_stop(egret, pages, nginx):
 
 
 def post_json(egret, method, body, token=None):
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{egret.port}/twirp/livekit.Egress/{method}",
-        data=body if isinstance(body, bytes) else json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json",
-                 "Authorization": f"Bearer {egret.api.token if token is None else token}"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.headers["content-type"], json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers["content-type"], json.loads(e.read())
+    return egret.api.twirp(method, body, token)
 
 
 @pytest.mark.parametrize("body", [
