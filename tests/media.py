@@ -17,6 +17,30 @@ def probe(path_or_url, timeout=30):
     return json.loads(out.stdout)
 
 
+def probe_live(url, deadline_s=45):
+    """ffprobe of a live stream (RTMP from nginx): a reader that joins between keyframes or
+    while the publisher reconnects may time out, so try again until the deadline."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        out = None
+        try:
+            out = subprocess.run(
+                ["ffprobe", "-v", "error", "-rw_timeout", "10000000", "-print_format", "json", "-show_format",
+                 "-show_streams", str(url)],
+                capture_output=True, text=True, timeout=20)
+            if out.returncode == 0:
+                info = json.loads(out.stdout)
+                if info.get("streams"):
+                    return info
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no readable stream at {url}: {out.stderr if out else 'timed out'}")
+        time.sleep(0.5)
+
+
 def streams(info, kind):
     return [s for s in info["streams"] if s["codec_type"] == kind]
 

@@ -3,7 +3,7 @@
 import time
 
 from conftest import EgretProcess, Nginx
-from media import probe, streams
+from media import probe, probe_live, streams
 
 
 def always_on(egret, name):
@@ -41,7 +41,7 @@ def test_restream_comes_back_after_rtmp_outage(tmp_path):
     egret = EgretProcess(tmp_path / "eg", extra_config=entry("pattern", f'{{ stream_outputs = [{{ urls = ["{url}"] }}] }}'))
     try:
         first = active_one(egret, "pattern")
-        assert streams(probe(url, timeout=20), "video")[0]["codec_name"] == "h264"
+        assert streams(probe_live(url), "video")[0]["codec_name"] == "h264"
         nginx.stop()  # the RTMP server goes away...
         wait_for("egress failed", lambda: egret.api.get(first["egress_id"])["status"] == "failed")
         time.sleep(3)  # ...stays away while egret keeps retrying...
@@ -49,7 +49,7 @@ def test_restream_comes_back_after_rtmp_outage(tmp_path):
         nginx = Nginx(tmp_path / "ng2", port=nginx.port)  # ...and comes back
         again = active_one(egret, "pattern", not_id=first["egress_id"])
         assert again["egress_id"] != first["egress_id"]
-        assert streams(probe(url, timeout=20), "video")[0]["codec_name"] == "h264"
+        assert streams(probe_live(url), "video")[0]["codec_name"] == "h264"
         assert "restarting" in egret.log_text()
     finally:
         egret.stop()

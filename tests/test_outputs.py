@@ -1,12 +1,11 @@
 """Every output kind, recorded from the test source over HTTP and checked with ffprobe."""
 
 import re
-import subprocess
 import time
 
 import pytest
 
-from media import duration, fps, mean_volume_db, probe, streams
+from media import duration, fps, mean_volume_db, probe, probe_live, streams
 
 
 def ran_for(info):
@@ -109,17 +108,12 @@ def test_images_every_interval(egret):
     assert (v["codec_name"], v["width"], v["height"]) == ("mjpeg", 320, 180)
 
 
-def read_rtmp(url):
-    """ffprobe of a live RTMP stream as nginx relays it."""
-    return probe(url, timeout=20)
-
-
 def test_rtmp_read_back_from_nginx(egret, nginx):
     url = nginx.url("single")
     started = egret.api.start("testsrc", stream_outputs=[{"urls": [url]}])
     eid = started["egress_id"]
     egret.api.wait(eid, lambda i: i["outputs"][0]["status"] == "active", what="stream active")
-    media = read_rtmp(url)
+    media = probe_live(url)
     v = streams(media, "video")[0]
     assert (v["codec_name"], v["width"], v["height"]) == ("h264", 1280, 720)
     assert streams(media, "audio")[0]["codec_name"] == "aac"
@@ -144,7 +138,7 @@ def test_several_outputs_and_a_bad_rtmp_url(egret, nginx):
                           what="egress active and bad URL failed")
     assert "stream_outputs[0].urls[1]" in by_field(info)
     assert by_field(info)["stream_outputs[0].urls[1]"]["error"]
-    assert read_rtmp(good)["streams"], "good URL still streams"
+    assert probe_live(good)["streams"], "good URL still streams"
     time.sleep(2)
     egret.api.stop(eid)
     info = egret.api.wait_status(eid, "complete")

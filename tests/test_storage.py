@@ -58,6 +58,45 @@ def test_finished_files_are_uploaded(tmp_path):
         s3.stop()
 
 
+def test_segments_playlists_and_snapshots_go_up_as_written(tmp_path):
+    s3 = S3Server(tmp_path / "gw")
+    egret = EgretProcess(tmp_path / "eg", extra_config=s3.config())
+    try:
+        started = egret.api.start(
+            "testsrc",
+            segment_outputs=[{"filename_prefix": "live/seg", "playlist_name": "live/index.m3u8", "segment_duration": 1}],
+            image_outputs=[{"capture_interval": 1, "width": 320, "height": 180, "filename_prefix": "snaps/s"}],
+        )
+        eid = started["egress_id"]
+        bucket = s3.root / BUCKET
+        # while live: segments and a playlist naming them are already in the bucket
+        def live_playlist():
+            p = bucket / "live/index.m3u8"
+            return p.exists() and "seg_00001.ts" in p.read_text()
+        deadline = time.monotonic() + 30
+        while not live_playlist():
+            assert time.monotonic() < deadline, "no live playlist uploaded"
+            time.sleep(0.1)
+        text = (bucket / "live/index.m3u8").read_text()
+        assert "#EXT-X-ENDLIST" not in text
+        for name in [line for line in text.splitlines() if line.endswith(".ts")]:
+            assert (bucket / "live" / name).exists(), f"{name} named before it was uploaded"
+        egret.api.stop(eid)
+        info = egret.api.wait_status(eid, "complete")
+        final = (bucket / "live/index.m3u8").read_text()
+        assert final.rstrip().endswith("#EXT-X-ENDLIST") and final == (egret.storage / "live/index.m3u8").read_text()
+        segments = sorted((egret.storage / "live").glob("seg_*.ts"))
+        assert segments and all((bucket / "live" / s.name).read_bytes() == s.read_bytes() for s in segments)
+        snaps = sorted((egret.storage / "snaps").glob("s_*.jpeg"))
+        assert snaps and all((bucket / "snaps" / s.name).read_bytes() == s.read_bytes() for s in snaps)
+        by_kind = {o["kind"]: o for o in info["outputs"]}
+        assert by_kind["segments"]["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/live/index.m3u8"
+        assert by_kind["images"]["location"].startswith(f"http://127.0.0.1:{s3.port}/{BUCKET}/snaps/s_")
+    finally:
+        egret.stop()
+        s3.stop()
+
+
 def test_s3_down_keeps_a_backup_and_says_where(tmp_path):
     s3 = S3Server(tmp_path / "gw")
     egret = EgretProcess(tmp_path / "eg", extra_config=s3.config())

@@ -10,7 +10,7 @@ from livekit import api
 
 from conftest import API_KEY, API_SECRET
 from egret_client import livekit_token
-from media import duration, probe, streams
+from media import duration, probe, probe_live, streams
 
 
 def run(coro):
@@ -58,7 +58,7 @@ def test_python_client_start_list_update_stream_stop(egret, pages, nginx):
         updated = await lk.egress.update_stream(api.UpdateStreamRequest(egress_id=eid, add_output_urls=[second]))
         assert sorted(s.url for s in updated.stream_results) == sorted([first, second])
         await wait_info(lk, eid, lambda i: all(s.status == api.StreamInfo.ACTIVE and s.duration > 0 for s in i.stream_results))
-        live = probe(second, timeout=20)
+        live = probe_live(second)
         assert {s["codec_name"] for s in live["streams"]} == {"h264", "aac"}
 
         removed = await lk.egress.update_stream(api.UpdateStreamRequest(egress_id=eid, remove_output_urls=[first]))

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from media import av_offset, duration, frames_differ, mean_volume_db, probe, streams, tone_levels
+from media import av_offset, duration, frames_differ, mean_volume_db, probe, probe_live, streams, tone_levels
 from conftest import free_port
 from test_outputs import assert_av, ran_for
 
@@ -36,7 +36,7 @@ def test_hls_and_rtmp_from_a_page(egret, pages, nginx):
         stream_outputs=[{"urls": [url]}])
     eid = started["egress_id"]
     egret.api.wait(eid, lambda i: all(o["status"] == "active" for o in i["outputs"]), what="outputs active")
-    live = probe(url, timeout=20)
+    live = probe_live(url)
     assert {s["codec_name"] for s in live["streams"]} == {"h264", "aac"}
     egret.api.wait(eid, lambda i: i["outputs"][0]["count"] >= 2, what="two segments")
     egret.api.stop(eid)

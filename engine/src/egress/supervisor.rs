@@ -33,6 +33,8 @@ pub(super) struct Supervisor {
     pub media: UnboundedReceiver<MediaEvent>,
     pub media_tx: UnboundedSender<MediaEvent>,
     pub uploader: Option<Arc<crate::storage::Uploader>>,
+    /// The queue of live pieces (segments, playlists, snapshots), drained before the end.
+    pub upload_task: Option<crate::media::outputs::uploads::UploadTask>,
 }
 
 /// How the egress will end once its outputs have finalized.
@@ -205,7 +207,7 @@ impl Supervisor {
                 .collect()
         };
         for (status, file) in files {
-            status.set_upload(uploader.upload(&file).await);
+            status.set_upload(uploader.upload(&file, false).await);
         }
     }
 
@@ -344,7 +346,7 @@ impl Supervisor {
         false
     }
 
-    async fn finish(self, end: Ending) {
+    async fn finish(mut self, end: Ending) {
         let pipeline = self.pipeline();
         let _ = pipeline.set_state(gst::State::Null);
         {
@@ -358,6 +360,9 @@ impl Supervisor {
         }
         self.ctx.release();
         self.upload_files().await;
+        if let Some(task) = self.upload_task.take() {
+            task.drain().await;
+        }
         self.publish_outputs();
         self.record.set_status(end.status, Some(end.reason.clone()), end.error.clone());
         let info =

@@ -10,6 +10,7 @@ use gstreamer::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::encoder::Encoder;
+use super::outputs::uploads::UploadQueue;
 use super::outputs::{MediaEvent, OutputBranch, OutputStatus, file, images, segments, stream};
 use super::testsrc::{self, TestSourceOptions};
 use super::{MediaKind, MediaPad};
@@ -26,6 +27,8 @@ pub struct Graph {
     encoders: Vec<Encoder>,
     pub outputs: Vec<OutputBranch>,
     events: UnboundedSender<MediaEvent>,
+    /// Live pieces (segments, playlists, snapshots) go up as they are written.
+    uploads: Option<UploadQueue>,
 }
 
 impl Graph {
@@ -35,6 +38,7 @@ impl Graph {
         crash_safe_mp4: bool,
         template: Template,
         events: UnboundedSender<MediaEvent>,
+        uploads: Option<UploadQueue>,
     ) -> Self {
         Graph {
             pipeline: gst::Pipeline::with_name(name),
@@ -44,6 +48,7 @@ impl Graph {
             encoders: Vec::new(),
             outputs: Vec::new(),
             events,
+            uploads,
         }
     }
 
@@ -88,7 +93,8 @@ impl Graph {
             OutputSpec::Segments(s) => {
                 let paths = self.segment_paths(s, field)?;
                 let status = OutputStatus::new(field.into(), "segments", self.relative(&paths.playlist));
-                let parts = segments::build(&self.encoders[encoder], paths).map_err(fail)?;
+                let parts = segments::build(&self.encoders[encoder], paths, status.clone(), self.uploads.clone())
+                    .map_err(fail)?;
                 self.attach(encoder, parts, status).map_err(fail)
             }
             OutputSpec::Stream(s) => {
@@ -110,7 +116,7 @@ impl Graph {
                 let prefix = inside(&self.storage, &raw, &format!("{field}.filename_prefix"))?;
                 let status = OutputStatus::new(field.into(), "images", self.relative(&prefix));
                 let size = (enc.settings.width, enc.settings.height);
-                let parts = images::build(spec, size, prefix, status.clone()).map_err(fail)?;
+                let parts = images::build(spec, size, prefix, status.clone(), self.uploads.clone()).map_err(fail)?;
                 self.attach(encoder, parts, status).map_err(fail)
             }
         }

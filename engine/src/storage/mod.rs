@@ -55,8 +55,10 @@ impl Uploader {
         }
     }
 
-    /// Uploads `local` under its path relative to the storage directory.
-    pub async fn upload(&self, local: &Path) -> Upload {
+    /// Uploads `local` under its path relative to the storage directory. On failure a finished
+    /// file moves to the backup directory; a live piece (`keep_local`: a segment, playlist or
+    /// snapshot still referenced locally) is copied there.
+    pub async fn upload(&self, local: &Path, keep_local: bool) -> Upload {
         let key = local.strip_prefix(&self.storage_dir).unwrap_or(local).to_string_lossy().to_string();
         let mut error = String::new();
         match tokio::fs::read(local).await {
@@ -77,17 +79,18 @@ impl Uploader {
             }
             Err(e) => error = format!("cannot read {}: {e}", local.display()),
         }
-        self.back_up(local, &key, error)
+        self.back_up(local, &key, error, keep_local)
     }
 
     /// Moves a file whose upload failed into the backup directory (same relative path).
-    fn back_up(&self, local: &Path, key: &str, error: String) -> Upload {
+    fn back_up(&self, local: &Path, key: &str, error: String, keep_local: bool) -> Upload {
         let target = self.backup_dir.join(key);
+        let copy = || std::fs::copy(local, &target).map(|_| ());
         let moved = target
             .parent()
             .map(std::fs::create_dir_all)
             .transpose()
-            .and_then(|_| std::fs::rename(local, &target).or_else(|_| std::fs::copy(local, &target).map(|_| ())));
+            .and_then(|_| if keep_local { copy() } else { std::fs::rename(local, &target).or_else(|_| copy()) });
         match moved {
             Ok(()) => Upload::BackedUp { path: target, error },
             // Could not move it: it stays where it was written, which is still a backup.

@@ -9,6 +9,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
+use super::uploads::UploadQueue;
 use super::{BranchParts, Input, OutputStatus, ghost_sink};
 use crate::media::{MediaKind, capsfilter, make, queue};
 use crate::request::outputs::{ImageOutput, ImageSuffix};
@@ -18,6 +19,7 @@ pub fn build(
     default_size: (u32, u32),
     prefix: PathBuf,
     status: Arc<OutputStatus>,
+    uploads: Option<UploadQueue>,
 ) -> Result<BranchParts> {
     let bin = gst::Bin::new();
     let q = queue(2, true)?;
@@ -53,6 +55,9 @@ pub fn build(
                     gst::FlowError::Error
                 })?;
                 status.count.fetch_add(1, Ordering::Relaxed);
+                if let Some(uploads) = &uploads {
+                    uploads.push(PathBuf::from(&name), &status, true);
+                }
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),

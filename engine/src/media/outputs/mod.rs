@@ -5,6 +5,7 @@ pub mod file;
 pub mod images;
 pub mod segments;
 pub mod stream;
+pub mod uploads;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +81,14 @@ impl OutputStatus {
 
     pub fn set_upload(&self, upload: crate::storage::Upload) {
         *self.upload.lock().unwrap() = Some(upload);
+    }
+
+    /// Records an upload result, keeping an earlier failure (its backup) visible.
+    pub fn set_upload_unless_failed(&self, upload: crate::storage::Upload) {
+        let mut current = self.upload.lock().unwrap();
+        if !matches!(*current, Some(crate::storage::Upload::BackedUp { .. })) {
+            *current = Some(upload);
+        }
     }
 
     /// The start of the newest buffer seen (ns of running time), 0 before any.

@@ -3,12 +3,14 @@
 //! plus an optional sliding-window live playlist.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
+use super::uploads::UploadQueue;
 use super::{BranchHandler, BranchParts, OutputStatus, mux_input};
 use crate::media::encoder::{Codec, Encoder};
 use crate::media::{MediaKind, make};
@@ -26,7 +28,12 @@ pub struct SegmentPaths {
     pub timestamp_suffix: bool,
 }
 
-pub fn build(encoder: &Encoder, paths: SegmentPaths) -> Result<BranchParts> {
+pub fn build(
+    encoder: &Encoder,
+    paths: SegmentPaths,
+    status: Arc<OutputStatus>,
+    uploads: Option<UploadQueue>,
+) -> Result<BranchParts> {
     let bin = gst::Bin::new();
     let split = make("splitmuxsink", None)?;
     split.set_property("muxer", make("mpegtsmux", None)?);
@@ -53,7 +60,7 @@ pub fn build(encoder: &Encoder, paths: SegmentPaths) -> Result<BranchParts> {
         inputs.push(mux_input(&bin, &split, Codec::Audio(AudioCodec::Aac), "audio_%u", false)?);
     }
     let measure = inputs.first().map(|(_, p)| p.clone()).ok_or_else(|| anyhow::anyhow!("no media for HLS"))?;
-    let handler = Playlist { paths, segments: Vec::new(), opened_at: 0 };
+    let handler = Playlist { paths, segments: Vec::new(), opened_at: 0, status, uploads };
     Ok(BranchParts { bin, inputs, measure, handler: Some(Box::new(handler)), file: None })
 }
 
@@ -67,6 +74,8 @@ struct Playlist {
     paths: SegmentPaths,
     segments: Vec<Segment>,
     opened_at: u64,
+    status: Arc<OutputStatus>,
+    uploads: Option<UploadQueue>,
 }
 
 impl BranchHandler for Playlist {
@@ -84,6 +93,9 @@ impl BranchHandler for Playlist {
                 let dir = self.paths.playlist.parent().unwrap_or(Path::new("."));
                 self.segments.push(Segment { uri: relative(dir, &location), duration, bytes });
                 status.count.store(self.segments.len() as u64, Ordering::Relaxed);
+                if let Some(uploads) = &self.uploads {
+                    uploads.push(location, &self.status, false);
+                }
                 self.write(false);
             }
             _ => {}
@@ -108,6 +120,13 @@ impl Playlist {
         if let Some(live) = &self.paths.live_playlist {
             let first = self.segments.len().saturating_sub(LIVE_WINDOW);
             write_atomic(live, &render(&self.segments[first..], first, ended, false));
+        }
+        // After the segments they name: a player never finds a playlist ahead of its media.
+        if let Some(uploads) = &self.uploads {
+            uploads.push(self.paths.playlist.clone(), &self.status, true);
+            if let Some(live) = &self.paths.live_playlist {
+                uploads.push(live.clone(), &self.status, false);
+            }
         }
     }
 }
