@@ -119,3 +119,38 @@ def test_s3_down_keeps_a_backup_and_says_where(tmp_path):
         assert item["backupStorageUsed"] is True and item["fileResults"][0]["location"] == str(backup)
     finally:
         egret.stop()
+
+
+def test_per_request_s3_as_livekit_sends_it(tmp_path, pages):
+    """No [storage.s3] in egress.toml: the request's own S3Upload fields decide (LiveKit JSON)."""
+    s3 = S3Server(tmp_path / "gw")
+    egret = EgretProcess(tmp_path / "eg")
+    try:
+        target = {"accessKey": ACCESS, "secret": SECRET, "region": "us-east-1", "bucket": BUCKET,
+                  "endpoint": f"http://127.0.0.1:{s3.port}", "forcePathStyle": True}
+        status, _, info = egret.api.twirp("StartWebEgress", {
+            "url": pages.url("animated.html?tone=440"), "audioOnly": True,
+            "fileOutputs": [{"fileType": "OGG", "filepath": "req/web.ogg", "s3": target}]})
+        assert status == 200, info
+        eid = info["egressId"]
+        egret.api.wait_status(eid, "active")
+        time.sleep(1)
+        egret.api.twirp("StopEgress", {"egressId": eid})
+        egret.api.wait_status(eid, "complete")
+        _, _, listed = egret.api.twirp("ListEgress", {"egressId": eid})
+        (result,) = listed["items"][0]["fileResults"]
+        assert result["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/req/web.ogg"
+        stored = s3.root / BUCKET / "req/web.ogg"
+        assert stored.read_bytes() == (egret.storage / "req/web.ogg").read_bytes()
+        assert [st["codec_name"] for st in probe(stored)["streams"]] == ["opus"]
+        for bad, field in [({**target, "endpoint": "https://s3.example"}, "file_outputs[0].s3.endpoint"),
+                           ({**target, "sessionToken": "t"}, "file_outputs[0].s3.session_token")]:
+            got, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
+                "file_outputs": [{"filepath": "req/y.mp4", "s3": bad}]}})
+            assert got == 400 and reply["field"] == f"params.{field}", reply
+        got, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
+            "file_outputs": [{"filepath": "req/z.mp4", "gcp": {"bucket": "b"}}]}})
+        assert got == 400 and "only s3" in reply["error"]
+    finally:
+        egret.stop()
+        s3.stop()

@@ -138,9 +138,17 @@ impl Manager {
             }
         }
         let storage = &self.config.storage;
-        let upload_task = self.uploader.clone().map(crate::media::outputs::uploads::UploadQueue::start);
-        let uploads = upload_task.as_ref().map(|t| t.queue());
-        let graph = Graph::new(&id, &storage.dir, storage.crash_safe_mp4, template, media_tx.clone(), uploads);
+        let upload_task = crate::media::outputs::uploads::UploadQueue::start(self.uploader.clone());
+        let uploads = Some(upload_task.queue());
+        let graph = Graph::new(
+            &id,
+            &storage.dir,
+            storage.crash_safe_mp4,
+            template,
+            media_tx.clone(),
+            uploads,
+            &storage.backup_dir,
+        );
         let ctx = EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx);
         self.egresses.write().unwrap().push(record.clone());
         if let Some(webhooks) = &self.webhooks {
@@ -156,7 +164,7 @@ impl Manager {
             media: media_rx,
             media_tx,
             uploader: self.uploader.clone(),
-            upload_task,
+            upload_task: Some(upload_task),
         };
         let (started_tx, started_rx) = oneshot::channel();
         tokio::spawn(supervisor.run(start, started_tx));

@@ -90,8 +90,9 @@ impl Supervisor {
                         Ok(()) => reply(&mut answer, Ok(())),
                         Err(e) => {
                             let end = Ending::now(EgressStatus::Failed, e.message.clone(), Some(e.to_string()));
-                            reply(&mut answer, Err(e));
+                            // Ended first: the caller's answer shows the egress failed.
                             self.finish(end).await;
+                            reply(&mut answer, Err(e));
                             return;
                         }
                     }
@@ -100,12 +101,12 @@ impl Supervisor {
                 Some(command) = self.commands.recv() => match command {
                     // Before `start` returned nothing records yet: end at once.
                     Command::Stop { reason } if starting => {
-                        reply(&mut answer, Ok(()));
-                        return self.finish(Ending::now(EgressStatus::Aborted, reason, None)).await;
+                        self.finish(Ending::now(EgressStatus::Aborted, reason, None)).await;
+                        return reply(&mut answer, Ok(()));
                     }
                     Command::Fail { reason } if starting => {
-                        reply(&mut answer, Err(FieldError::new("", reason.clone())));
-                        return self.finish(Ending::now(EgressStatus::Failed, reason.clone(), Some(reason))).await;
+                        self.finish(Ending::now(EgressStatus::Failed, reason.clone(), Some(reason.clone()))).await;
+                        return reply(&mut answer, Err(FieldError::new("", reason)));
                     }
                     Command::Stop { reason } => self.begin_ending(&mut ending, None, reason, None, false),
                     Command::Fail { reason } => {
@@ -197,16 +198,18 @@ impl Supervisor {
     /// Finished files go to S3 (the egress is still `ending` meanwhile); a file whose upload
     /// fails every attempt is kept in the backup directory.
     async fn upload_files(&self) {
-        let Some(uploader) = &self.uploader else { return };
         let files: Vec<_> = {
             let graph = self.ctx.graph.lock().unwrap();
             graph
                 .outputs
                 .iter()
-                .filter_map(|o| o.file().filter(|f| f.exists()).map(|f| (o.status.clone(), f.clone())))
+                .filter_map(|o| {
+                    let uploader = o.uploader.clone().or_else(|| self.uploader.clone())?;
+                    o.file().filter(|f| f.exists()).map(|f| (uploader, o.status.clone(), f.clone()))
+                })
                 .collect()
         };
-        for (status, file) in files {
+        for (uploader, status, file) in files {
             status.set_upload(uploader.upload(&file, false).await);
         }
     }

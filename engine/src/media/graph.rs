@@ -29,6 +29,7 @@ pub struct Graph {
     events: UnboundedSender<MediaEvent>,
     /// Live pieces (segments, playlists, snapshots) go up as they are written.
     uploads: Option<UploadQueue>,
+    backup_dir: PathBuf,
 }
 
 impl Graph {
@@ -39,6 +40,7 @@ impl Graph {
         template: Template,
         events: UnboundedSender<MediaEvent>,
         uploads: Option<UploadQueue>,
+        backup_dir: &Path,
     ) -> Self {
         Graph {
             pipeline: gst::Pipeline::with_name(name),
@@ -49,6 +51,7 @@ impl Graph {
             outputs: Vec::new(),
             events,
             uploads,
+            backup_dir: backup_dir.to_path_buf(),
         }
     }
 
@@ -74,6 +77,16 @@ impl Graph {
         Ok(())
     }
 
+    /// An output's own upload target, from its request `s3` fields.
+    fn uploader(&self, target: &Option<crate::storage::S3Config>) -> Option<Arc<crate::storage::Uploader>> {
+        target.clone().map(|c| Arc::new(crate::storage::Uploader::new(c, &self.storage, &self.backup_dir)))
+    }
+
+    /// The upload queue bound to an output's target (its own, else `[storage.s3]`).
+    fn queue_for(&self, target: &Option<crate::storage::S3Config>) -> Option<UploadQueue> {
+        self.uploads.as_ref().and_then(|q| q.for_output(self.uploader(target)))
+    }
+
     fn add_output(&mut self, encoder: usize, output: &Output) -> FieldResult<()> {
         let field = output.field.as_str();
         let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
@@ -88,12 +101,16 @@ impl Graph {
                 )?;
                 let parts =
                     file::build(&self.encoders[encoder], f.file_type, &path, self.crash_safe_mp4).map_err(fail)?;
-                self.attach(encoder, parts, OutputStatus::new(field.into(), "file", self.relative(&path))).map_err(fail)
+                self.attach(encoder, parts, OutputStatus::new(field.into(), "file", self.relative(&path)))
+                    .map_err(fail)?;
+                let own = self.uploader(&f.upload);
+                self.outputs.last_mut().expect("just attached").uploader = own;
+                Ok(())
             }
             OutputSpec::Segments(s) => {
                 let paths = self.segment_paths(s, field)?;
                 let status = OutputStatus::new(field.into(), "segments", self.relative(&paths.playlist));
-                let parts = segments::build(&self.encoders[encoder], paths, status.clone(), self.uploads.clone())
+                let parts = segments::build(&self.encoders[encoder], paths, status.clone(), self.queue_for(&s.upload))
                     .map_err(fail)?;
                 self.attach(encoder, parts, status).map_err(fail)
             }
@@ -116,7 +133,8 @@ impl Graph {
                 let prefix = inside(&self.storage, &raw, &format!("{field}.filename_prefix"))?;
                 let status = OutputStatus::new(field.into(), "images", self.relative(&prefix));
                 let size = (enc.settings.width, enc.settings.height);
-                let parts = images::build(spec, size, prefix, status.clone(), self.uploads.clone()).map_err(fail)?;
+                let parts =
+                    images::build(spec, size, prefix, status.clone(), self.queue_for(&spec.upload)).map_err(fail)?;
                 self.attach(encoder, parts, status).map_err(fail)
             }
         }

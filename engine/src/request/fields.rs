@@ -91,6 +91,14 @@ impl<'a> Obj<'a> {
         }
     }
 
+    pub fn bool(&mut self, key: &'static str) -> FieldResult<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(FieldError::new(self.field_path(key), "must be true or false")),
+        }
+    }
+
     /// A non-negative number; proto3 JSON may send 64-bit integers as strings.
     pub fn number(&mut self, key: &'static str) -> FieldResult<Option<f64>> {
         let path = self.field_path(key);

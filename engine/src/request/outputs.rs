@@ -6,6 +6,7 @@ use serde_json::Value;
 use super::encoding::{AudioCodec, EncodeSettings, VideoCodec};
 use super::fields::{FieldError, FieldResult, Obj};
 use super::filepath::check_relative;
+use crate::storage::S3Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileType {
@@ -29,6 +30,7 @@ pub struct FileOutput {
     pub file_type: FileType,
     /// A filepath template (`{egress_id}`, `{time}`...), relative to the storage directory.
     pub filepath: String,
+    pub upload: Option<S3Config>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +40,7 @@ pub struct SegmentOutput {
     pub live_playlist_name: Option<String>,
     pub segment_duration: u32,
     pub timestamp_suffix: bool,
+    pub upload: Option<S3Config>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +62,7 @@ pub struct ImageOutput {
     pub height: Option<u32>,
     pub filename_prefix: String,
     pub suffix: ImageSuffix,
+    pub upload: Option<S3Config>,
 }
 
 /// One output of any kind, with the request field it came from (for errors and status).
@@ -79,7 +83,6 @@ pub struct Output {
 pub const OUTPUT_FIELDS: &[&str] = &["file_outputs", "segment_outputs", "stream_outputs", "image_outputs"];
 
 const FILE_TYPES: &[&str] = &["DEFAULT_FILETYPE", "MP4", "OGG", "MP3", "WEBM"];
-const STORAGE_FIELDS: &[&str] = &["s3", "gcp", "azure", "ali_oss", "alioss"];
 
 /// Reads every output of a request. At least one is required.
 pub fn parse_outputs(request: &Value, settings: &EncodeSettings) -> FieldResult<Vec<Output>> {
@@ -110,17 +113,42 @@ pub fn parse_outputs(request: &Value, settings: &EncodeSettings) -> FieldResult<
     Ok(outputs)
 }
 
-fn refuse_storage(o: &mut Obj) -> FieldResult<()> {
-    for key in STORAGE_FIELDS {
+/// The upload target of one output: LiveKit's `s3` (S3Upload) fields. Other clouds and the
+/// S3 options egret cannot honour yet are refused by name rather than ignored.
+fn upload_target(o: &mut Obj) -> FieldResult<Option<S3Config>> {
+    o.get("disable_manifest");
+    for key in ["gcp", "azure", "ali_oss", "alioss"] {
         if o.get(key).is_some() {
-            return Err(FieldError::new(
-                o.field_path(key),
-                "uploads are not supported yet; files stay in the storage directory",
-            ));
+            return Err(FieldError::new(o.field_path(key), "only s3 uploads are supported"));
         }
     }
-    o.get("disable_manifest");
-    Ok(())
+    let path = o.field_path("s3");
+    let Some(value) = o.get("s3") else { return Ok(None) };
+    let mut s3 = Obj::new(value, &path)?;
+    let required = |s3: &mut Obj, key: &'static str| -> FieldResult<String> {
+        s3.string(key)?.filter(|v| !v.is_empty()).ok_or_else(|| FieldError::new(s3.field_path(key), "required"))
+    };
+    let access_key = required(&mut s3, "access_key")?;
+    let secret = required(&mut s3, "secret")?;
+    let bucket = required(&mut s3, "bucket")?;
+    let endpoint = required(&mut s3, "endpoint")?;
+    if !endpoint.starts_with("http://") {
+        return Err(FieldError::new(s3.field_path("endpoint"), "only http:// endpoints are supported for now"));
+    }
+    let region = s3.string("region")?.filter(|r| !r.is_empty()).unwrap_or_else(|| "us-east-1".into());
+    let force_path_style = s3.bool("force_path_style")?.unwrap_or(false);
+    for key in
+        ["session_token", "assume_role_arn", "assume_role_external_id", "tagging", "content_disposition", "proxy"]
+    {
+        if s3.get(key).is_some_and(|v| v != &Value::String(String::new())) {
+            return Err(FieldError::new(s3.field_path(key), "not supported yet"));
+        }
+    }
+    if s3.get("metadata").is_some_and(|m| m.as_object().is_some_and(|m| !m.is_empty())) {
+        return Err(FieldError::new(s3.field_path("metadata"), "not supported yet"));
+    }
+    s3.finish(&[])?;
+    Ok(Some(S3Config { endpoint, region, bucket, access_key, secret, force_path_style }))
 }
 
 fn parse_file(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<FileOutput> {
@@ -139,7 +167,7 @@ fn parse_file(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<
         }
     };
     check_relative(&filepath, &o.field_path("filepath"))?;
-    refuse_storage(&mut o)?;
+    let upload = upload_target(&mut o)?;
     let (video_ok, audio_ok): (&[VideoCodec], &[AudioCodec]) = match file_type {
         FileType::Mp4 => (&[VideoCodec::H264], &[AudioCodec::Aac, AudioCodec::Opus]),
         FileType::Ogg => (&[], &[AudioCodec::Opus]),
@@ -147,7 +175,7 @@ fn parse_file(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<
     };
     check_codecs(settings, video_ok, audio_ok, &format!("{field}.file_type"), container_name(file_type))?;
     o.finish(&[])?;
-    Ok(FileOutput { file_type, filepath })
+    Ok(FileOutput { file_type, filepath, upload })
 }
 
 fn container_name(t: FileType) -> &'static str {
@@ -208,10 +236,10 @@ fn parse_segments(v: &Value, field: &str, settings: &EncodeSettings) -> FieldRes
         }
     };
     let timestamp_suffix = o.enumeration("filename_suffix", &["INDEX", "TIMESTAMP"])? == Some(1);
-    refuse_storage(&mut o)?;
+    let upload = upload_target(&mut o)?;
     check_codecs(settings, &[VideoCodec::H264], &[AudioCodec::Aac], field, "HLS (MPEG-TS)")?;
     o.finish(&[])?;
-    Ok(SegmentOutput { filename_prefix, playlist_name, live_playlist_name, segment_duration, timestamp_suffix })
+    Ok(SegmentOutput { filename_prefix, playlist_name, live_playlist_name, segment_duration, timestamp_suffix, upload })
 }
 
 fn parse_stream(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<StreamOutput> {
@@ -274,9 +302,9 @@ fn parse_images(v: &Value, field: &str) -> FieldResult<ImageOutput> {
         _ => ImageSuffix::Index,
     };
     o.enumeration("image_codec", &["IC_DEFAULT", "IC_JPEG"])?; // JPEG either way
-    refuse_storage(&mut o)?;
+    let upload = upload_target(&mut o)?;
     o.finish(&[])?;
-    Ok(ImageOutput { capture_interval, width, height, filename_prefix, suffix })
+    Ok(ImageOutput { capture_interval, width, height, filename_prefix, suffix, upload })
 }
 
 #[cfg(test)]

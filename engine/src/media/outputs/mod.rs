@@ -165,6 +165,8 @@ pub struct OutputBranch {
     links: Vec<(gst::Element, gst::Pad)>,
     handler: Option<Box<dyn BranchHandler>>,
     file: Option<PathBuf>,
+    /// The output's own upload target (its request `s3`), if any.
+    pub uploader: Option<Arc<crate::storage::Uploader>>,
     pub attached: bool,
 }
 
@@ -222,7 +224,15 @@ impl OutputBranch {
             let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build();
             src.send_event(event);
         }
-        Ok(OutputBranch { status, bin: parts.bin, links, handler: parts.handler, file: parts.file, attached: true })
+        Ok(OutputBranch {
+            status,
+            bin: parts.bin,
+            links,
+            handler: parts.handler,
+            file: parts.file,
+            uploader: None,
+            attached: true,
+        })
     }
 
     /// Cuts the branch off its tees once they are idle; the supervisor then removes it.

@@ -13,6 +13,7 @@ use crate::storage::{Upload, Uploader};
 
 struct Piece {
     path: PathBuf,
+    uploader: Arc<Uploader>,
     status: Arc<OutputStatus>,
     /// The piece whose URL the output reports as its location (playlist, snapshot).
     reported: bool,
@@ -23,19 +24,22 @@ struct Piece {
 #[derive(Clone)]
 pub struct UploadQueue {
     tx: mpsc::WeakUnboundedSender<Piece>,
+    /// Where this queue's pieces go: an output's own `s3`, else `[storage.s3]`.
+    uploader: Option<Arc<Uploader>>,
 }
 
 pub struct UploadTask {
     tx: Option<mpsc::UnboundedSender<Piece>>,
+    default: Option<Arc<Uploader>>,
     task: JoinHandle<()>,
 }
 
 impl UploadQueue {
-    pub fn start(uploader: Arc<Uploader>) -> UploadTask {
+    pub fn start(default: Option<Arc<Uploader>>) -> UploadTask {
         let (tx, mut rx) = mpsc::unbounded_channel::<Piece>();
         let task = tokio::spawn(async move {
             while let Some(piece) = rx.recv().await {
-                let result = uploader.upload(&piece.path, true).await;
+                let result = piece.uploader.upload(&piece.path, true).await;
                 // A failure stays reported even if later pieces of the output go up.
                 let failed = matches!(result, Upload::BackedUp { .. });
                 if failed || piece.reported {
@@ -43,19 +47,25 @@ impl UploadQueue {
                 }
             }
         });
-        UploadTask { tx: Some(tx), task }
+        UploadTask { tx: Some(tx), default, task }
+    }
+
+    /// This queue bound to an output's own target, or to the default; None if neither.
+    pub fn for_output(&self, own: Option<Arc<Uploader>>) -> Option<UploadQueue> {
+        let uploader = own.or_else(|| self.uploader.clone())?;
+        Some(UploadQueue { tx: self.tx.clone(), uploader: Some(uploader) })
     }
 
     pub fn push(&self, path: PathBuf, status: &Arc<OutputStatus>, reported: bool) {
-        if let Some(tx) = self.tx.upgrade() {
-            let _ = tx.send(Piece { path, status: status.clone(), reported });
+        if let (Some(tx), Some(uploader)) = (self.tx.upgrade(), self.uploader.clone()) {
+            let _ = tx.send(Piece { path, uploader, status: status.clone(), reported });
         }
     }
 }
 
 impl UploadTask {
     pub fn queue(&self) -> UploadQueue {
-        UploadQueue { tx: self.tx.as_ref().expect("live until drained").downgrade() }
+        UploadQueue { tx: self.tx.as_ref().expect("live until drained").downgrade(), uploader: self.default.clone() }
     }
 
     /// Waits until every piece queued so far is uploaded or backed up.
