@@ -21,6 +21,43 @@ def versitygw_binary():
     return found
 
 
+def sigv4_get(port, path, query):
+    """A GET signed with AWS Signature V4 (stdlib only), as any S3 client sends it."""
+    import datetime
+    import hashlib
+    import hmac
+    import urllib.request
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    host, payload = f"127.0.0.1:{port}", hashlib.sha256(b"").hexdigest()
+    headers = f"host:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n"
+    signed = "host;x-amz-content-sha256;x-amz-date"
+    canonical = f"GET\n{path}\n{query}\n{headers}\n{signed}\n{payload}"
+    scope = f"{date}/us-east-1/s3/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    key = f"AWS4{SECRET}".encode()
+    for part in (date, "us-east-1", "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    req = urllib.request.Request(f"http://{host}{path}?{query}", headers={
+        "x-amz-date": amz_date, "x-amz-content-sha256": payload,
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={ACCESS}/{scope}, SignedHeaders={signed}, Signature={signature}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.read()
+
+
+def list_objects(port):
+    """Key -> size of every object in the bucket, from the server's ListObjectsV2."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(sigv4_get(port, f"/{BUCKET}", "list-type=2"))
+    ns = {"s3": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
+    find = (lambda e, t: e.find(f"s3:{t}", ns)) if ns else (lambda e, t: e.find(t))
+    contents = root.findall("s3:Contents", ns) if ns else root.findall("Contents")
+    return {find(c, "Key").text: int(find(c, "Size").text) for c in contents}
+
+
 class S3Server:
     def __init__(self, root: Path):
         self.root = root
@@ -50,6 +87,7 @@ def test_finished_files_are_uploaded(tmp_path):
         (out,) = info["outputs"]
         key = out["target"]
         assert out["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/{key}" and out["backup"] is None
+        assert list_objects(s3.port) == {key: (egret.storage / key).stat().st_size}, "listed by the S3 server"
         stored = s3.root / BUCKET / key
         assert stored.read_bytes() == (egret.storage / key).read_bytes(), "the object is the recorded file"
         assert abs(duration(probe(stored)) - 2.0) <= 0.5
@@ -87,6 +125,11 @@ def test_segments_playlists_and_snapshots_go_up_as_written(tmp_path):
         assert final.rstrip().endswith("#EXT-X-ENDLIST") and final == (egret.storage / "live/index.m3u8").read_text()
         segments = sorted((egret.storage / "live").glob("seg_*.ts"))
         assert segments and all((bucket / "live" / s.name).read_bytes() == s.read_bytes() for s in segments)
+        listed = list_objects(s3.port)
+        local = {str(p.relative_to(egret.storage)): p.stat().st_size
+                 for p in list((egret.storage / "live").iterdir()) + list((egret.storage / "snaps").iterdir())
+                 if not p.name.endswith(".tmp")}
+        assert listed == local, "every segment, playlist and snapshot is listed by the S3 server"
         snaps = sorted((egret.storage / "snaps").glob("s_*.jpeg"))
         assert snaps and all((bucket / "snaps" / s.name).read_bytes() == s.read_bytes() for s in snaps)
         by_kind = {o["kind"]: o for o in info["outputs"]}
