@@ -74,99 +74,103 @@ class S3Server:
                 f'bucket = "{BUCKET}"\naccess_key = "{ACCESS}"\nsecret = "{SECRET}"\n')
 
     def stop(self):
-        self.proc.kill()
-        self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
-def test_finished_files_are_uploaded(tmp_path):
-    s3 = S3Server(tmp_path / "gw")
+@pytest.fixture
+def s3(tmp_path):
+    server = S3Server(tmp_path / "gw")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def egret_s3(tmp_path, s3):
+    """egret with [storage.s3] pointing at the test's S3 server."""
     egret = EgretProcess(tmp_path / "eg", extra_config=s3.config())
-    try:
-        started = egret.api.start("testsrc", duration=2, file_outputs=[{"filepath": "up/{egress_id}.mp4"}])
-        info = egret.api.wait_status(started["egress_id"], "complete", "failed")
-        (out,) = info["outputs"]
-        key = out["target"]
-        assert out["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/{key}" and out["backup"] is None
-        assert list_objects(s3.port) == {key: (egret.storage / key).stat().st_size}, "listed by the S3 server"
-        stored = s3.root / BUCKET / key
-        assert stored.read_bytes() == (egret.storage / key).read_bytes(), "the object is the recorded file"
-        assert abs(duration(probe(stored)) - 2.0) <= 0.5
-    finally:
-        egret.stop()
-        s3.stop()
+    yield egret
+    egret.stop()
 
 
-def test_segments_playlists_and_snapshots_go_up_as_written(tmp_path):
-    s3 = S3Server(tmp_path / "gw")
-    egret = EgretProcess(tmp_path / "eg", extra_config=s3.config())
-    try:
-        started = egret.api.start(
-            "testsrc",
-            segment_outputs=[{"filename_prefix": "live/seg", "playlist_name": "live/index.m3u8", "segment_duration": 1}],
-            image_outputs=[{"capture_interval": 1, "width": 320, "height": 180, "filename_prefix": "snaps/s"}],
-        )
-        eid = started["egress_id"]
-        bucket = s3.root / BUCKET
-        # while live: segments and a playlist naming them are already in the bucket
-        def live_playlist():
-            p = bucket / "live/index.m3u8"
-            return p.exists() and "seg_00001.ts" in p.read_text()
-        deadline = time.monotonic() + 30
-        while not live_playlist():
-            assert time.monotonic() < deadline, "no live playlist uploaded"
-            time.sleep(0.1)
-        text = (bucket / "live/index.m3u8").read_text()
-        assert "#EXT-X-ENDLIST" not in text
-        for name in [line for line in text.splitlines() if line.endswith(".ts")]:
-            assert (bucket / "live" / name).exists(), f"{name} named before it was uploaded"
-        egret.api.stop(eid)
-        info = egret.api.wait_status(eid, "complete")
-        final = (bucket / "live/index.m3u8").read_text()
-        assert final.rstrip().endswith("#EXT-X-ENDLIST") and final == (egret.storage / "live/index.m3u8").read_text()
-        segments = sorted((egret.storage / "live").glob("seg_*.ts"))
-        assert segments and all((bucket / "live" / s.name).read_bytes() == s.read_bytes() for s in segments)
-        listed = list_objects(s3.port)
-        local = {str(p.relative_to(egret.storage)): p.stat().st_size
-                 for p in list((egret.storage / "live").iterdir()) + list((egret.storage / "snaps").iterdir())
-                 if not p.name.endswith(".tmp")}
-        assert listed == local, "every segment, playlist and snapshot is listed by the S3 server"
-        snaps = sorted((egret.storage / "snaps").glob("s_*.jpeg"))
-        assert snaps and all((bucket / "snaps" / s.name).read_bytes() == s.read_bytes() for s in snaps)
-        by_kind = {o["kind"]: o for o in info["outputs"]}
-        assert by_kind["segments"]["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/live/index.m3u8"
-        assert by_kind["images"]["location"].startswith(f"http://127.0.0.1:{s3.port}/{BUCKET}/snaps/s_")
-    finally:
-        egret.stop()
-        s3.stop()
+def test_finished_files_are_uploaded(egret_s3, s3):
+    egret = egret_s3
+    started = egret.api.start("testsrc", duration=2, file_outputs=[{"filepath": "up/{egress_id}.mp4"}])
+    info = egret.api.wait_status(started["egress_id"], "complete", "failed")
+    (out,) = info["outputs"]
+    key = out["target"]
+    assert out["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/{key}" and out["backup"] is None
+    assert list_objects(s3.port) == {key: (egret.storage / key).stat().st_size}, "listed by the S3 server"
+    stored = s3.root / BUCKET / key
+    assert stored.read_bytes() == (egret.storage / key).read_bytes(), "the object is the recorded file"
+    assert abs(duration(probe(stored)) - 2.0) <= 0.5
 
 
-def test_s3_down_keeps_a_backup_and_says_where(tmp_path):
-    s3 = S3Server(tmp_path / "gw")
-    egret = EgretProcess(tmp_path / "eg", extra_config=s3.config())
-    try:
-        started = egret.api.start("testsrc", file_outputs=[{"filepath": "down/{egress_id}.mp4"}])
-        eid = started["egress_id"]
-        egret.api.wait_status(eid, "active")
-        s3.stop()  # the storage goes away during the recording
-        time.sleep(2)
-        egret.api.stop(eid)
-        info = egret.api.wait_status(eid, "complete", "failed", timeout=60)
-        (out,) = info["outputs"]
-        assert info["status"] == "complete" and out["location"] is None and out["upload_error"]
-        backup = Path(out["backup"])
-        assert backup.is_relative_to(egret.storage / "backup") and backup.exists()
-        assert duration(probe(backup)) >= 1.5, "the recording is kept, playable"
-        assert not (egret.storage / out["target"]).exists(), "moved, not copied, to the backup directory"
-        _, _, listed = egret.api.twirp("ListEgress", {"egressId": eid})
-        (item,) = listed["items"]
-        assert item["backupStorageUsed"] is True and item["fileResults"][0]["location"] == str(backup)
-    finally:
-        egret.stop()
+
+def test_segments_playlists_and_snapshots_go_up_as_written(egret_s3, s3):
+    egret = egret_s3
+    started = egret.api.start(
+        "testsrc",
+        segment_outputs=[{"filename_prefix": "live/seg", "playlist_name": "live/index.m3u8", "segment_duration": 1}],
+        image_outputs=[{"capture_interval": 1, "width": 320, "height": 180, "filename_prefix": "snaps/s"}],
+    )
+    eid = started["egress_id"]
+    bucket = s3.root / BUCKET
+    # while live: segments and a playlist naming them are already in the bucket
+    def live_playlist():
+        p = bucket / "live/index.m3u8"
+        return p.exists() and "seg_00001.ts" in p.read_text()
+    deadline = time.monotonic() + 30
+    while not live_playlist():
+        assert time.monotonic() < deadline, "no live playlist uploaded"
+        time.sleep(0.1)
+    text = (bucket / "live/index.m3u8").read_text()
+    assert "#EXT-X-ENDLIST" not in text
+    for name in [line for line in text.splitlines() if line.endswith(".ts")]:
+        assert (bucket / "live" / name).exists(), f"{name} named before it was uploaded"
+    egret.api.stop(eid)
+    info = egret.api.wait_status(eid, "complete")
+    final = (bucket / "live/index.m3u8").read_text()
+    assert final.rstrip().endswith("#EXT-X-ENDLIST") and final == (egret.storage / "live/index.m3u8").read_text()
+    segments = sorted((egret.storage / "live").glob("seg_*.ts"))
+    assert segments and all((bucket / "live" / s.name).read_bytes() == s.read_bytes() for s in segments)
+    listed = list_objects(s3.port)
+    local = {str(p.relative_to(egret.storage)): p.stat().st_size
+             for p in list((egret.storage / "live").iterdir()) + list((egret.storage / "snaps").iterdir())
+             if not p.name.endswith(".tmp")}
+    assert listed == local, "every segment, playlist and snapshot is listed by the S3 server"
+    snaps = sorted((egret.storage / "snaps").glob("s_*.jpeg"))
+    assert snaps and all((bucket / "snaps" / s.name).read_bytes() == s.read_bytes() for s in snaps)
+    by_kind = {o["kind"]: o for o in info["outputs"]}
+    assert by_kind["segments"]["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/live/index.m3u8"
+    assert by_kind["images"]["location"].startswith(f"http://127.0.0.1:{s3.port}/{BUCKET}/snaps/s_")
 
 
-def test_per_request_s3_as_livekit_sends_it(tmp_path, pages):
+
+def test_s3_down_keeps_a_backup_and_says_where(egret_s3, s3):
+    egret = egret_s3
+    started = egret.api.start("testsrc", file_outputs=[{"filepath": "down/{egress_id}.mp4"}])
+    eid = started["egress_id"]
+    egret.api.wait_status(eid, "active")
+    s3.stop()  # the storage goes away during the recording
+    time.sleep(2)
+    egret.api.stop(eid)
+    info = egret.api.wait_status(eid, "complete", "failed", timeout=60)
+    (out,) = info["outputs"]
+    assert info["status"] == "complete" and out["location"] is None and out["upload_error"]
+    backup = Path(out["backup"])
+    assert backup.is_relative_to(egret.storage / "backup") and backup.exists()
+    assert duration(probe(backup)) >= 1.5, "the recording is kept, playable"
+    assert not (egret.storage / out["target"]).exists(), "moved, not copied, to the backup directory"
+    _, _, listed = egret.api.twirp("ListEgress", {"egressId": eid})
+    (item,) = listed["items"]
+    assert item["backupStorageUsed"] is True and item["fileResults"][0]["location"] == str(backup)
+
+
+
+def test_per_request_s3_as_livekit_sends_it(tmp_path, pages, s3):
     """No [storage.s3] in egress.toml: the request's own S3Upload fields decide (LiveKit JSON)."""
-    s3 = S3Server(tmp_path / "gw")
     egret = EgretProcess(tmp_path / "eg")
     try:
         target = {"accessKey": ACCESS, "secret": SECRET, "region": "us-east-1", "bucket": BUCKET,
@@ -196,4 +200,3 @@ def test_per_request_s3_as_livekit_sends_it(tmp_path, pages):
         assert got == 400 and "only s3" in reply["error"]
     finally:
         egret.stop()
-        s3.stop()
