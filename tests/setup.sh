@@ -14,6 +14,8 @@ APT_PACKAGES=(
   chromium xvfb pulseaudio fonts-dejavu-core
   # tests: ffprobe/ffmpeg to check media, nginx-rtmp as a real RTMP server
   ffmpeg nginx libnginx-mod-rtmp curl
+  # LiveKit rooms for room/track/participant egress: livekit-server (go install below) needs redis
+  redis-server
 )
 
 missing=()
@@ -35,7 +37,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pytest, livekit.api, numpy" 2>/dev/null; then
+if ! .venv/bin/python -c "import pytest, livekit.api, livekit.rtc, numpy" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 
@@ -44,6 +46,13 @@ GOBIN_DIR="$(go env GOPATH)/bin"
 if [ ! -x "$GOBIN_DIR/versitygw" ]; then
   echo "setup: building versitygw (go install, pinned)"
   go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi
+
+# LiveKit: the real server, pinned (the module's binary is called `server`).
+if [ ! -x "$GOBIN_DIR/livekit-server" ]; then
+  echo "setup: building livekit-server (go install, pinned)"
+  go install github.com/livekit/livekit-server/cmd/server@v1.13.5
+  mv "$GOBIN_DIR/server" "$GOBIN_DIR/livekit-server"
 fi
 
 # JS: LiveKit's server SDK (pinned by tests/js/package-lock.json) as a second API client.

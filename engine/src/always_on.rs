@@ -92,7 +92,9 @@ impl AlwaysOn {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let file_name = path.file_name().map(|n| n.to_os_string());
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Only writes and renames: reading the file (reload does) must not trigger a reload.
             if let Ok(event) = event
+                && !matches!(event.kind, notify::EventKind::Access(_))
                 && event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
             {
                 let _ = tx.send(());

@@ -6,6 +6,7 @@ mod auth;
 mod config;
 mod egress;
 mod http;
+mod livekit;
 mod lua;
 mod media;
 mod recipes;

@@ -51,6 +51,11 @@ pub enum Command {
     Console {
         text: String,
     },
+    /// Something happened in a LiveKit room this egress joined (`track_published`...).
+    Room {
+        event: String,
+        data: Value,
+    },
     /// LiveKit's UpdateStream: stream URLs added and removed while it runs.
     UpdateStream {
         add: Vec<String>,

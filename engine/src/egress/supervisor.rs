@@ -120,12 +120,22 @@ impl Supervisor {
                         self.ctx.fire_console(&self.lua, &text);
                         self.publish_outputs();
                     }
+                    Command::Room { event, data } => {
+                        self.ctx.fire_room(&self.lua, &event, data);
+                        self.publish_outputs();
+                    }
                     Command::UpdateStream { add, remove, reply } => {
                         let _ = reply.send(self.update_stream(&add, &remove));
                         self.publish_outputs();
                     }
                 },
-                Some(event) = self.media.recv() => self.on_media_event(event),
+                Some(event) = self.media.recv() => {
+                    // Every output finalized: done, even if some source never sent EOS
+                    // (webrtcbin's own sinks, for one, never get it).
+                    if self.on_media_event(event) && ending.is_some() && self.all_outputs_ended() {
+                        break;
+                    }
+                }
                 Some(message) = messages.next(), if !starting => {
                     if self.on_message(&message, &mut ending) {
                         break;
@@ -220,8 +230,14 @@ impl Supervisor {
         self.record.set_outputs(statuses);
     }
 
-    fn on_media_event(&mut self, event: MediaEvent) {
+    fn all_outputs_ended(&self) -> bool {
+        self.ctx.graph.lock().unwrap().outputs.iter().filter(|o| o.attached).all(|o| o.ended())
+    }
+
+    /// Returns true when an output just finalized.
+    fn on_media_event(&mut self, event: MediaEvent) -> bool {
         match event {
+            MediaEvent::OutputEnded => return true,
             MediaEvent::OutputActive => {
                 if self.record.status() == EgressStatus::Starting
                     && self.record.set_status(EgressStatus::Active, None, None)
@@ -242,6 +258,7 @@ impl Supervisor {
                 graph.outputs[i].remove(&pipeline);
             }
         }
+        false
     }
 
     /// Starts finalizing: EOS through the whole pipeline (clean stop), or straight into the
@@ -264,6 +281,7 @@ impl Supervisor {
         });
         self.record.set_status(EgressStatus::Ending, Some(reason.clone()), error.clone());
         self.ctx.fire(&self.lua, "stop", mlua::Value::String(self.lua.create_string(&reason).expect("lua string")));
+        self.ctx.end_sources();
         let graph = self.ctx.graph.lock().unwrap();
         if broken_source {
             graph.outputs.iter().filter(|o| o.attached).for_each(|o| o.push_eos());

@@ -35,6 +35,13 @@ pub struct EgressCtx {
     pub suspended: Notify,
     /// What lives as long as the egress (a chrome session); released when it ends.
     resources: Mutex<Vec<Box<dyn Any + Send>>>,
+    /// The `[livekit]` server that `egress:join` connects to.
+    pub livekit: Option<crate::config::LiveKitConfig>,
+    /// Tracks and participants the recipe was told about (`track:TR_..`, `participant:PA_..`):
+    /// a handler registered late gets the current ones at once, and no event twice.
+    announced: Mutex<std::collections::HashSet<String>>,
+    /// Sources that do not end on the pipeline's EOS (room tracks) end through these.
+    enders: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 /// Events a recipe can subscribe to with `egress:on(name, fn)`; pages add `console`.
@@ -47,6 +54,7 @@ impl EgressCtx {
         request: ValidRequest,
         graph: Graph,
         commands: UnboundedSender<Command>,
+        livekit: Option<crate::config::LiveKitConfig>,
     ) -> Arc<Self> {
         Arc::new(EgressCtx {
             id,
@@ -59,11 +67,26 @@ impl EgressCtx {
             next_timer: AtomicU64::new(1),
             suspended: Notify::new(),
             resources: Mutex::new(Vec::new()),
+            livekit,
+            announced: Mutex::new(Default::default()),
+            enders: Mutex::new(Vec::new()),
         })
     }
 
     pub fn keep(&self, resource: Box<dyn Any + Send>) {
         self.resources.lock().unwrap().push(resource);
+    }
+
+    /// Runs `f` when the egress starts ending, before EOS goes through the pipeline.
+    pub fn on_ending(&self, f: Box<dyn FnOnce() + Send>) {
+        self.enders.lock().unwrap().push(f);
+    }
+
+    pub fn end_sources(&self) {
+        let enders = std::mem::take(&mut *self.enders.lock().unwrap());
+        for end in enders {
+            end();
+        }
     }
 
     /// Stops what the egress kept alive (chromium, Xvfb...), after its pipeline stopped.
@@ -79,6 +102,28 @@ impl EgressCtx {
     /// Calls every handler of `event`; a failing handler is logged with its file:line.
     pub fn fire(&self, lua: &Lua, event: &str, arg: Value) {
         self.fire_matching(lua, event, |_| true, arg)
+    }
+
+    /// Marks a track or participant as told about; false if it already was.
+    pub fn announce(&self, key: String) -> bool {
+        self.announced.lock().unwrap().insert(key)
+    }
+
+    /// A room event from the signalling task. Appearances already replayed to the handlers
+    /// (see `announce`) are not told twice; disappearances only of what was told.
+    pub fn fire_room(&self, lua: &Lua, event: &str, data: serde_json::Value) {
+        let key = |prefix: &str| format!("{prefix}:{}", data["sid"].as_str().unwrap_or_default());
+        let tell = match event {
+            "track_published" => self.announce(key("track")),
+            "participant_joined" => self.announce(key("participant")),
+            "track_unpublished" => self.announced.lock().unwrap().remove(&key("track")),
+            "participant_left" => self.announced.lock().unwrap().remove(&key("participant")),
+            _ => true,
+        };
+        if tell {
+            let arg = lua.to_value(&data).unwrap_or(Value::Nil);
+            self.fire(lua, event, arg);
+        }
     }
 
     /// Calls the console handlers whose pattern the message matches.
@@ -122,9 +167,9 @@ pub struct EgressHandle(pub Arc<EgressCtx>);
 pub struct MediaHandle(pub MediaPad);
 
 #[derive(Clone)]
-struct EncoderHandle {
-    ctx: Arc<EgressCtx>,
-    index: usize,
+pub struct EncoderHandle {
+    pub ctx: Arc<EgressCtx>,
+    pub index: usize,
 }
 
 fn field_error(e: FieldError) -> mlua::Error {
@@ -175,7 +220,10 @@ impl UserData for EgressHandle {
                 match opts.get::<Value>(kind.name())? {
                     Value::Nil | Value::Boolean(false) => {}
                     Value::UserData(ud) => {
-                        let media = ud.borrow::<MediaHandle>()?;
+                        let media = match ud.borrow::<super::room::SlotHandle>() {
+                            Ok(slot) => slot.media.clone(),
+                            Err(_) => ud.borrow::<MediaHandle>()?.clone(),
+                        };
                         if media.0.kind != kind {
                             return Err(mlua::Error::runtime(format!(
                                 "encode: `{}` was given {} media",
@@ -205,6 +253,9 @@ impl UserData for EgressHandle {
             let index = this.0.graph.lock().unwrap().add_encoder(settings, &inputs).map_err(runtime)?;
             Ok(EncoderHandle { ctx: this.0.clone(), index })
         });
+
+        // egress:join(room), egress:copy { video = track }, egress:slot(kind)
+        super::room::add_egress_methods(methods);
 
         // egress:chrome { url = ..., video = true, audio = true }: a page captured with its sound.
         methods.add_async_method("chrome", |_, this, opts: Table| async move {

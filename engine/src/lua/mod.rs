@@ -3,6 +3,7 @@
 
 pub mod api;
 mod page;
+pub mod room;
 
 use std::path::{Path, PathBuf};
 

@@ -16,6 +16,13 @@ pub enum Codec {
     Audio(AudioCodec),
 }
 
+pub fn kind_of(codec: Codec) -> MediaKind {
+    match codec {
+        Codec::Video(_) => MediaKind::Video,
+        Codec::Audio(_) => MediaKind::Audio,
+    }
+}
+
 pub struct Encoder {
     pub settings: EncodeSettings,
     raw: HashMap<MediaKind, gst::Element>,
@@ -45,8 +52,25 @@ impl Encoder {
         Ok(Encoder { settings, raw, encoded: HashMap::new() })
     }
 
+    /// Media copied as it came (a room track): each stream feeds the tee of its codec and
+    /// nothing is encoded; an output needing another codec is refused.
+    pub fn copy(pipeline: &gst::Pipeline, settings: EncodeSettings, inputs: &[(Codec, gst::Pad)]) -> Result<Encoder> {
+        let mut encoded = HashMap::new();
+        for (codec, pad) in inputs {
+            if encoded.keys().any(|c| kind_of(*c) == kind_of(*codec)) {
+                bail!("two {} inputs given to one copy", kind_of(*codec).name());
+            }
+            let t = tee()?;
+            pipeline.add(&t)?;
+            pad.link(&t.static_pad("sink").expect("tee sink"))?;
+            sync_states(&[&t]);
+            encoded.insert(*codec, t);
+        }
+        Ok(Encoder { settings, raw: HashMap::new(), encoded })
+    }
+
     pub fn has(&self, kind: MediaKind) -> bool {
-        self.raw.contains_key(&kind)
+        self.raw.contains_key(&kind) || self.encoded.keys().any(|c| kind_of(*c) == kind)
     }
 
     /// The raw tee of one kind (image outputs take raw video).
@@ -59,11 +83,13 @@ impl Encoder {
         if let Some(t) = self.encoded.get(&codec) {
             return Ok(t.clone());
         }
-        let kind = match codec {
-            Codec::Video(_) => MediaKind::Video,
-            Codec::Audio(_) => MediaKind::Audio,
+        let kind = kind_of(codec);
+        let Some(raw) = self.raw.get(&kind) else {
+            if let Some(copied) = self.encoded.keys().find(|c| kind_of(**c) == kind) {
+                bail!("the {} is copied as {copied:?} without transcoding, and this output needs {codec:?}", kind.name());
+            }
+            bail!("this egress has no {} to encode", kind.name())
         };
-        let Some(raw) = self.raw.get(&kind) else { bail!("this egress has no {} to encode", kind.name()) };
         let mut chain = vec![queue(2, false)?];
         chain.extend(match codec {
             Codec::Video(v) => self.video_chain(v)?,

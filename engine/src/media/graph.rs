@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::encoder::Encoder;
 use super::outputs::uploads::UploadQueue;
-use super::outputs::{MediaEvent, OutputBranch, OutputStatus, file, images, segments, stream};
+use super::outputs::{MediaEvent, OutputBranch, OutputStatus, file, images, segments, stream, websocket};
 use super::testsrc::{self, TestSourceOptions};
 use super::{MediaKind, MediaPad};
 use crate::request::encoding::EncodeSettings;
@@ -25,6 +25,8 @@ pub struct Graph {
     crash_safe_mp4: bool,
     pub template: Template,
     encoders: Vec<Encoder>,
+    /// Always-on inputs that room tracks are attached to (`egress:slot`).
+    pub slots: Vec<super::slot::Slot>,
     pub outputs: Vec<OutputBranch>,
     events: UnboundedSender<MediaEvent>,
     /// Live pieces (segments, playlists, snapshots) go up as they are written.
@@ -48,6 +50,7 @@ impl Graph {
             crash_safe_mp4,
             template,
             encoders: Vec::new(),
+            slots: Vec::new(),
             outputs: Vec::new(),
             events,
             uploads,
@@ -62,6 +65,12 @@ impl Graph {
     /// An encoder over the given raw pads; returns its index for `add_outputs`.
     pub fn add_encoder(&mut self, settings: EncodeSettings, inputs: &[MediaPad]) -> Result<usize> {
         self.encoders.push(Encoder::new(&self.pipeline, settings, inputs)?);
+        Ok(self.encoders.len() - 1)
+    }
+
+    /// Streams copied without transcoding (room tracks); returns the index for `add_outputs`.
+    pub fn add_copy(&mut self, settings: EncodeSettings, inputs: &[(super::encoder::Codec, gst::Pad)]) -> Result<usize> {
+        self.encoders.push(Encoder::copy(&self.pipeline, settings, inputs)?);
         Ok(self.encoders.len() - 1)
     }
 
@@ -119,6 +128,10 @@ impl Graph {
                     self.add_stream_url(encoder, &format!("{field}.urls[{i}]"), url)?;
                 }
                 Ok(())
+            }
+            OutputSpec::Websocket(url) => {
+                let parts = websocket::build(&self.encoders[encoder], url).map_err(fail)?;
+                self.attach(encoder, parts, OutputStatus::new(field.into(), "websocket", url.clone())).map_err(fail)
             }
             OutputSpec::Images(spec) => {
                 let enc = &self.encoders[encoder];
@@ -224,6 +237,7 @@ impl Graph {
     /// still holds a pad of it.
     pub fn dispose(&mut self) {
         self.encoders.clear();
+        self.slots.clear();
         for child in self.pipeline.children() {
             let _ = self.pipeline.remove(&child);
         }

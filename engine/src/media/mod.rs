@@ -5,7 +5,9 @@ pub mod chrome;
 pub mod encoder;
 pub mod graph;
 pub mod outputs;
+pub mod slot;
 pub mod testsrc;
+pub mod track;
 
 use anyhow::{Context, Result};
 use gstreamer as gst;
@@ -63,6 +65,18 @@ const FACTORIES: &[&str] = &[
     "rtmp2sink",
     "jpegenc",
     "appsink",
+    // room tracks
+    "webrtcbin",
+    "rtph264depay",
+    "rtpvp8depay",
+    "rtpopusdepay",
+    "opusparse",
+    "avdec_h264",
+    "vp8dec",
+    "opusdec",
+    "compositor",
+    "audiomixer",
+    "fakesink",
 ];
 
 /// Loads the plugins up front so the first egress starts as fast as the next ones, and

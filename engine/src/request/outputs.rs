@@ -72,6 +72,8 @@ pub enum OutputSpec {
     Segments(SegmentOutput),
     Stream(StreamOutput),
     Images(ImageOutput),
+    /// Raw PCM (s16le, 48 kHz, mono) in binary websocket messages, as LiveKit's track egress.
+    Websocket(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +82,8 @@ pub struct Output {
     pub spec: OutputSpec,
 }
 
-pub const OUTPUT_FIELDS: &[&str] = &["file_outputs", "segment_outputs", "stream_outputs", "image_outputs"];
+pub const OUTPUT_FIELDS: &[&str] =
+    &["file_outputs", "segment_outputs", "stream_outputs", "image_outputs", "websocket_url"];
 
 const FILE_TYPES: &[&str] = &["DEFAULT_FILETYPE", "MP4", "OGG", "MP3", "WEBM"];
 
@@ -104,10 +107,16 @@ pub fn parse_outputs(request: &Value, settings: &EncodeSettings) -> FieldResult<
         let field = format!("image_outputs[{i}]");
         outputs.push(Output { spec: OutputSpec::Images(parse_images(v, &field)?), field });
     }
+    if let Some(url) = obj.string("websocket_url")?.filter(|u| !u.is_empty()) {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(FieldError::new("websocket_url", format!("`{url}` is not a ws:// or wss:// URL")));
+        }
+        outputs.push(Output { spec: OutputSpec::Websocket(url), field: "websocket_url".into() });
+    }
     if outputs.is_empty() {
         return Err(FieldError::new(
             "file_outputs",
-            "no output: give at least one of file_outputs, segment_outputs, stream_outputs, image_outputs",
+            "no output: give at least one of file_outputs, segment_outputs, stream_outputs, image_outputs, websocket_url",
         ));
     }
     Ok(outputs)

@@ -6,6 +6,7 @@ pub mod images;
 pub mod segments;
 pub mod stream;
 pub mod uploads;
+pub mod websocket;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,6 +158,8 @@ pub struct BranchParts {
 pub enum MediaEvent {
     OutputActive,
     OutputUnlinked(usize),
+    /// EOS reached the output's sink: it is finalized.
+    OutputEnded,
 }
 
 pub struct OutputBranch {
@@ -168,6 +171,8 @@ pub struct OutputBranch {
     /// The output's own upload target (its request `s3`), if any.
     pub uploader: Option<Arc<crate::storage::Uploader>>,
     pub attached: bool,
+    /// EOS reached the sink (set from its streaming thread).
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl OutputBranch {
@@ -205,6 +210,17 @@ impl OutputBranch {
             src.link(ghost)?;
             links.push((tee, src));
         }
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (eos_flag, eos_events) = (ended.clone(), events.clone());
+        parts.measure.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            if let Some(gst::PadProbeData::Event(e)) = &info.data
+                && e.type_() == gst::EventType::Eos
+            {
+                eos_flag.store(true, Ordering::SeqCst);
+                let _ = eos_events.send(MediaEvent::OutputEnded);
+            }
+            gst::PadProbeReturn::Ok
+        });
         let bytes_status = status.clone();
         parts.measure.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |_, info| {
             let size = match &info.data {
@@ -232,7 +248,12 @@ impl OutputBranch {
             file: parts.file,
             uploader: None,
             attached: true,
+            ended,
         })
+    }
+
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
     }
 
     /// Cuts the branch off its tees once they are idle; the supervisor then removes it.

@@ -1,0 +1,298 @@
+//! The subscriber peer connection: a `webrtcbin` in the egress pipeline that answers the
+//! server's offers and routes each track's RTP pad to whoever asked for that track.
+//! Tracks nobody (or nobody yet) consumes go to a fakesink so webrtcbin never sees not-linked.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_sdp as gst_sdp;
+use gstreamer_webrtc as gst_webrtc;
+
+use crate::media::{make, sync_states};
+
+#[derive(Default)]
+struct Routes {
+    /// mid → track sid, from the offers.
+    mids: HashMap<String, String>,
+    /// m-line index → mid of the current offer (local candidates name both).
+    mline_mids: Vec<String>,
+    /// track sid → the sink pad its RTP should reach.
+    sinks: HashMap<String, gst::Pad>,
+    /// track sid → its codec's RTP encoding name (`H264`, `VP8`, `OPUS`): what the answer accepts.
+    codecs: HashMap<String, String>,
+    /// track sid → the webrtcbin pad carrying it now.
+    pads: HashMap<String, gst::Pad>,
+    /// webrtcbin pads nobody consumes, each parked on its own fakesink.
+    parked: HashMap<gst::Pad, gst::Element>,
+}
+
+pub struct Subscriber {
+    pub webrtc: gst::Element,
+    pipeline: gst::Pipeline,
+    routes: Arc<Mutex<Routes>>,
+}
+
+impl Subscriber {
+    /// Adds a webrtcbin to `pipeline`; `on_candidate(mline, mid, candidate)` gets its local
+    /// ICE candidates.
+    pub fn new(pipeline: &gst::Pipeline, on_candidate: impl Fn(u32, String, String) + Send + Sync + 'static) -> Result<Self> {
+        let webrtc = make("webrtcbin", Some("livekit-subscriber"))?;
+        webrtc.set_property_from_str("bundle-policy", "max-bundle");
+        // Enough to reorder and retransmit on a real network; the delay is constant.
+        webrtc.set_property("latency", 200u32);
+        pipeline.add(&webrtc)?;
+        let routes = Arc::new(Mutex::new(Routes::default()));
+
+        let r = routes.clone();
+        webrtc.connect("on-ice-candidate", false, move |values| {
+            let mline = values[1].get::<u32>().unwrap_or(0);
+            let candidate = values[2].get::<String>().unwrap_or_default();
+            let mid = r.lock().unwrap().mline_mids.get(mline as usize).cloned().unwrap_or_default();
+            on_candidate(mline, mid, candidate);
+            None
+        });
+
+        let (r, p) = (routes.clone(), pipeline.downgrade());
+        webrtc.connect_pad_added(move |_, pad| {
+            if pad.direction() != gst::PadDirection::Src {
+                return;
+            }
+            let Some(pipeline) = p.upgrade() else { return };
+            let mid = pad
+                .property::<Option<gst_webrtc::WebRTCRTPTransceiver>>("transceiver")
+                .and_then(|t| t.mid())
+                .map(|m| m.to_string())
+                .unwrap_or_default();
+            let mut routes = r.lock().unwrap();
+            let sid = routes.mids.get(&mid).cloned();
+            tracing::debug!(%mid, ?sid, caps = ?pad.current_caps(), "LiveKit track pad");
+            match sid.as_ref().and_then(|s| routes.sinks.get(s).cloned()) {
+                Some(sink) => {
+                    if let Err(e) = pad.link(&sink) {
+                        tracing::warn!(%mid, "linking a track failed: {e:?}");
+                        park(&pipeline, &mut routes, pad);
+                    }
+                }
+                None => park(&pipeline, &mut routes, pad),
+            }
+            if let Some(sid) = sid {
+                routes.pads.insert(sid, pad.clone());
+            }
+        });
+
+        let r = routes.clone();
+        webrtc.connect_pad_removed(move |_, pad| {
+            let mut routes = r.lock().unwrap();
+            routes.pads.retain(|_, p| p != pad);
+            if let Some(sink) = routes.parked.remove(pad) {
+                let _ = sink.set_state(gst::State::Null);
+                if let Some(bin) = sink.parent().and_then(|p| p.downcast::<gst::Bin>().ok()) {
+                    let _ = bin.remove(&sink);
+                }
+            }
+        });
+        sync_states(&[&webrtc]);
+        Ok(Subscriber { webrtc, pipeline: pipeline.clone(), routes })
+    }
+
+    /// Sends `sid`'s RTP to `sink` from now on (at once if the track already flows).
+    pub fn route(&self, sid: &str, codec: &str, sink: gst::Pad) {
+        let mut routes = self.routes.lock().unwrap();
+        routes.sinks.insert(sid.to_string(), sink.clone());
+        routes.codecs.insert(sid.to_string(), codec.to_ascii_uppercase());
+        if let Some(pad) = routes.pads.get(sid).cloned() {
+            if let Some(fakesink) = routes.parked.remove(&pad) {
+                unpark(&pad, fakesink);
+            }
+            if !pad.is_linked() && pad.link(&sink).is_err() {
+                tracing::warn!(%sid, "relinking a track failed");
+            }
+        }
+        drop(routes);
+        // A decoder joining mid-stream needs a keyframe: webrtcbin turns this into a PLI.
+        sink.push_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
+    }
+
+    /// Stops routing `sid`; its pad, if any, goes back to a fakesink.
+    pub fn unroute(&self, sid: &str) {
+        let mut routes = self.routes.lock().unwrap();
+        let Some(sink) = routes.sinks.remove(sid) else { return };
+        if let Some(pad) = routes.pads.get(sid).cloned()
+            && pad.peer().as_ref() == Some(&sink)
+        {
+            let _ = pad.unlink(&sink);
+            park(&self.pipeline, &mut routes, &pad);
+        }
+    }
+
+    /// The end of the egress: every routed track is cut off and its consumer gets EOS, so
+    /// files finalize without waiting on webrtcbin.
+    pub fn end(&self) {
+        let mut routes = self.routes.lock().unwrap();
+        let sinks: Vec<(String, gst::Pad)> = routes.sinks.drain().collect();
+        for (sid, sink) in sinks {
+            if let Some(pad) = routes.pads.get(&sid).cloned()
+                && pad.peer().as_ref() == Some(&sink)
+            {
+                let _ = pad.unlink(&sink);
+                park(&self.pipeline, &mut routes, &pad);
+            }
+            sink.send_event(gst::event::Eos::new());
+        }
+    }
+
+    /// Answers a subscriber offer; returns the answer's SDP.
+    pub async fn answer(&self, sdp: &str, mid_to_track: &HashMap<String, String>) -> Result<String> {
+        let mut message =
+            gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()).context("LiveKit sent an unparsable offer")?;
+        {
+            let mut routes = self.routes.lock().unwrap();
+            routes.mline_mids = message.medias().map(|m| m.attribute_val("mid").unwrap_or("").to_string()).collect();
+            for (mid, sid) in track_mids(&message).into_iter().chain(mid_to_track.clone()) {
+                routes.mids.insert(mid, sid);
+            }
+            for media in message.medias_mut() {
+                let wanted = media.attribute_val("mid").and_then(|mid| routes.mids.get(mid)).and_then(|sid| routes.codecs.get(sid));
+                keep_codec(media, wanted.map(String::as_str));
+            }
+        }
+        let offer = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Offer, message);
+        call(&self.webrtc, "set-remote-description", Some(&offer)).await?;
+        let reply = call(&self.webrtc, "create-answer", None).await?;
+        let answer = reply
+            .and_then(|s| s.get::<gst_webrtc::WebRTCSessionDescription>("answer").ok())
+            .ok_or_else(|| anyhow!("webrtcbin made no answer"))?;
+        call(&self.webrtc, "set-local-description", Some(&answer)).await?;
+        let text = answer.sdp().as_text()?;
+        tracing::debug!(offer = %sdp, answer = %text, "subscriber negotiated");
+        Ok(text)
+    }
+
+    pub fn add_candidate(&self, mline: u32, candidate: &str) {
+        self.webrtc.emit_by_name::<()>("add-ice-candidate", &[&mline, &candidate]);
+    }
+}
+
+/// mid → track sid from each m-line's `a=msid:<stream> <track>` (LiveKit's track id is the sid).
+fn track_mids(message: &gst_sdp::SDPMessageRef) -> Vec<(String, String)> {
+    message
+        .medias()
+        .filter_map(|m| {
+            let mid = m.attribute_val("mid")?;
+            let msid = m.attribute_val("msid")?;
+            let track = msid.split_whitespace().nth(1)?;
+            Some((mid.to_string(), track.to_string()))
+        })
+        .collect()
+}
+
+/// Trims an offered m-line to one codec: `wanted` (the track's), or for a track nobody routed
+/// the first codec egret can depayload. Left alone, webrtcbin answers with the offer's first
+/// codec (VP8), which the server cannot send for an H.264 track; RED audio is left out so the
+/// server sends plain Opus. Retransmission payloads go too (no RTX on the receive side).
+fn keep_codec(media: &mut gst_sdp::SDPMediaRef, wanted: Option<&str>) {
+    if !matches!(media.media(), Some("audio" | "video")) {
+        return;
+    }
+    let encoding = |media: &gst_sdp::SDPMediaRef, pt: &str| -> Option<String> {
+        media.attributes().filter(|a| a.key() == "rtpmap").find_map(|a| {
+            let (p, rest) = a.value()?.split_once(' ')?;
+            (p == pt).then(|| rest.split('/').next().unwrap_or_default().to_ascii_uppercase())
+        })
+    };
+    let offered: Vec<(String, String)> =
+        media.formats().map(|pt| (pt.to_string(), encoding(media, pt).unwrap_or_default())).collect();
+    let codec = match wanted {
+        Some(w) => w.to_string(),
+        None => match ["OPUS", "H264", "VP8"].into_iter().find(|c| offered.iter().any(|(_, e)| e == c)) {
+            Some(c) => c.to_string(),
+            None => return,
+        },
+    };
+    let dropped: Vec<String> = offered.iter().filter(|(_, e)| *e != codec).map(|(pt, _)| pt.clone()).collect();
+    if dropped.len() == offered.len() {
+        return; // the codec is not offered: let webrtcbin refuse the m-line
+    }
+    for i in (0..media.formats_len()).rev() {
+        if media.format(i).is_some_and(|pt| dropped.iter().any(|d| d == pt)) {
+            let _ = media.remove_format(i);
+        }
+    }
+    for i in (0..media.attributes_len()).rev() {
+        let Some(attr) = media.attribute(i) else { continue };
+        let about_dropped = matches!(attr.key(), "rtpmap" | "fmtp" | "rtcp-fb")
+            && attr.value().and_then(|v| v.split([' ', ':']).next()).is_some_and(|pt| dropped.iter().any(|d| d == pt));
+        if about_dropped {
+            let _ = media.remove_attribute(i);
+        }
+    }
+}
+
+fn park(pipeline: &gst::Pipeline, routes: &mut Routes, pad: &gst::Pad) {
+    let Ok(sink) = make("fakesink", None) else { return };
+    sink.set_property("sync", false);
+    sink.set_property("async", false);
+    if pipeline.add(&sink).is_ok() && pad.link(&sink.static_pad("sink").expect("fakesink sink")).is_ok() {
+        let _ = sink.sync_state_with_parent();
+        routes.parked.insert(pad.clone(), sink);
+    }
+}
+
+fn unpark(pad: &gst::Pad, fakesink: gst::Element) {
+    if let Some(peer) = pad.peer() {
+        let _ = pad.unlink(&peer);
+    }
+    let _ = fakesink.set_state(gst::State::Null);
+    if let Some(bin) = fakesink.parent().and_then(|p| p.downcast::<gst::Bin>().ok()) {
+        let _ = bin.remove(&fakesink);
+    }
+}
+
+/// Emits one of webrtcbin's promise-taking action signals and awaits the reply.
+async fn call(
+    webrtc: &gst::Element,
+    signal: &str,
+    description: Option<&gst_webrtc::WebRTCSessionDescription>,
+) -> Result<Option<gst::Structure>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let promise = gst::Promise::with_change_func(move |reply| {
+        let _ = tx.send(reply.map(|s| s.map(|s| s.to_owned())).map_err(|e| format!("{e:?}")));
+    });
+    match description {
+        Some(d) => webrtc.emit_by_name::<()>(signal, &[d, &promise]),
+        None => webrtc.emit_by_name::<()>(signal, &[&None::<gst::Structure>, &promise]),
+    }
+    let reply = rx.await.map_err(|_| anyhow!("webrtcbin dropped the {signal} promise"))?.map_err(|e| anyhow!("{signal}: {e}"))?;
+    if let Some(s) = &reply
+        && let Ok(error) = s.get::<gst::glib::Error>("error")
+    {
+        bail!("{signal}: {error}");
+    }
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97 108\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\na=rtpmap:108 H264/90000\r\na=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtcp-fb:108 nack pli\r\na=msid:PA_x|TR_v TR_v\r\n";
+
+    #[test]
+    fn offers_are_trimmed_to_the_tracks_codec() {
+        gst::init().unwrap();
+        let mut message = gst_sdp::SDPMessage::parse_buffer(OFFER.as_bytes()).unwrap();
+        keep_codec(message.media_mut(0).unwrap(), Some("H264"));
+        let media = message.media(0).unwrap();
+        assert_eq!(media.formats().collect::<Vec<_>>(), ["108"]);
+        let text = message.as_text().unwrap();
+        assert!(text.contains("a=rtcp-fb:108 nack pli") && !text.contains("VP8") && !text.contains("apt=96"), "{text}");
+        // A track nobody routed: the first codec egret can depayload.
+        let mut message = gst_sdp::SDPMessage::parse_buffer(OFFER.as_bytes()).unwrap();
+        keep_codec(message.media_mut(0).unwrap(), None);
+        assert_eq!(message.media(0).unwrap().formats().collect::<Vec<_>>(), ["108"]);
+        assert_eq!(track_mids(&message), vec![("1".to_string(), "TR_v".to_string())]);
+    }
+}

@@ -1,0 +1,271 @@
+//! LiveKit rooms in Lua: `egress:join(name)` → room; `room:track(sid)` → track;
+//! `egress:copy { video = track }` (no transcoding) and `egress:slot(kind)` (an input that
+//! tracks are attached to and detached from while the egress runs).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use livekit_protocol as proto;
+use mlua::{Function, LuaSerdeExt, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value};
+
+use super::api::{EgressCtx, EncoderHandle, MediaHandle};
+use crate::livekit::room::Room;
+use crate::livekit::{codec_of, track_json};
+use crate::media::MediaKind;
+use crate::media::encoder::kind_of;
+use crate::media::slot::Slot;
+
+/// Events `room:on` takes. Handlers of `participant_joined` and `track_published` are also
+/// called at once for the participants and tracks already in the room.
+pub const ROOM_EVENTS: &[&str] = &[
+    "participant_joined",
+    "participant_left",
+    "track_published",
+    "track_unpublished",
+    "track_muted",
+    "track_unmuted",
+    "room_ended",
+    "disconnected",
+];
+
+fn runtime(e: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::runtime(e.to_string())
+}
+
+/// Leaves the room when the egress ends, whoever still holds a handle.
+struct Membership(Arc<Room>);
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+#[derive(Clone)]
+pub struct RoomHandle {
+    ctx: Arc<EgressCtx>,
+    room: Arc<Room>,
+}
+
+/// A published track, as `room:track(sid)` found it.
+#[derive(Clone)]
+pub struct TrackHandle {
+    room: Arc<Room>,
+    info: proto::TrackInfo,
+    participant_sid: String,
+    view: serde_json::Value,
+}
+
+impl TrackHandle {
+    fn codec(&self) -> mlua::Result<crate::media::encoder::Codec> {
+        crate::media::track::codec(&codec_of(&self.info.mime_type)).map_err(runtime)
+    }
+}
+
+/// `egress:join(room_name)`: joins as a hidden recorder whose identity is the egress id.
+pub async fn join(ctx: Arc<EgressCtx>, name: String) -> mlua::Result<RoomHandle> {
+    let config = ctx.livekit.clone().ok_or_else(|| {
+        runtime("join: egress.toml has no [livekit] section (url, api_key, api_secret)")
+    })?;
+    if name.is_empty() {
+        return Err(runtime("join: the room name is empty"));
+    }
+    let pipeline = ctx.graph.lock().unwrap().pipeline.clone();
+    let room = Room::join(&config, &name, &ctx.id, &pipeline, ctx.commands.clone())
+        .await
+        .map_err(|e| runtime(format!("join `{name}`: {e:#}")))?;
+    {
+        let mut graph = ctx.graph.lock().unwrap();
+        graph.template.set("room_name", &room.name);
+        graph.template.set("room_id", &room.sid);
+    }
+    // webrtcbin negotiates while `start` still runs: the pipeline plays from now on, and
+    // what the recipe adds later joins it running.
+    pipeline.set_state(gst::State::Playing).map_err(|_| runtime("join: the pipeline refused to play"))?;
+    let room = Arc::new(room);
+    ctx.keep(Box::new(Membership(room.clone())));
+    let ending = room.clone();
+    ctx.on_ending(Box::new(move || ending.end_tracks()));
+    tracing::info!(egress = %ctx.id, room = %room.name, sid = %room.sid, "joined LiveKit room");
+    Ok(RoomHandle { ctx, room })
+}
+
+impl UserData for RoomHandle {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("name", |_, this| Ok(this.room.name.clone()));
+        fields.add_field_method_get("sid", |_, this| Ok(this.room.sid.clone()));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // room:track(sid) → the track, or an error naming the room if it is not published.
+        methods.add_method("track", |_, this, sid: String| {
+            let (info, participant) = this
+                .room
+                .find_track(&sid)
+                .ok_or_else(|| runtime(format!("track `{sid}` is not published in room `{}`", this.room.name)))?;
+            let view = track_json(&info, &participant);
+            Ok(TrackHandle { room: this.room.clone(), info, participant_sid: participant.sid, view })
+        });
+
+        // room:tracks() / room:participants(): what the room holds now, as tables.
+        methods.add_method("tracks", |lua, this, ()| lua.to_value(&this.room.tracks_json()));
+        methods.add_method("participants", |lua, this, ()| lua.to_value(&this.room.participants_json()));
+
+        // room:on(event, fn)
+        methods.add_method("on", |lua, this, (event, f): (String, Function)| {
+            if !ROOM_EVENTS.contains(&event.as_str()) {
+                return Err(runtime(format!("on: unknown room event `{event}` (known: {})", ROOM_EVENTS.join(", "))));
+            }
+            this.ctx.add_handler(lua, &event, None, f.clone())?;
+            let (current, prefix) = match event.as_str() {
+                "track_published" => (this.room.tracks_json(), "track"),
+                "participant_joined" => (this.room.participants_json(), "participant"),
+                _ => return Ok(()),
+            };
+            for item in current {
+                this.ctx.announce(format!("{prefix}:{}", item["sid"].as_str().unwrap_or_default()));
+                f.call::<()>(lua.to_value(&item)?)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+impl UserData for TrackHandle {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // track.sid, track.kind, track.codec, track.source, track.participant, track.width...
+        methods.add_meta_method(MetaMethod::Index, |lua, this, key: String| lua.to_value(&this.view[key.as_str()]));
+    }
+}
+
+/// `egress:copy { video = track, audio = track }`: the tracks' own streams to the outputs.
+pub fn copy(ctx: &Arc<EgressCtx>, opts: Table) -> mlua::Result<EncoderHandle> {
+    let mut tracks = Vec::new();
+    for kind in [MediaKind::Video, MediaKind::Audio] {
+        if let Some(track) = opts.get::<Option<mlua::UserDataRef<TrackHandle>>>(kind.name())? {
+            let codec = track.codec()?;
+            if kind_of(codec) != kind {
+                return Err(runtime(format!("copy: `{}` was given a {} track", kind.name(), kind_of(codec).name())));
+            }
+            tracks.push((track.clone(), codec));
+        }
+    }
+    if tracks.is_empty() {
+        return Err(runtime("copy: give `video`, `audio` or both (tracks from room:track)"));
+    }
+    let mut graph = ctx.graph.lock().unwrap();
+    let pipeline = graph.pipeline.clone();
+    let mut settings = ctx.request.settings.clone();
+    let mut streams = Vec::new();
+    let mut chains = Vec::new();
+    for (_, codec) in &tracks {
+        match codec {
+            crate::media::encoder::Codec::Video(v) => settings.video_codec = Some(*v),
+            crate::media::encoder::Codec::Audio(a) => settings.audio_codec = Some(*a),
+        }
+        let chain = crate::media::track::copy(&pipeline, *codec).map_err(runtime)?;
+        streams.push((*codec, chain.src.clone()));
+        chains.push(chain);
+    }
+    let index = graph.add_copy(settings, &streams).map_err(runtime)?;
+    drop(graph);
+    for ((track, _), chain) in tracks.iter().zip(chains) {
+        track.room.subscribe(&track.info, &track.participant_sid, chain.sink);
+    }
+    Ok(EncoderHandle { ctx: ctx.clone(), index })
+}
+
+/// `egress:slot("video" | "audio")`: black or silence until a track is attached.
+#[derive(Clone)]
+pub struct SlotHandle {
+    ctx: Arc<EgressCtx>,
+    index: usize,
+    pub media: MediaHandle,
+    /// The room each attached track came from, to unsubscribe on detach.
+    rooms: Arc<Mutex<HashMap<String, Arc<Room>>>>,
+}
+
+pub fn slot(ctx: &Arc<EgressCtx>, kind: &str) -> mlua::Result<SlotHandle> {
+    let mut graph = ctx.graph.lock().unwrap();
+    let pipeline = graph.pipeline.clone();
+    let s = &ctx.request.settings;
+    let slot = match kind {
+        "video" => Slot::video(&pipeline, s.width, s.height, s.framerate),
+        "audio" => Slot::audio(&pipeline),
+        other => return Err(runtime(format!("slot: kind must be \"video\" or \"audio\", not `{other}`"))),
+    }
+    .map_err(runtime)?;
+    let media = MediaHandle(slot.output.clone());
+    graph.slots.push(slot);
+    Ok(SlotHandle { ctx: ctx.clone(), index: graph.slots.len() - 1, media, rooms: Default::default() })
+}
+
+impl SlotHandle {
+    fn detach_sid(&self, sid: &str) -> bool {
+        let Some(room) = self.rooms.lock().unwrap().remove(sid) else { return false };
+        room.unsubscribe(sid);
+        let mut graph = self.ctx.graph.lock().unwrap();
+        let pipeline = graph.pipeline.clone();
+        graph.slots[self.index].detach(&pipeline, sid)
+    }
+}
+
+impl UserData for SlotHandle {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("kind", |_, this| Ok(this.media.0.kind.name()));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // slot:attach(track): the track replaces whatever the slot showed.
+        methods.add_method("attach", |_, this, track: mlua::UserDataRef<TrackHandle>| {
+            let codec = track.codec()?;
+            if kind_of(codec) != this.media.0.kind {
+                return Err(runtime(format!(
+                    "attach: a {} slot cannot take {} track `{}`",
+                    this.media.0.kind.name(),
+                    kind_of(codec).name(),
+                    track.info.sid
+                )));
+            }
+            let previous: Vec<String> = this.rooms.lock().unwrap().keys().cloned().collect();
+            for sid in previous.iter().filter(|s| **s != track.info.sid) {
+                this.detach_sid(sid);
+            }
+            if this.rooms.lock().unwrap().contains_key(&track.info.sid) {
+                return Ok(());
+            }
+            let sink = {
+                let mut graph = this.ctx.graph.lock().unwrap();
+                let pipeline = graph.pipeline.clone();
+                graph.slots[this.index].attach(&pipeline, &track.info.sid, codec).map_err(runtime)?
+            };
+            this.rooms.lock().unwrap().insert(track.info.sid.clone(), track.room.clone());
+            track.room.subscribe(&track.info, &track.participant_sid, sink);
+            Ok(())
+        });
+
+        // slot:detach([track or sid]): back to black/silence; without argument, any track.
+        methods.add_method("detach", |_, this, which: Value| {
+            let sids: Vec<String> = match which {
+                Value::Nil => this.rooms.lock().unwrap().keys().cloned().collect(),
+                Value::String(s) => vec![s.to_str()?.to_string()],
+                Value::UserData(ud) => vec![ud.borrow::<TrackHandle>()?.info.sid.clone()],
+                Value::Table(t) => vec![t.get::<String>("sid")?],
+                _ => return Err(runtime("detach: give a track, its sid, or nothing")),
+            };
+            Ok(sids.iter().filter(|sid| this.detach_sid(sid)).count() > 0)
+        });
+
+        // slot:track(): the sid of the attached track, or nil.
+        methods.add_method("track", |_, this, ()| Ok(this.rooms.lock().unwrap().keys().next().cloned()));
+    }
+}
+
+/// Registers `egress:join`, `egress:copy` and `egress:slot` (called from the egress userdata).
+pub fn add_egress_methods<M: UserDataMethods<super::api::EgressHandle>>(methods: &mut M) {
+    methods.add_async_method("join", |_, this, name: String| async move { join(this.0.clone(), name).await });
+    methods.add_method("copy", |_, this, opts: Table| copy(&this.0, opts));
+    methods.add_method("slot", |_, this, kind: String| slot(&this.0, &kind));
+}

@@ -1,0 +1,113 @@
+//! Slots: a video or audio input that never stops. Black (or silence) runs underneath;
+//! tracks are attached on top and detached as they come and go, so the encoder and every
+//! output see one unbroken stream whatever the room does.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, anyhow};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use super::encoder::Codec;
+use super::track::{self, TrackChain};
+use super::{MediaKind, MediaPad, add_chain, capsfilter, make, sync_states};
+
+/// Tracks arrive through webrtcbin's 200 ms jitter buffer and a decoder; the mixers wait
+/// this long for them even though only the always-on base source exists at the start.
+const TRACK_LATENCY_NS: u64 = 400_000_000;
+
+pub struct Slot {
+    pub kind: MediaKind,
+    mixer: gst::Element,
+    pub output: MediaPad,
+    attached: HashMap<String, (TrackChain, gst::Pad)>,
+    /// The frame size tracks are scaled into (video).
+    size: (i32, i32),
+}
+
+const AUDIO_CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=2";
+
+impl Slot {
+    /// A video slot of `width`x`height` at `fps`, black while empty.
+    pub fn video(pipeline: &gst::Pipeline, width: u32, height: u32, fps: u32) -> Result<Slot> {
+        let caps = format!("video/x-raw,format=I420,width={width},height={height},framerate={fps}/1");
+        let base = make("videotestsrc", None)?;
+        base.set_property("is-live", true);
+        base.set_property_from_str("pattern", "black");
+        let mixer = make("compositor", None)?;
+        mixer.set_property_from_str("background", "black");
+        Self::build(pipeline, MediaKind::Video, base, &caps, mixer, (width as i32, height as i32))
+    }
+
+    /// A stereo 48 kHz audio slot, silent while empty.
+    pub fn audio(pipeline: &gst::Pipeline) -> Result<Slot> {
+        let base = make("audiotestsrc", None)?;
+        base.set_property("is-live", true);
+        base.set_property_from_str("wave", "silence");
+        // 10 ms buffers: the mixer's output granularity follows its inputs.
+        base.set_property("samplesperbuffer", 480i32);
+        let mixer = make("audiomixer", None)?;
+        Self::build(pipeline, MediaKind::Audio, base, AUDIO_CAPS, mixer, (0, 0))
+    }
+
+    fn build(
+        pipeline: &gst::Pipeline,
+        kind: MediaKind,
+        base: gst::Element,
+        caps: &str,
+        mixer: gst::Element,
+        size: (i32, i32),
+    ) -> Result<Slot> {
+        mixer.set_property("min-upstream-latency", TRACK_LATENCY_NS);
+        mixer.set_property_from_str("start-time-selection", "first");
+        let base_caps = capsfilter(caps)?;
+        let out_caps = capsfilter(caps)?;
+        add_chain(pipeline, &[&base, &base_caps, &mixer, &out_caps])?;
+        sync_states(&[&base, &base_caps, &mixer, &out_caps]);
+        let output = MediaPad { kind, pad: out_caps.static_pad("src").expect("capsfilter src") };
+        Ok(Slot { kind, mixer, output, attached: HashMap::new(), size })
+    }
+
+    /// Decodes track `sid` onto the slot; returns the pad its RTP must reach.
+    pub fn attach(&mut self, pipeline: &gst::Pipeline, sid: &str, codec: Codec) -> Result<gst::Pad> {
+        if self.attached.contains_key(sid) {
+            return Err(anyhow!("track {sid} is already on this slot"));
+        }
+        let chain = track::decode(pipeline, codec)?;
+        let mut tail = vec![];
+        if self.kind == MediaKind::Audio {
+            tail.push(capsfilter(AUDIO_CAPS)?);
+        }
+        let refs: Vec<&gst::Element> = tail.iter().collect();
+        if !tail.is_empty() {
+            pipeline.add_many(&refs)?;
+            chain.src.link(&tail[0].static_pad("sink").expect("sink"))?;
+            sync_states(&refs);
+        }
+        let src = tail.last().map(|e| e.static_pad("src").expect("src")).unwrap_or_else(|| chain.src.clone());
+        let pad = self.mixer.request_pad_simple("sink_%u").ok_or_else(|| anyhow!("the mixer refused a pad"))?;
+        if self.kind == MediaKind::Video {
+            // Above the black base, scaled to fill the frame without distortion.
+            pad.set_property("zorder", 1u32);
+            let (w, h) = self.size;
+            pad.set_property("width", w);
+            pad.set_property("height", h);
+            pad.set_property_from_str("sizing-policy", "keep-aspect-ratio");
+        }
+        src.link(&pad)?;
+        let sink = chain.sink.clone();
+        let mut elements = chain.elements;
+        elements.extend(tail);
+        let chain = TrackChain { elements, sink: sink.clone(), src };
+        self.attached.insert(sid.to_string(), (chain, pad));
+        Ok(sink)
+    }
+
+    /// Takes track `sid` off the slot (its RTP must be unrouted first).
+    pub fn detach(&mut self, pipeline: &gst::Pipeline, sid: &str) -> bool {
+        let Some((chain, pad)) = self.attached.remove(sid) else { return false };
+        chain.remove(pipeline);
+        self.mixer.release_request_pad(&pad);
+        true
+    }
+}

@@ -1,0 +1,105 @@
+//! The track primitive: a room track's encoded RTP → depayloader, then either straight to
+//! the outputs (copy, no transcoding) or through a decoder for the encoder.
+//! The jitter buffer is webrtcbin's (its `latency`).
+
+use anyhow::{Result, bail};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use super::encoder::Codec;
+use super::{add_chain, make, queue, sync_states};
+use crate::request::encoding::{AudioCodec, VideoCodec};
+
+/// The codecs egret can take from a room, by LiveKit's codec name (`h264`, `vp8`, `opus`).
+pub fn codec(name: &str) -> Result<Codec> {
+    Ok(match name {
+        "h264" => Codec::Video(VideoCodec::H264),
+        "vp8" => Codec::Video(VideoCodec::Vp8),
+        "opus" => Codec::Audio(AudioCodec::Opus),
+        other => bail!("tracks in {other} are not supported (H.264, VP8 and Opus are)"),
+    })
+}
+
+/// queue → depayloader (→ parser): the first element takes RTP, the last gives the codec's
+/// stream. Depayloaders wait for a keyframe and ask for one after a loss.
+fn depay_chain(codec: Codec) -> Result<Vec<gst::Element>> {
+    let mut chain = vec![queue(2, false)?];
+    match codec {
+        Codec::Video(VideoCodec::H264) => {
+            let depay = make("rtph264depay", None)?;
+            depay.set_property("request-keyframe", true);
+            depay.set_property("wait-for-keyframe", true);
+            chain.push(depay);
+            let parse = make("h264parse", None)?;
+            // SPS/PPS before every keyframe: a file or stream joined late still decodes.
+            parse.set_property("config-interval", -1i32);
+            chain.push(parse);
+        }
+        Codec::Video(VideoCodec::Vp8) => {
+            let depay = make("rtpvp8depay", None)?;
+            depay.set_property("request-keyframe", true);
+            depay.set_property("wait-for-keyframe", true);
+            chain.push(depay);
+        }
+        Codec::Audio(AudioCodec::Opus) => {
+            chain.push(make("rtpopusdepay", None)?);
+            chain.push(make("opusparse", None)?);
+        }
+        Codec::Audio(AudioCodec::Aac) => bail!("LiveKit tracks are never AAC"),
+    }
+    Ok(chain)
+}
+
+/// A chain added to the pipeline: RTP goes in at `sink`, media comes out at `src`.
+pub struct TrackChain {
+    pub elements: Vec<gst::Element>,
+    pub sink: gst::Pad,
+    pub src: gst::Pad,
+}
+
+impl TrackChain {
+    /// Stops and removes the chain (its input must be unlinked already).
+    pub fn remove(self, pipeline: &gst::Pipeline) {
+        for e in &self.elements {
+            let _ = e.set_state(gst::State::Null);
+        }
+        let _ = pipeline.remove_many(&self.elements);
+    }
+}
+
+fn build(pipeline: &gst::Pipeline, elements: Vec<gst::Element>) -> Result<TrackChain> {
+    let refs: Vec<&gst::Element> = elements.iter().collect();
+    add_chain(pipeline, &refs)?;
+    sync_states(&refs);
+    let sink = elements[0].static_pad("sink").expect("queue sink");
+    let src = elements.last().expect("non-empty").static_pad("src").expect("src pad");
+    Ok(TrackChain { elements, sink, src })
+}
+
+/// RTP in, the codec's own stream out: for copying without transcoding.
+pub fn copy(pipeline: &gst::Pipeline, codec: Codec) -> Result<TrackChain> {
+    build(pipeline, depay_chain(codec)?)
+}
+
+/// RTP in, raw video (I420) or audio (S16LE 48 kHz stereo) out: for the encoder.
+pub fn decode(pipeline: &gst::Pipeline, codec: Codec) -> Result<TrackChain> {
+    let mut chain = depay_chain(codec)?;
+    match codec {
+        Codec::Video(VideoCodec::H264) => chain.push(make("avdec_h264", None)?),
+        Codec::Video(VideoCodec::Vp8) => chain.push(make("vp8dec", None)?),
+        Codec::Audio(_) => {
+            let dec = make("opusdec", None)?;
+            // Lost packets become concealment, not gaps: the mixer's timeline stays whole.
+            dec.set_property("plc", true);
+            chain.push(dec);
+        }
+    }
+    match codec {
+        Codec::Video(_) => chain.push(make("videoconvert", None)?),
+        Codec::Audio(_) => {
+            chain.push(make("audioconvert", None)?);
+            chain.push(make("audioresample", None)?);
+        }
+    }
+    build(pipeline, chain)
+}

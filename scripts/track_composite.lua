@@ -1,0 +1,31 @@
+-- scripts/track_composite.lua: one audio and one video track of a room, synced and
+-- transcoded to the requested preset, to every output (LiveKit's TrackCompositeEgressRequest).
+-- A track that is unpublished leaves black or silence; published again (same sid), it returns.
+return recipe {
+  name = "track_composite",
+  description = "One audio + one video track of a LiveKit room, synced and encoded to any output",
+  params = {
+    room_name      = "string",
+    audio_track_id = "string?",
+    video_track_id = "string?",
+  },
+  outputs = true,
+
+  start = function(req, egress)
+    if not (req.audio_track_id or req.video_track_id) then
+      error("give audio_track_id, video_track_id or both", 0)
+    end
+    local room = egress:join(req.room_name)
+    local inputs = {}
+    for kind, sid in pairs { audio = req.audio_track_id, video = req.video_track_id } do
+      local track = room:track(sid)
+      if track.kind ~= kind then
+        error(("%s_track_id: %s is a %s track"):format(kind, sid, track.kind), 0)
+      end
+      egress:set_var("publisher_identity", track.participant)
+      inputs[kind] = egress:slot(kind)
+      inputs[kind]:attach(track)
+    end
+    egress:encode(inputs):output(req)
+  end,
+}

@@ -1,0 +1,178 @@
+"""A LiveKit publisher for the tests: real WebRTC through PyPI `livekit`, synthetic media.
+
+Video is a moving colour pattern, or (--flash) black with a white frame for 100 ms at every
+whole second; audio is a tone, or (--flash) a 1 kHz beep for 100 ms at the same instants. Both
+are paced by one clock so the flash and the beep leave the publisher together.
+
+Prints one JSON line per event on stdout ({"event": "published", "kind", "sid", ...});
+reads commands on stdin: `unpublish video|audio`, `publish video|audio`, `quit`.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import numpy as np
+from livekit import api, rtc
+
+FLASH_S = 0.1
+BEEP_HZ = 1000.0
+TONE_HZ = 440.0
+RATE = 48000
+CHUNK = RATE // 100  # 10 ms
+
+
+def say(**event):
+    print(json.dumps(event), flush=True)
+
+
+class Media:
+    def __init__(self, args):
+        self.args = args
+        self.width, self.height = args.width, args.height
+        self.t0 = time.monotonic()
+        self.video_source = rtc.VideoSource(self.width, self.height, is_screencast=args.source == "screen_share")
+        self.audio_source = rtc.AudioSource(RATE, 1, queue_size_ms=40)
+        self.samples = 0
+        y, x = np.mgrid[0 : self.height, 0 : self.width]
+        self.base = ((x * 255 // max(1, self.width - 1)).astype(np.uint8), (y * 255 // max(1, self.height - 1)).astype(np.uint8))
+
+    def video_frame(self, t):
+        rgba = np.empty((self.height, self.width, 4), dtype=np.uint8)
+        rgba[..., 3] = 255
+        if self.args.flash:
+            rgba[..., :3] = 255 if (t % 1.0) < FLASH_S else 0
+        else:
+            shift = int(t * 120) % self.width
+            gx, gy = self.base
+            rgba[..., 0] = np.roll(gx, shift, axis=1)
+            rgba[..., 1] = gy
+            rgba[..., 2] = 128 + int(100 * np.sin(t))
+        return rtc.VideoFrame(self.width, self.height, rtc.VideoBufferType.RGBA, rgba.tobytes())
+
+    def audio_chunk(self):
+        n = np.arange(self.samples, self.samples + CHUNK)
+        t = n / RATE
+        self.samples += CHUNK
+        if self.args.flash:
+            on = (t % 1.0) < FLASH_S
+            wave = np.where(on, 0.7 * np.sin(2 * np.pi * BEEP_HZ * t), 0.0)
+        else:
+            wave = 0.3 * np.sin(2 * np.pi * TONE_HZ * t)
+        data = (wave * 32767).astype(np.int16)
+        return rtc.AudioFrame(data.tobytes(), RATE, 1, CHUNK)
+
+    async def run(self, state):
+        """Feeds both sources against one clock: audio every 10 ms, video every 1/fps s."""
+        frame_dt = 1.0 / self.args.fps
+        next_video = 0.0
+        while True:
+            t_audio = self.samples / RATE
+            now = time.monotonic() - self.t0
+            if t_audio <= now + 0.02:
+                if state["audio"]:
+                    await self.audio_source.capture_frame(self.audio_chunk())
+                else:
+                    self.samples += CHUNK
+                continue
+            if next_video <= now:
+                if state["video"]:
+                    self.video_source.capture_frame(self.video_frame(next_video))
+                next_video += frame_dt
+                continue
+            await asyncio.sleep(max(0.0, min(t_audio - 0.02, next_video) - now))
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--room", required=True)
+    p.add_argument("--identity", required=True)
+    p.add_argument("--api-key", required=True)
+    p.add_argument("--api-secret", required=True)
+    p.add_argument("--codec", choices=["h264", "vp8"], default="vp8")
+    p.add_argument("--no-video", action="store_true")
+    p.add_argument("--no-audio", action="store_true")
+    p.add_argument("--flash", action="store_true", help="flash + beep once a second")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--source", choices=["camera", "screen_share"], default="camera")
+    args = p.parse_args()
+
+    token = (
+        api.AccessToken(args.api_key, args.api_secret)
+        .with_identity(args.identity)
+        .with_grants(api.VideoGrants(room_join=True, room=args.room, can_publish=True, can_subscribe=False))
+        .to_jwt()
+    )
+    room = rtc.Room()
+    done = asyncio.Event()
+
+    @room.on("disconnected")
+    def _on_disconnected(reason):
+        say(event="disconnected", reason=str(reason))
+        done.set()
+
+    await room.connect(args.url, token, rtc.RoomOptions(auto_subscribe=False))
+    say(event="connected", room_sid=await room.sid, participant_sid=room.local_participant.sid)
+
+    media = Media(args)
+    video_source = rtc.TrackSource.SOURCE_SCREENSHARE if args.source == "screen_share" else rtc.TrackSource.SOURCE_CAMERA
+    audio_source = (
+        rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO if args.source == "screen_share" else rtc.TrackSource.SOURCE_MICROPHONE
+    )
+    codec = rtc.VideoCodec.H264 if args.codec == "h264" else rtc.VideoCodec.VP8
+    published = {}
+    state = {"video": False, "audio": False}
+
+    async def publish(kind):
+        if kind == "video":
+            track = rtc.LocalVideoTrack.create_video_track("pattern", media.video_source)
+            opts = rtc.TrackPublishOptions(source=video_source, video_codec=codec, simulcast=False)
+            opts.video_encoding.max_bitrate = 1_500_000
+            opts.video_encoding.max_framerate = args.fps
+        else:
+            track = rtc.LocalAudioTrack.create_audio_track("tone", media.audio_source)
+            opts = rtc.TrackPublishOptions(source=audio_source)
+        state[kind] = True
+        pub = await room.local_participant.publish_track(track, opts)
+        published[kind] = pub.sid
+        say(event="published", kind=kind, sid=pub.sid, codec=args.codec if kind == "video" else "opus")
+
+    async def unpublish(kind):
+        sid = published.pop(kind, None)
+        if sid:
+            await room.local_participant.unpublish_track(sid)
+            state[kind] = False
+            say(event="unpublished", kind=kind, sid=sid)
+
+    feeder = asyncio.create_task(media.run(state))
+    if not args.no_video:
+        await publish("video")
+    if not args.no_audio:
+        await publish("audio")
+    say(event="ready")
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while not done.is_set():
+        line = (await reader.readline()).decode().strip()
+        if not line or line == "quit":
+            break
+        verb, _, kind = line.partition(" ")
+        if verb == "unpublish":
+            await unpublish(kind)
+        elif verb == "publish":
+            await publish(kind)
+        say(event="done", command=line)
+    feeder.cancel()
+    await room.disconnect()
+    say(event="left")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
