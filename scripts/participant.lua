@@ -22,9 +22,8 @@ return recipe {
     egress:encode(slots):output(req)
 
     room:on("track_published", function(t)
-      if t.participant == req.identity and wanted[t.kind] == t.source then
-        slots[t.kind]:attach(room:track(t.sid))
-      end
+      local track = t.participant == req.identity and wanted[t.kind] == t.source and room:track(t.sid)
+      if track then slots[t.kind]:attach(track) end   -- nil if already gone again
     end)
     room:on("track_unpublished", function(t)
       if t.participant == req.identity then slots[t.kind]:detach(t.sid) end

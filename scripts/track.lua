@@ -14,7 +14,7 @@ return recipe {
 
   start = function(req, egress)
     local room = egress:join(req.room_name)
-    local track = room:track(req.track_id)
+    local track = room:wait_track(req.track_id)
     egress:set_var("track_id", track.sid)
     egress:set_var("track_type", track.kind)
     egress:set_var("track_source", track.source)

@@ -18,7 +18,7 @@ return recipe {
     local room = egress:join(req.room_name)
     local inputs = {}
     for kind, sid in pairs { audio = req.audio_track_id, video = req.video_track_id } do
-      local track = room:track(sid)
+      local track = room:wait_track(sid)
       if track.kind ~= kind then
         error(("%s_track_id: %s is a %s track"):format(kind, sid, track.kind), 0)
       end

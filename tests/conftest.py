@@ -53,7 +53,7 @@ class EgretProcess:
             [str(BINARY), "--config", str(self.config)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RUST_LOG": "info,chromiumoxide=error"},
+            env={**os.environ, "RUST_LOG": os.environ.get("EGRET_LOG", "info,chromiumoxide=error")},
         )
         wait_for_port(self.port, self.proc)
         self.api = Egret(f"http://127.0.0.1:{self.port}", API_KEY, API_SECRET)
@@ -183,3 +183,44 @@ def pages():
     served = Pages()
     yield served
     served.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def livekit(tmp_path_factory):
+    """A real livekit-server with redis, on the tests' network namespace."""
+    from livekit_harness import LiveKitServer
+
+    server = LiveKitServer(tmp_path_factory.mktemp("livekit"), free_port, wait_for_port)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def lk_egret(tmp_path_factory, livekit):
+    """egret configured to join rooms on that server."""
+    proc = EgretProcess(tmp_path_factory.mktemp("egret-lk"), livekit.config_toml())
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def room(request):
+    """A room name of the test's own."""
+    return "r-" + "".join(c if c.isalnum() else "-" for c in request.node.name)[:40] + "-" + os.urandom(3).hex()
+
+
+@pytest.fixture
+def publish(livekit, room):
+    """Starts publishers (tests/publisher.py) in the test's room; they leave at the end."""
+    from livekit_harness import Publisher
+
+    started = []
+
+    def start(*args, identity="alice", room_name=None):
+        p = Publisher(livekit, room_name or room, identity, *args)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.leave()

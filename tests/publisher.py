@@ -96,6 +96,7 @@ async def main():
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--no-audio", action="store_true")
     p.add_argument("--flash", action="store_true", help="flash + beep once a second")
+    p.add_argument("--dtx", action="store_true", help="let the encoder skip silent frames, as browsers do")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=int, default=30)
@@ -136,7 +137,7 @@ async def main():
             opts.video_encoding.max_framerate = args.fps
         else:
             track = rtc.LocalAudioTrack.create_audio_track("tone", media.audio_source)
-            opts = rtc.TrackPublishOptions(source=audio_source)
+            opts = rtc.TrackPublishOptions(source=audio_source, dtx=args.dtx)
         state[kind] = True
         pub = await room.local_participant.publish_track(track, opts)
         published[kind] = pub.sid

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit tests, then the integration tests against real GStreamer,
-# nginx-rtmp and ffprobe. `tests/setup.sh` first installs what they need.
+# nginx-rtmp, livekit-server and ffprobe. `tests/setup.sh` first installs what they need.
+# The integration tests run inside the tests' own network namespace (tests/netns.sh), so
+# WebRTC between livekit-server, publishers and egret never uses this machine's addresses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh
 cargo test --release --quiet
-exec .venv/bin/python -m pytest -q tests "$@"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO bash tests/netns.sh up
+exec $SUDO ip netns exec "${EGRET_NETNS:-egret-test}" .venv/bin/python -m pytest -q tests "$@"

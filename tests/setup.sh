@@ -37,7 +37,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pytest, livekit.api, livekit.rtc, numpy" 2>/dev/null; then
+if ! .venv/bin/python -c "import pytest, livekit.api, livekit.rtc, numpy, websockets" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 

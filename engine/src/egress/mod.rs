@@ -155,9 +155,10 @@ impl EgressRecord {
             s if s.is_terminal() => l.ended_at = Some(now()),
             _ => {}
         }
+        let reason = l.reason.clone().unwrap_or_default();
         drop(l);
         self.status_tx.send_replace(status);
-        tracing::info!(egress = %self.id, ?status, "egress status");
+        tracing::info!(egress = %self.id, ?status, %reason, "egress status");
         true
     }
 

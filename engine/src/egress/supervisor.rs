@@ -327,6 +327,11 @@ impl Supervisor {
                     }
                 }
             }
+            // Pieces added to a playing pipeline (room tracks, outputs) change its latency.
+            MessageView::Latency(_) => {
+                let _ = self.pipeline().recalculate_latency();
+                false
+            }
             MessageView::Element(el) => {
                 if let (Some(s), Some(src)) = (el.structure(), message.src()) {
                     let mut graph = self.ctx.graph.lock().unwrap();

@@ -24,6 +24,8 @@ pub struct Room {
     signal: SignalSender,
     subscriber: Arc<Subscriber>,
     participants: Arc<Mutex<Participants>>,
+    /// Woken on every participant update.
+    changed: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
     left: std::sync::atomic::AtomicBool,
 }
@@ -55,22 +57,45 @@ impl Room {
             .map(|p| (p.sid.clone(), p))
             .collect();
         let participants = Arc::new(Mutex::new(participants));
+        let changed = Arc::new(tokio::sync::Notify::new());
         let room = join.room.unwrap_or_default();
-        let task = tokio::spawn(run(
-            events,
-            signal.clone(),
-            subscriber.clone(),
-            participants.clone(),
-            commands,
-            room.name.clone(),
-        ));
-        Ok(Room { name: room.name, sid: room.sid, signal, subscriber, participants, task, left: Default::default() })
+        let state = RoomState { participants: participants.clone(), changed: changed.clone() };
+        let task = tokio::spawn(run(events, signal.clone(), subscriber.clone(), state, commands, room.name.clone()));
+        Ok(Room {
+            name: room.name,
+            sid: room.sid,
+            signal,
+            subscriber,
+            participants,
+            changed,
+            task,
+            left: Default::default(),
+        })
     }
 
     /// The track and its participant, if the track is published now.
     pub fn find_track(&self, sid: &str) -> Option<(proto::TrackInfo, proto::ParticipantInfo)> {
         let participants = self.participants.lock().unwrap();
         participants.values().find_map(|p| p.tracks.iter().find(|t| t.sid == sid).map(|t| (t.clone(), p.clone())))
+    }
+
+    /// The track once it is published, waiting up to `timeout` for it: a publisher's track
+    /// reaches the others only when its first packets do.
+    pub async fn wait_track(
+        &self,
+        sid: &str,
+        timeout: std::time::Duration,
+    ) -> Option<(proto::TrackInfo, proto::ParticipantInfo)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(found) = self.find_track(sid) {
+                return Some(found);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
     }
 
     pub fn tracks_json(&self) -> Vec<Value> {
@@ -152,11 +177,16 @@ fn room_event(commands: &UnboundedSender<Command>, event: &str, data: Value) {
     let _ = commands.send(Command::Room { event: event.to_string(), data });
 }
 
+struct RoomState {
+    participants: Arc<Mutex<Participants>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
 async fn run(
     mut events: UnboundedReceiver<SignalEvent>,
     signal: SignalSender,
     subscriber: Arc<Subscriber>,
-    participants: Arc<Mutex<Participants>>,
+    state: RoomState,
     commands: UnboundedSender<Command>,
     room: String,
 ) {
@@ -200,12 +230,13 @@ async fn run(
                 }
             }
             M::Update(update) => {
-                let mut known = participants.lock().unwrap();
+                let mut known = state.participants.lock().unwrap();
                 for info in update.participants {
                     for (event, data) in apply_update(&mut known, info) {
                         room_event(&commands, event, data);
                     }
                 }
+                state.changed.notify_waiters();
             }
             M::Leave(leave) => {
                 let reason = proto::DisconnectReason::try_from(leave.reason)

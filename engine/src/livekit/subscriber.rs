@@ -23,10 +23,45 @@ struct Routes {
     sinks: HashMap<String, gst::Pad>,
     /// track sid → its codec's RTP encoding name (`H264`, `VP8`, `OPUS`): what the answer accepts.
     codecs: HashMap<String, String>,
-    /// track sid → the webrtcbin pad carrying it now.
+    /// mid → its webrtcbin pad. The server reuses m-lines: a mid carries another track
+    /// after a track was unpublished, on the same pad.
     pads: HashMap<String, gst::Pad>,
     /// webrtcbin pads nobody consumes, each parked on its own fakesink.
     parked: HashMap<gst::Pad, gst::Element>,
+}
+
+impl Routes {
+    /// Links the pad of `mid` to the sink of the track it carries now, or parks it.
+    fn settle(&mut self, pipeline: &gst::Pipeline, mid: &str) {
+        let Some(pad) = self.pads.get(mid).cloned() else { return };
+        let sink = self.mids.get(mid).and_then(|sid| self.sinks.get(sid)).cloned();
+        let peer = pad.peer();
+        match &sink {
+            Some(sink) if peer.as_ref() == Some(sink) => return,
+            None if self.parked.contains_key(&pad) => return,
+            _ => {}
+        }
+        if let Some(fakesink) = self.parked.remove(&pad) {
+            unpark(&pad, fakesink);
+        } else if let Some(peer) = peer {
+            let _ = pad.unlink(&peer);
+        }
+        match sink {
+            Some(sink) if pad.link(&sink).is_ok() => {}
+            Some(_) => {
+                tracing::warn!(%mid, caps = ?pad.current_caps(), "a track's RTP does not fit its consumer");
+                park(pipeline, self, &pad);
+            }
+            None => park(pipeline, self, &pad),
+        }
+    }
+
+    fn settle_all(&mut self, pipeline: &gst::Pipeline) {
+        let mids: Vec<String> = self.pads.keys().cloned().collect();
+        for mid in mids {
+            self.settle(pipeline, &mid);
+        }
+    }
 }
 
 pub struct Subscriber {
@@ -43,6 +78,9 @@ impl Subscriber {
         webrtc.set_property_from_str("bundle-policy", "max-bundle");
         // Enough to reorder and retransmit on a real network; the delay is constant.
         webrtc.set_property("latency", 200u32);
+        // Tracks are timed by arrival, after the jitter buffer. rtpbin's lip-sync pairs
+        // streams by CNAME, and LiveKit gives each track its own; its NTP mode follows the
+        // server's sender reports, which put audio and video 100-500 ms apart in our tests.
         pipeline.add(&webrtc)?;
         let routes = Arc::new(Mutex::new(Routes::default()));
 
@@ -67,20 +105,9 @@ impl Subscriber {
                 .map(|m| m.to_string())
                 .unwrap_or_default();
             let mut routes = r.lock().unwrap();
-            let sid = routes.mids.get(&mid).cloned();
-            tracing::debug!(%mid, ?sid, caps = ?pad.current_caps(), "LiveKit track pad");
-            match sid.as_ref().and_then(|s| routes.sinks.get(s).cloned()) {
-                Some(sink) => {
-                    if let Err(e) = pad.link(&sink) {
-                        tracing::warn!(%mid, "linking a track failed: {e:?}");
-                        park(&pipeline, &mut routes, pad);
-                    }
-                }
-                None => park(&pipeline, &mut routes, pad),
-            }
-            if let Some(sid) = sid {
-                routes.pads.insert(sid, pad.clone());
-            }
+            tracing::debug!(%mid, sid = ?routes.mids.get(&mid), caps = ?pad.current_caps(), "LiveKit track pad");
+            routes.pads.insert(mid.clone(), pad.clone());
+            routes.settle(&pipeline, &mid);
         });
 
         let r = routes.clone();
@@ -103,14 +130,7 @@ impl Subscriber {
         let mut routes = self.routes.lock().unwrap();
         routes.sinks.insert(sid.to_string(), sink.clone());
         routes.codecs.insert(sid.to_string(), codec.to_ascii_uppercase());
-        if let Some(pad) = routes.pads.get(sid).cloned() {
-            if let Some(fakesink) = routes.parked.remove(&pad) {
-                unpark(&pad, fakesink);
-            }
-            if !pad.is_linked() && pad.link(&sink).is_err() {
-                tracing::warn!(%sid, "relinking a track failed");
-            }
-        }
+        routes.settle_all(&self.pipeline);
         drop(routes);
         // A decoder joining mid-stream needs a keyframe: webrtcbin turns this into a PLI.
         sink.push_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
@@ -119,12 +139,8 @@ impl Subscriber {
     /// Stops routing `sid`; its pad, if any, goes back to a fakesink.
     pub fn unroute(&self, sid: &str) {
         let mut routes = self.routes.lock().unwrap();
-        let Some(sink) = routes.sinks.remove(sid) else { return };
-        if let Some(pad) = routes.pads.get(sid).cloned()
-            && pad.peer().as_ref() == Some(&sink)
-        {
-            let _ = pad.unlink(&sink);
-            park(&self.pipeline, &mut routes, &pad);
+        if routes.sinks.remove(sid).is_some() {
+            routes.settle_all(&self.pipeline);
         }
     }
 
@@ -132,20 +148,17 @@ impl Subscriber {
     /// files finalize without waiting on webrtcbin.
     pub fn end(&self) {
         let mut routes = self.routes.lock().unwrap();
-        let sinks: Vec<(String, gst::Pad)> = routes.sinks.drain().collect();
-        for (sid, sink) in sinks {
-            if let Some(pad) = routes.pads.get(&sid).cloned()
-                && pad.peer().as_ref() == Some(&sink)
-            {
-                let _ = pad.unlink(&sink);
-                park(&self.pipeline, &mut routes, &pad);
-            }
+        let sinks: Vec<gst::Pad> = routes.sinks.drain().map(|(_, sink)| sink).collect();
+        routes.settle_all(&self.pipeline);
+        drop(routes);
+        for sink in sinks {
             sink.send_event(gst::event::Eos::new());
         }
     }
 
     /// Answers a subscriber offer; returns the answer's SDP.
     pub async fn answer(&self, sdp: &str, mid_to_track: &HashMap<String, String>) -> Result<String> {
+        tracing::debug!(offer = %sdp, "subscriber offer");
         let mut message =
             gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()).context("LiveKit sent an unparsable offer")?;
         {
@@ -159,6 +172,17 @@ impl Subscriber {
                 keep_codec(media, wanted.map(String::as_str));
             }
         }
+        // webrtcbin (1.22) cannot change a transceiver's direction, and the server changes an
+        // m-line's as its track comes and goes (recvonly, sendrecv, inactive). webrtcbin is
+        // always shown a sending server; the server gets the answer its own offer calls for.
+        let mut inactive = Vec::new();
+        for media in message.medias_mut().filter(|m| matches!(m.media(), Some("audio" | "video"))) {
+            let receives = ["recvonly", "inactive"].into_iter().any(|d| set_direction(media, d, "sendonly"));
+            set_direction(media, "sendrecv", "sendonly");
+            if receives {
+                inactive.push(media.attribute_val("mid").unwrap_or_default().to_string());
+            }
+        }
         let offer = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Offer, message);
         call(&self.webrtc, "set-remote-description", Some(&offer)).await?;
         let reply = call(&self.webrtc, "create-answer", None).await?;
@@ -166,7 +190,15 @@ impl Subscriber {
             .and_then(|s| s.get::<gst_webrtc::WebRTCSessionDescription>("answer").ok())
             .ok_or_else(|| anyhow!("webrtcbin made no answer"))?;
         call(&self.webrtc, "set-local-description", Some(&answer)).await?;
-        let text = answer.sdp().as_text()?;
+        let mut reply = answer.sdp().to_owned();
+        for media in reply.medias_mut() {
+            if media.attribute_val("mid").is_some_and(|mid| inactive.iter().any(|m| m == mid)) {
+                set_direction(media, "recvonly", "inactive");
+            }
+        }
+        let text = reply.as_text()?;
+        // A reused m-line now carries another track: its pad goes to that track's consumer.
+        self.routes.lock().unwrap().settle_all(&self.pipeline);
         tracing::debug!(offer = %sdp, answer = %text, "subscriber negotiated");
         Ok(text)
     }
@@ -229,6 +261,16 @@ fn keep_codec(media: &mut gst_sdp::SDPMediaRef, wanted: Option<&str>) {
             let _ = media.remove_attribute(i);
         }
     }
+}
+
+/// Replaces the direction attribute `from` with `to`; false if the m-line had not `from`.
+fn set_direction(media: &mut gst_sdp::SDPMediaRef, from: &str, to: &str) -> bool {
+    let Some(index) = (0..media.attributes_len()).find(|i| media.attribute(*i).is_some_and(|a| a.key() == from)) else {
+        return false;
+    };
+    let _ = media.remove_attribute(index);
+    media.add_attribute(to, None);
+    true
 }
 
 fn park(pipeline: &gst::Pipeline, routes: &mut Routes, pad: &gst::Pad) {

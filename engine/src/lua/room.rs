@@ -34,6 +34,9 @@ fn runtime(e: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::runtime(e.to_string())
 }
 
+/// How long `room:track` waits for a track to be published by default.
+const TRACK_TIMEOUT_S: f64 = 5.0;
+
 /// Leaves the room when the egress ends, whoever still holds a handle.
 struct Membership(Arc<Room>);
 
@@ -99,12 +102,25 @@ impl UserData for RoomHandle {
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        // room:track(sid) → the track, or an error naming the room if it is not published.
+        // room:track(sid) → the track if it is published now, else nil.
         methods.add_method("track", |_, this, sid: String| {
-            let (info, participant) = this
-                .room
-                .find_track(&sid)
-                .ok_or_else(|| runtime(format!("track `{sid}` is not published in room `{}`", this.room.name)))?;
+            Ok(this.room.find_track(&sid).map(|(info, participant)| {
+                let view = track_json(&info, &participant);
+                TrackHandle { room: this.room.clone(), info, participant_sid: participant.sid, view }
+            }))
+        });
+
+        // room:wait_track(sid [, { timeout = 5 }]) → the track, waiting for it to be published
+        // (its first packets must reach the server); an error naming the room if it is not.
+        methods.add_async_method("wait_track", |_, this, (sid, opts): (String, Option<Table>)| async move {
+            let timeout = match opts {
+                Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(TRACK_TIMEOUT_S),
+                None => TRACK_TIMEOUT_S,
+            };
+            let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+            let (info, participant) = this.room.wait_track(&sid, wait).await.ok_or_else(|| {
+                runtime(format!("track `{sid}` is not published in room `{}` (waited {timeout} s)", this.room.name))
+            })?;
             let view = track_json(&info, &participant);
             Ok(TrackHandle { room: this.room.clone(), info, participant_sid: participant.sid, view })
         });
@@ -166,6 +182,7 @@ pub fn copy(ctx: &Arc<EgressCtx>, opts: Table) -> mlua::Result<EncoderHandle> {
             crate::media::encoder::Codec::Audio(a) => settings.audio_codec = Some(*a),
         }
         let chain = crate::media::track::copy(&pipeline, *codec).map_err(runtime)?;
+        chain.start(); // its tee takes data with or without outputs
         streams.push((*codec, chain.src.clone()));
         chains.push(chain);
     }

@@ -3,6 +3,7 @@
 //! output see one unbroken stream whatever the room does.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
 use gstreamer as gst;
@@ -23,6 +24,9 @@ pub struct Slot {
     attached: HashMap<String, (TrackChain, gst::Pad)>,
     /// The frame size tracks are scaled into (video).
     size: (i32, i32),
+    /// Set once the output is linked and the slot runs; track chains attached before wait
+    /// in `pending` (pushing into a mixer that is not running would stop them for good).
+    running: Arc<Mutex<Option<Vec<gst::Element>>>>,
 }
 
 const AUDIO_CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=2";
@@ -59,13 +63,29 @@ impl Slot {
         size: (i32, i32),
     ) -> Result<Slot> {
         mixer.set_property("min-upstream-latency", TRACK_LATENCY_NS);
+        // A track attached but not flowing yet (or any more) must not hold the mix back.
+        mixer.set_property("ignore-inactive-pads", true);
         mixer.set_property_from_str("start-time-selection", "first");
         let base_caps = capsfilter(caps)?;
         let out_caps = capsfilter(caps)?;
         add_chain(pipeline, &[&base, &base_caps, &mixer, &out_caps])?;
-        sync_states(&[&base, &base_caps, &mixer, &out_caps]);
-        let output = MediaPad { kind, pad: out_caps.static_pad("src").expect("capsfilter src") };
-        Ok(Slot { kind, mixer, output, attached: HashMap::new(), size })
+        // The pipeline may play already (a room was joined): start only once the slot's output
+        // is linked, else the base source would stop on not-linked.
+        let pad = out_caps.static_pad("src").expect("capsfilter src");
+        let pending = Arc::new(Mutex::new(Some(vec![base.clone(), base_caps.clone(), mixer.clone(), out_caps.clone()])));
+        let start = pending.clone();
+        pad.connect_linked(move |_, _| {
+            tracing::debug!(?kind, "slot output linked");
+            if let Some(elements) = start.lock().unwrap().take() {
+                // The mixer and its base first, then the tracks' chains (each downstream
+                // first): nothing pushes into an element that is not running yet.
+                let (own, tracks) = elements.split_at(4);
+                sync_states(&own.iter().collect::<Vec<_>>());
+                sync_states(&tracks.iter().collect::<Vec<_>>());
+            }
+        });
+        let output = MediaPad { kind, pad };
+        Ok(Slot { kind, mixer, output, attached: HashMap::new(), size, running: pending })
     }
 
     /// Decodes track `sid` onto the slot; returns the pad its RTP must reach.
@@ -82,7 +102,6 @@ impl Slot {
         if !tail.is_empty() {
             pipeline.add_many(&refs)?;
             chain.src.link(&tail[0].static_pad("sink").expect("sink"))?;
-            sync_states(&refs);
         }
         let src = tail.last().map(|e| e.static_pad("src").expect("src")).unwrap_or_else(|| chain.src.clone());
         let pad = self.mixer.request_pad_simple("sink_%u").ok_or_else(|| anyhow!("the mixer refused a pad"))?;
@@ -94,11 +113,18 @@ impl Slot {
             pad.set_property("height", h);
             pad.set_property_from_str("sizing-policy", "keep-aspect-ratio");
         }
+        // The track's latency is covered by the mixer's minimum: its answer must not depend
+        // on whether the track flows yet (a failed query makes an aggregator non-live).
+        track::answer_latency(&pad, |_| true);
         src.link(&pad)?;
         let sink = chain.sink.clone();
         let mut elements = chain.elements;
         elements.extend(tail);
         let chain = TrackChain { elements, sink: sink.clone(), src };
+        match self.running.lock().unwrap().as_mut() {
+            Some(pending) => pending.extend(chain.elements.iter().cloned()),
+            None => chain.start(),
+        }
         self.attached.insert(sid.to_string(), (chain, pad));
         Ok(sink)
     }

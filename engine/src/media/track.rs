@@ -43,11 +43,69 @@ fn depay_chain(codec: Codec) -> Result<Vec<gst::Element>> {
         }
         Codec::Audio(AudioCodec::Opus) => {
             chain.push(make("rtpopusdepay", None)?);
-            chain.push(make("opusparse", None)?);
+            let parse = make("opusparse", None)?;
+            fill_dtx_gaps(&parse.static_pad("src").expect("opusparse src"));
+            chain.push(parse);
         }
         Codec::Audio(AudioCodec::Aac) => bail!("LiveKit tracks are never AAC"),
     }
     Ok(chain)
+}
+
+/// Senders using DTX (browsers do) send nothing while silent, so Opus packets come with
+/// gaps in their timestamps. Downstream counts samples, not timestamps: an OGG file would
+/// shrink and a decoder would drift against the video. Each gap is filled with empty Opus
+/// frames (a zero-length frame is a valid packet that decodes as silence/concealment).
+fn fill_dtx_gaps(pad: &gst::Pad) {
+    let next = std::sync::Mutex::new(None::<gst::ClockTime>);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let (Some(pts), Some(frame)) = (buffer.pts(), buffer.duration()) else { return gst::PadProbeReturn::Ok };
+        if buffer.flags().contains(gst::BufferFlags::GAP) {
+            return gst::PadProbeReturn::Ok; // one of ours
+        }
+        let toc = buffer.map_readable().ok().and_then(|m| m.first().copied());
+        let mut expected = next.lock().unwrap().replace(pts + frame);
+        if let (Some(at), Some(toc)) = (expected.as_mut(), toc)
+            && frame > gst::ClockTime::ZERO
+        {
+            // One zero-length frame of the same mode per missing frame (code 0: one frame).
+            while *at + frame / 2 < pts {
+                let mut filler = gst::Buffer::from_slice([toc & 0xfc]);
+                let b = filler.get_mut().expect("new buffer");
+                b.set_pts(*at);
+                b.set_duration(frame);
+                b.set_flags(gst::BufferFlags::GAP);
+                if pad.push(filler).is_err() {
+                    break;
+                }
+                *at += frame;
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Until its track arrives, a chain's input has no peer and a latency query through it would
+/// fail; a mixer whose query fails believes it is not live and waits for every input, so
+/// one absent track would stall the whole egress. The chain answers for its future track.
+fn live_while_unlinked(sink: &gst::Pad) {
+    answer_latency(sink, |pad| pad.peer().is_none());
+}
+
+/// Answers latency queries leaving `pad` as a live source of no latency of its own, when
+/// `when(pad)` holds; `min-upstream-latency` on the mixers covers the tracks' real latency.
+pub fn answer_latency(pad: &gst::Pad, when: impl Fn(&gst::Pad) -> bool + Send + Sync + 'static) {
+    pad.add_probe(gst::PadProbeType::QUERY_UPSTREAM, move |pad, info| {
+        if when(pad)
+            && let Some(gst::PadProbeData::Query(query)) = info.data.as_mut()
+            && let gst::QueryViewMut::Latency(latency) = query.view_mut()
+        {
+            latency.set(true, gst::ClockTime::ZERO, gst::ClockTime::NONE);
+            return gst::PadProbeReturn::Handled;
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// A chain added to the pipeline: RTP goes in at `sink`, media comes out at `src`.
@@ -67,10 +125,11 @@ impl TrackChain {
     }
 }
 
+/// Adds the chain in NULL state; the caller starts it once its output can take data.
 fn build(pipeline: &gst::Pipeline, elements: Vec<gst::Element>) -> Result<TrackChain> {
     let refs: Vec<&gst::Element> = elements.iter().collect();
     add_chain(pipeline, &refs)?;
-    sync_states(&refs);
+    live_while_unlinked(&elements[0].static_pad("sink").expect("queue sink"));
     let sink = elements[0].static_pad("sink").expect("queue sink");
     let src = elements.last().expect("non-empty").static_pad("src").expect("src pad");
     Ok(TrackChain { elements, sink, src })
@@ -79,6 +138,13 @@ fn build(pipeline: &gst::Pipeline, elements: Vec<gst::Element>) -> Result<TrackC
 /// RTP in, the codec's own stream out: for copying without transcoding.
 pub fn copy(pipeline: &gst::Pipeline, codec: Codec) -> Result<TrackChain> {
     build(pipeline, depay_chain(codec)?)
+}
+
+impl TrackChain {
+    /// Brings the chain to the pipeline's state.
+    pub fn start(&self) {
+        sync_states(&self.elements.iter().collect::<Vec<_>>());
+    }
 }
 
 /// RTP in, raw video (I420) or audio (S16LE 48 kHz stereo) out: for the encoder.

@@ -1,0 +1,169 @@
+"""A real LiveKit server (livekit-server + redis-server) and real WebRTC publishers.
+
+Both run inside the tests' network namespace (tests/netns.sh), where the only address besides
+loopback is NODE_IP on a veth the namespace owns: ICE never touches this machine's addresses.
+"""
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+NODE_IP = os.environ.get("EGRET_TEST_NODE_IP", "10.99.0.1")
+LK_KEY = "egret-lk-key"
+LK_SECRET = "egret-lk-secret-0123456789abcdef0123456789"
+HERE = Path(__file__).resolve().parent
+SERVER = Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin" / "livekit-server"
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((NODE_IP, 0))
+        return s.getsockname()[1]
+
+
+def check_network():
+    """The namespace's own address must exist, else ICE would pick this machine's."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((NODE_IP, 0))
+    except OSError as e:
+        raise RuntimeError(
+            f"{NODE_IP} is not on this host ({e}): run the tests through tests/run.sh, which creates the "
+            "tests' network namespace (tests/netns.sh) and runs them inside it"
+        ) from e
+
+
+class LiveKitServer:
+    def __init__(self, workdir: Path, free_port, wait_for_port):
+        check_network()
+        self.workdir = workdir
+        self.redis_port = free_port()
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=open(workdir / "redis.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.redis_port, self.redis)
+        config = workdir / "livekit.yaml"
+        config.write_text(
+            f"""
+port: {self.port}
+bind_addresses: ["127.0.0.1"]
+rtc:
+  udp_port: {free_udp_port()}
+  tcp_port: {free_port()}
+  node_ip: {NODE_IP}
+  use_external_ip: false
+redis:
+  address: 127.0.0.1:{self.redis_port}
+keys:
+  {LK_KEY}: {LK_SECRET}
+room:
+  empty_timeout: 30
+  departure_timeout: 20
+logging:
+  level: info
+"""
+        )
+        self.log = open(workdir / "livekit.log", "w")
+        self.proc = subprocess.Popen([str(SERVER), "--config", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+        deadline = time.monotonic() + 20
+        while True:  # the HTTP port opens before the server answers
+            try:
+                with urllib.request.urlopen(self.http_url, timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("livekit-server did not become ready")
+            time.sleep(0.05)
+
+    def config_toml(self):
+        """egret's [livekit] section for this server."""
+        return f'[livekit]\nurl = "{self.url}"\napi_key = "{LK_KEY}"\napi_secret = "{LK_SECRET}"\n'
+
+    def delete_room(self, room):
+        import asyncio
+
+        from livekit import api
+
+        async def go():
+            async with api.LiveKitAPI(self.http_url, LK_KEY, LK_SECRET) as lk:
+                await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+
+        asyncio.run(go())
+
+    def stop(self):
+        for p in (self.proc, self.redis):
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.log.close()
+
+
+class Publisher:
+    """tests/publisher.py in its own process; its JSON events are read by a thread."""
+
+    def __init__(self, server: LiveKitServer, room: str, identity: str, *args: str):
+        self.events = queue.Queue()
+        self.tracks = {}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "publisher.py"), "--url", server.url, "--room", room, "--identity", identity,
+             "--api-key", LK_KEY, "--api-secret", LK_SECRET, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_event("ready")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self.events.put(json.loads(line))
+        self.events.put({"event": "exited"})
+
+    def wait_event(self, name, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"publisher: no `{name}` event") from None
+            if event["event"] == "published":
+                self.tracks[event["kind"]] = event["sid"]
+            if event["event"] == name:
+                return event
+            if event["event"] == "exited":
+                raise RuntimeError(f"publisher exited while waiting for `{name}`")
+
+    def command(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.wait_event("done")
+
+    def leave(self):
+        """Disconnects cleanly and waits for the process to end."""
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

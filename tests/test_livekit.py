@@ -1,0 +1,218 @@
+"""Room, track, track composite and participant egress against a real livekit-server, with
+real WebRTC publishers (PyPI `livekit`) sending synthetic video and audio."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from livekit import api
+from websockets.sync.server import serve
+
+from conftest import API_KEY, API_SECRET
+from egret_client import ApiError
+from media import av_offset, duration, fps, frames_differ, mean_volume_db, probe, probe_live, streams
+
+RECORD_S = 4
+
+
+def recorded(egret, info):
+    """The egress's single file output, as a path, with its probe."""
+    (out,) = [o for o in info["outputs"] if o["kind"] == "file"]
+    assert out["status"] == "complete", info
+    path = egret.storage / out["target"]
+    return path, probe(path)
+
+
+@pytest.mark.parametrize(
+    "codec, kind, container, codec_name",
+    [("h264", "video", "mp4", "h264"), ("vp8", "video", "webm", "vp8"), ("vp8", "audio", "ogg", "opus")],
+)
+def test_track_is_copied_without_transcoding(lk_egret, publish, room, codec, kind, container, codec_name):
+    pub = publish("--codec", codec, "--width", "640", "--height", "360")
+    info = lk_egret.api.record(
+        "track", RECORD_S, room_name=room, track_id=pub.tracks[kind], file_outputs=[{"filepath": "track/{track_id}"}]
+    )
+    assert info["status"] == "complete", info
+    path, media = recorded(lk_egret, info)
+    assert path.name == f"{pub.tracks[kind]}.{container}"
+    (stream,) = media["streams"]
+    assert stream["codec_name"] == codec_name
+    if kind == "video":
+        # The publisher's own stream: its size, its rate, no scaling to a preset.
+        assert (stream["width"], stream["height"]) == (640, 360)
+        assert 27 <= fps(stream) <= 31, stream
+        assert frames_differ(path)
+    else:
+        assert mean_volume_db(path) > -30
+    assert abs(duration(media) - RECORD_S) < 1.0, media["format"]
+
+
+def test_track_audio_goes_to_a_websocket_as_pcm(lk_egret, publish, room):
+    pub = publish("--no-video")
+    received = bytearray()
+    headers = {}  # lower-cased names
+    done = threading.Event()
+
+    def handler(ws):
+        headers.update({k.lower(): v for k, v in ws.request.headers.items()})
+        for message in ws:
+            if isinstance(message, bytes):
+                received.extend(message)
+        done.set()
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/egress?track={pub.tracks['audio']}"
+        info = lk_egret.api.record("track", RECORD_S, room_name=room, track_id=pub.tracks["audio"], websocket_url=url)
+        assert info["status"] == "complete", info
+        assert done.wait(10), "the websocket was not closed at the end"
+        server.shutdown()
+    assert headers.get("content-type") == "audio/x-raw"
+    (out,) = info["outputs"]
+    assert out["kind"] == "websocket" and out["status"] == "complete"
+    # s16le mono 48 kHz: 96000 bytes a second, as long as the egress says it ran.
+    seconds = len(received) / 96000
+    assert abs(seconds - out["duration"]) < 0.3 and seconds > RECORD_S - 0.5, (seconds, out)
+    pcm = np.frombuffer(bytes(received), np.int16).astype(np.float32) / 32768
+    spectrum = np.abs(np.fft.rfft(pcm)) ** 2
+    peak = np.fft.rfftfreq(len(pcm), 1 / 48000)[spectrum.argmax()]
+    assert abs(peak - 440) < 5, peak  # the publisher's tone
+
+
+def test_track_composite_is_synced_and_goes_to_every_output(lk_egret, publish, room, nginx):
+    pub = publish("--flash", "--dtx")
+    rtmp = nginx.url(f"tc-{room}")
+    info = lk_egret.api.start(
+        "track_composite",
+        room_name=room,
+        audio_track_id=pub.tracks["audio"],
+        video_track_id=pub.tracks["video"],
+        file_outputs=[{"filepath": "tc/{room_name}.mp4"}],
+        segment_outputs=[{"filename_prefix": "tc/hls", "playlist_name": "tc/index.m3u8", "segment_duration": 2}],
+        stream_outputs=[{"urls": [rtmp]}],
+        image_outputs=[{"capture_interval": 2, "filename_prefix": "tc/img"}],
+    )
+    eid = info["egress_id"]
+    lk_egret.api.wait(eid, lambda i: all(o["status"] == "active" for o in i["outputs"]), what="all outputs active")
+    live = probe_live(rtmp)
+    assert {s["codec_type"] for s in live["streams"]} == {"video", "audio"}
+    time.sleep(6)  # media time: at least five flash/beep pairs
+    lk_egret.api.stop(eid)
+    info = lk_egret.api.wait_status(eid, "complete", "failed")
+    assert info["status"] == "complete", info
+
+    path = lk_egret.storage / "tc" / f"{room}.mp4"
+    media = probe(path)
+    (video,) = streams(media, "video")
+    (audio,) = streams(media, "audio")
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 1280, 720)
+    assert 29 <= fps(video) <= 31 and audio["codec_name"] == "aac"
+    offset, pairs = av_offset(path)
+    assert abs(offset) <= 0.060, f"A/V offset {offset * 1000:.1f} ms over {pairs} flashes"
+    assert (lk_egret.storage / "tc" / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
+    assert sorted((lk_egret.storage / "tc").glob("img*.jpeg"))
+
+
+def test_participant_is_followed_through_leave_and_rejoin(lk_egret, publish, room):
+    # Started before the participant exists: black and silent until it publishes.
+    info = lk_egret.api.start("participant", room_name=room, identity="bob", file_outputs=[{"filepath": "p/{room_name}.mp4"}])
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active")
+    first = publish("--flash", "--dtx", identity="bob")
+    time.sleep(RECORD_S)  # media time
+    first.leave()
+    time.sleep(1.5)  # gone for a while: black and silence
+    publish("--flash", "--dtx", identity="bob")
+    time.sleep(RECORD_S)
+    lk_egret.api.stop(eid)
+    info = lk_egret.api.wait_status(eid, "complete", "failed")
+    assert info["status"] == "complete", info
+
+    path, media = recorded(lk_egret, info)
+    (video,) = streams(media, "video")
+    assert (video["width"], video["height"]) == (1280, 720) and streams(media, "audio")
+    # One file over the whole time, both visits in it.
+    assert duration(media) > 2 * RECORD_S + 1.5, media["format"]
+    offset, pairs = av_offset(path)
+    assert pairs >= 2 * RECORD_S - 2, pairs
+    assert abs(offset) <= 0.060, f"A/V offset {offset * 1000:.1f} ms over {pairs} flashes"
+
+
+def test_participant_track_unpublished_and_published_again(lk_egret, publish, room):
+    pub = publish("--flash", "--dtx", identity="carol")
+    info = lk_egret.api.start("participant", room_name=room, identity="carol", file_outputs=[{"filepath": "p2/{room_name}.mp4"}])
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active")
+    time.sleep(3)
+    pub.command("unpublish video")
+    time.sleep(1)
+    pub.command("publish video")
+    time.sleep(3)
+    lk_egret.api.stop(eid)
+    info = lk_egret.api.wait_status(eid, "complete", "failed")
+    path, media = recorded(lk_egret, info)
+    offset, pairs = av_offset(path)
+    assert pairs >= 4 and abs(offset) <= 0.060, (offset, pairs)
+
+
+def test_room_deleted_completes_the_egress(lk_egret, livekit, publish, room):
+    pub = publish("--codec", "vp8")
+    info = lk_egret.api.start("track", room_name=room, track_id=pub.tracks["video"], file_outputs=[{"filepath": "del/x"}])
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active")
+    time.sleep(2)  # media time
+    livekit.delete_room(room)
+    info = lk_egret.api.wait_status(eid, "complete", "failed", "aborted")
+    # The server first reports the publisher gone (the recipe stops on its track's unpublish),
+    # then the room: either way the egress completes.
+    assert info["status"] == "complete", info
+    assert info["reason"] in ("track unpublished", "room ended (room_deleted)"), info
+    path, media = recorded(lk_egret, info)
+    assert duration(media) > 1.5
+
+
+def test_unknown_track_fails_clearly(lk_egret, publish, room):
+    publish("--no-audio")
+    started = time.monotonic()
+    with pytest.raises(ApiError) as e:
+        lk_egret.api.start("track", room_name=room, track_id="TR_doesnotexist", file_outputs=[{"filepath": "x"}])
+    assert 400 <= e.value.status < 500, e.value.body
+    assert "TR_doesnotexist" in e.value.body["error"] and room in e.value.body["error"], e.value.body
+    assert time.monotonic() - started < 10
+
+
+def test_track_composite_through_livekit_python_client(lk_egret, publish, room):
+    pub = publish("--codec", "vp8")
+
+    async def scenario():
+        async with api.LiveKitAPI(f"http://127.0.0.1:{lk_egret.port}", API_KEY, API_SECRET) as lk:
+            info = await lk.egress.start_track_composite_egress(
+                api.TrackCompositeEgressRequest(
+                    room_name=room,
+                    audio_track_id=pub.tracks["audio"],
+                    video_track_id=pub.tracks["video"],
+                    preset=api.EncodingOptionsPreset.H264_720P_30,
+                    file_outputs=[api.EncodedFileOutput(file_type=api.EncodedFileType.MP4, filepath="sdk/tc.mp4")],
+                )
+            )
+            assert info.room_name == room and info.WhichOneof("request") == "track_composite"
+            deadline = time.monotonic() + 30
+            while (await lk.egress.list_egress(api.ListEgressRequest(egress_id=info.egress_id))).items[0].status != api.EGRESS_ACTIVE:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(3)  # media time
+            await lk.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+            while True:
+                (ended,) = (await lk.egress.list_egress(api.ListEgressRequest(egress_id=info.egress_id))).items
+                if ended.status not in (api.EGRESS_ACTIVE, api.EGRESS_ENDING):
+                    return ended
+                await asyncio.sleep(0.1)
+
+    ended = asyncio.run(scenario())
+    assert ended.status == api.EGRESS_COMPLETE, ended
+    (file,) = ended.file_results
+    assert file.duration > 2e9 and file.size > 0
+    media = probe(lk_egret.storage / "sdk" / "tc.mp4")
+    assert {s["codec_name"] for s in media["streams"]} == {"h264", "aac"}
