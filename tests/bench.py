@@ -5,11 +5,17 @@
            (Xvfb + PulseAudio + chromium + gst-launch-1.0 ximagesrc/pulsesrc -> x264 -> MP4)
   load     1, 2, 3 web egresses at once: repeated frames in each output (a moving page
            repeats none unless frames are dropped)
+  track    one VP8 video track of a real LiveKit room copied to WebM (no transcoding), and one
+           track composite (that track + its Opus audio) to MP4 at 720p30; the bare path for the
+           composite decodes the copied files and encodes them the same way at real time
 
 Prints CPU-seconds per minute of output (whole process trees: chromium, Xvfb and Pulse count),
 the egret/bare ratio and start latency (call -> first byte written).
 
-    .venv/bin/python tests/bench.py [--seconds 20] [--rounds 2] [--only testsrc,web,load]
+    .venv/bin/python tests/bench.py [--seconds 20] [--rounds 2] [--only testsrc,web,load,track]
+
+`track` needs livekit-server and the tests' network namespace: run it as
+    sudo tests/netns.sh up && sudo ip netns exec egret-test .venv/bin/python tests/bench.py --only track
 """
 
 import argparse
@@ -109,6 +115,82 @@ def run_bare(workdir, seconds, index):
     _, status, usage = os.wait4(proc.pid, 0)
     cpu = usage.ru_utime + usage.ru_stime
     return cpu, duration(probe(path)), latency[0] if latency else float("nan")
+
+
+# The bare path of a track composite: the copied VP8 and Opus decoded, scaled and encoded like
+# egret's H264_720P_30 encoder, paced at real time.
+BARE_TRACK_COMPOSITE = (
+    "filesrc location={video} ! matroskademux ! vp8dec ! videoconvert ! videoscale ! videorate "
+    "! video/x-raw,format=I420,width=1280,height=720,framerate=30/1,pixel-aspect-ratio=1/1 "
+    "! identity sync=true ! x264enc bitrate=3000 speed-preset=veryfast tune=zerolatency key-int-max=120 "
+    "! video/x-h264,profile=main ! h264parse ! queue ! mp4mux fragment-duration=250 name=mux "
+    "! filesink buffer-mode=unbuffered location={path} "
+    "filesrc location={audio} ! oggdemux ! opusdec ! audioconvert ! audioresample "
+    "! audio/x-raw,rate=48000,channels=2 ! identity sync=true ! avenc_aac bitrate=128000 ! aacparse ! queue ! mux."
+)
+
+
+def run_track(egret, seconds, recipe, **params):
+    """One room egress: egret's CPU while it records, output seconds, request -> first media
+    written (the egress's own started_at - created_at)."""
+    cpu0 = tree_cpu(egret.proc.pid)
+    started = egret.api.start(recipe, **params)
+    info = egret.api.wait_status(started["egress_id"], "active")
+    time.sleep(seconds)
+    cpu = tree_cpu(egret.proc.pid) - cpu0
+    egret.api.stop(started["egress_id"])
+    info = egret.api.wait_status(started["egress_id"], "complete")
+    (out,) = info["outputs"]
+    return cpu, duration(probe(egret.storage / out["target"])), info["started_at"] - info["created_at"], out["target"]
+
+
+def bench_track(workdir, seconds, rounds):
+    from livekit_harness import LiveKitServer, Publisher
+    from conftest import free_port, wait_for_port
+
+    (workdir / "lk").mkdir()
+    (workdir / "egret-lk").mkdir()
+    server = LiveKitServer(workdir / "lk", free_port, wait_for_port)
+    egret = EgretProcess(workdir / "egret-lk", server.config_toml())
+    publisher = Publisher(server, "bench", "alice", "--codec", "vp8", "--width", "1280", "--height", "720")
+    try:
+        video, audio = publisher.tracks["video"], publisher.tracks["audio"]
+        copy, composite, bare = [], [], []
+        for i in range(rounds):
+            cpu, media, latency, target = run_track(
+                egret, seconds, "track", room_name="bench", track_id=video, file_outputs=[{"filepath": f"bench/v{i}"}]
+            )
+            copy.append((cpu, media, latency))
+            if i == 0:
+                *_, audio_target = run_track(
+                    egret, seconds, "track", room_name="bench", track_id=audio, file_outputs=[{"filepath": "bench/a"}]
+                )
+                video_file, audio_file = egret.storage / target, egret.storage / audio_target
+            composite.append(run_track(
+                egret, seconds, "track_composite", room_name="bench", audio_track_id=audio, video_track_id=video,
+                file_outputs=[{"filepath": f"bench/tc{i}.mp4"}],
+            )[:3])
+            before = os.times()
+            path = workdir / f"bare-tc-{i}.mp4"
+            t0 = time.monotonic()
+            subprocess.run(
+                ["gst-launch-1.0", "-e",
+                 *split_pipeline(BARE_TRACK_COMPOSITE.format(video=video_file, audio=audio_file, path=path))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+            )
+            after = os.times()
+            cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+            bare.append((cpu, duration(probe(path)), float("nan")))
+        print(f"\nroom track -> WebM, VP8 1280x720 copied (no transcoding), {rounds} x {seconds:.0f} s")
+        for cpu, media, latency in copy:
+            print(f"  {per_minute(cpu, media):6.2f} CPU-s/min = {per_minute(cpu, media) / 60 * 100:.2f} % of a core "
+                  f"(target <= 1 %), start {latency * 1000:.0f} ms (target <= 300 ms)")
+        report("room track composite -> MP4, 720p30 H.264 3 Mb/s + AAC",
+               {"egret composite": composite, "bare decode+encode": bare}, rounds, seconds)
+    finally:
+        publisher.leave()
+        egret.stop()
+        server.stop()
 
 
 def split_pipeline(text):
@@ -219,7 +301,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0, help="recording length per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating egret/bare rounds")
-    parser.add_argument("--only", default="testsrc,web,load", help="comma-separated scenarios")
+    parser.add_argument("--only", default="testsrc,web,load,track", help="comma-separated scenarios")
     args = parser.parse_args()
     only = set(args.only.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="egret-bench-"))
@@ -245,6 +327,8 @@ def main():
                 results = run_load(egret, pages.url("animated.html"), args.seconds, count)
                 shown = ", ".join(f"{r * 100:.1f}% of {n}" for r, n, _ in results)
                 print(f"  {count} at once: {shown}")
+        if "track" in only:
+            bench_track(workdir, args.seconds, args.rounds)
     finally:
         egret.stop()
         pages.server.shutdown()

@@ -348,12 +348,14 @@ pub fn egress_info(record: &EgressRecord, storage: &Path) -> lk::EgressInfo {
                 error: output["error"].as_str().unwrap_or_default().to_string(),
                 ..Default::default()
             }),
-            _ => info.image_results.push(lk::ImagesInfo {
+            "images" => info.image_results.push(lk::ImagesInfo {
                 filename_prefix: target,
                 image_count: output["count"].as_i64().unwrap_or(0),
                 started_at: started,
                 ended_at: ended,
             }),
+            // A track's websocket has no result type in LiveKit's EgressInfo.
+            _ => {}
         }
     }
     info

@@ -237,8 +237,8 @@ impl Supervisor {
     /// Returns true when an output just finalized.
     fn on_media_event(&mut self, event: MediaEvent) -> bool {
         match event {
-            MediaEvent::OutputEnded => return true,
-            MediaEvent::OutputActive => {
+            MediaEvent::Ended => return true,
+            MediaEvent::Active => {
                 if self.record.status() == EgressStatus::Starting
                     && self.record.set_status(EgressStatus::Active, None, None)
                 {
@@ -252,7 +252,7 @@ impl Supervisor {
                     self.ctx.fire(&self.lua, "active", mlua::Value::Nil);
                 }
             }
-            MediaEvent::OutputUnlinked(i) => {
+            MediaEvent::Unlinked(i) => {
                 let mut graph = self.ctx.graph.lock().unwrap();
                 let pipeline = graph.pipeline.clone();
                 graph.outputs[i].remove(&pipeline);
@@ -305,11 +305,15 @@ impl Supervisor {
                 match output {
                     Some(i) => self.fail_output(i, text, ending),
                     None => {
-                        // A source or encoder error: keep what was recorded, then fail.
+                        // A source or encoder error: keep what was recorded, then fail. Once
+                        // a clean stop is under way (a room that ended tears its connection
+                        // down), sources failing no longer matter: outputs are finalized.
                         if let Some(e) = ending.as_mut() {
                             if e.error.is_none() {
-                                e.status = EgressStatus::Failed;
-                                e.error = Some(text);
+                                if e.status != EgressStatus::Complete {
+                                    e.status = EgressStatus::Failed;
+                                    e.error = Some(text);
+                                }
                                 // The pipeline's EOS may never come now: push it into the outputs.
                                 self.ctx
                                     .graph

@@ -250,7 +250,8 @@ async fn run(
                     let _ = commands.send(Command::Stop { reason: format!("room ended ({reason})") });
                 } else {
                     room_event(&commands, "disconnected", json!({ "reason": reason }));
-                    let _ = commands.send(Command::Fail { reason: format!("LiveKit removed egret from `{room}`: {reason}") });
+                    let _ = commands
+                        .send(Command::Fail { reason: format!("LiveKit removed egret from `{room}`: {reason}") });
                 }
                 return;
             }

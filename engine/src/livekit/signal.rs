@@ -96,6 +96,7 @@ pub async fn connect(
                     }
                 }
                 incoming = read.next() => match incoming {
+                    Some(Ok(Message::Close(_))) | None => break "LiveKit server closed the signalling connection".to_string(),
                     Some(Ok(message)) => {
                         last_heard = tokio::time::Instant::now();
                         match decode(message) {
@@ -109,7 +110,6 @@ pub async fn connect(
                         }
                     }
                     Some(Err(e)) => break format!("signalling connection lost: {e}"),
-                    None => break "LiveKit server closed the signalling connection".to_string(),
                 },
                 _ = ping.tick() => {
                     if last_heard.elapsed() > ping_timeout {
@@ -135,7 +135,9 @@ fn decode(message: Message) -> Result<Option<proto::signal_response::Message>> {
             let response = proto::SignalResponse::decode(bytes.as_ref()).context("decoding SignalResponse")?;
             Ok(response.message)
         }
-        Message::Close(frame) => Err(anyhow!("server closed: {}", frame.map(|f| f.reason.to_string()).unwrap_or_default())),
+        Message::Close(frame) => {
+            Err(anyhow!("server closed: {}", frame.map(|f| f.reason.to_string()).unwrap_or_default()))
+        }
         _ => Ok(None),
     }
 }

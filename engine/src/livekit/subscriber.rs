@@ -46,6 +46,13 @@ impl Routes {
         } else if let Some(peer) = peer {
             let _ = pad.unlink(&peer);
         }
+        // webrtcbin may give a reused m-line a new pad: the old one lets go of the consumer.
+        if let Some(sink) = &sink
+            && let Some(previous) = sink.peer()
+        {
+            let _ = previous.unlink(sink);
+            park(pipeline, self, &previous);
+        }
         match sink {
             Some(sink) if pad.link(&sink).is_ok() => {}
             Some(_) => {
@@ -73,7 +80,10 @@ pub struct Subscriber {
 impl Subscriber {
     /// Adds a webrtcbin to `pipeline`; `on_candidate(mline, mid, candidate)` gets its local
     /// ICE candidates.
-    pub fn new(pipeline: &gst::Pipeline, on_candidate: impl Fn(u32, String, String) + Send + Sync + 'static) -> Result<Self> {
+    pub fn new(
+        pipeline: &gst::Pipeline,
+        on_candidate: impl Fn(u32, String, String) + Send + Sync + 'static,
+    ) -> Result<Self> {
         let webrtc = make("webrtcbin", Some("livekit-subscriber"))?;
         webrtc.set_property_from_str("bundle-policy", "max-bundle");
         // Enough to reorder and retransmit on a real network; the delay is constant.
@@ -168,7 +178,10 @@ impl Subscriber {
                 routes.mids.insert(mid, sid);
             }
             for media in message.medias_mut() {
-                let wanted = media.attribute_val("mid").and_then(|mid| routes.mids.get(mid)).and_then(|sid| routes.codecs.get(sid));
+                let wanted = media
+                    .attribute_val("mid")
+                    .and_then(|mid| routes.mids.get(mid))
+                    .and_then(|sid| routes.codecs.get(sid));
                 keep_codec(media, wanted.map(String::as_str));
             }
         }
@@ -307,7 +320,10 @@ async fn call(
         Some(d) => webrtc.emit_by_name::<()>(signal, &[d, &promise]),
         None => webrtc.emit_by_name::<()>(signal, &[&None::<gst::Structure>, &promise]),
     }
-    let reply = rx.await.map_err(|_| anyhow!("webrtcbin dropped the {signal} promise"))?.map_err(|e| anyhow!("{signal}: {e}"))?;
+    let reply = rx
+        .await
+        .map_err(|_| anyhow!("webrtcbin dropped the {signal} promise"))?
+        .map_err(|e| anyhow!("{signal}: {e}"))?;
     if let Some(s) = &reply
         && let Ok(error) = s.get::<gst::glib::Error>("error")
     {

@@ -69,9 +69,10 @@ impl TrackHandle {
 
 /// `egress:join(room_name)`: joins as a hidden recorder whose identity is the egress id.
 pub async fn join(ctx: Arc<EgressCtx>, name: String) -> mlua::Result<RoomHandle> {
-    let config = ctx.livekit.clone().ok_or_else(|| {
-        runtime("join: egress.toml has no [livekit] section (url, api_key, api_secret)")
-    })?;
+    let config = ctx
+        .livekit
+        .clone()
+        .ok_or_else(|| runtime("join: egress.toml has no [livekit] section (url, api_key, api_secret)"))?;
     if name.is_empty() {
         return Err(runtime("join: the room name is empty"));
     }

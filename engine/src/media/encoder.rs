@@ -86,7 +86,10 @@ impl Encoder {
         let kind = kind_of(codec);
         let Some(raw) = self.raw.get(&kind) else {
             if let Some(copied) = self.encoded.keys().find(|c| kind_of(**c) == kind) {
-                bail!("the {} is copied as {copied:?} without transcoding, and this output needs {codec:?}", kind.name());
+                bail!(
+                    "the {} is copied as {copied:?} without transcoding, and this output needs {codec:?}",
+                    kind.name()
+                );
             }
             bail!("this egress has no {} to encode", kind.name())
         };

@@ -69,7 +69,11 @@ impl Graph {
     }
 
     /// Streams copied without transcoding (room tracks); returns the index for `add_outputs`.
-    pub fn add_copy(&mut self, settings: EncodeSettings, inputs: &[(super::encoder::Codec, gst::Pad)]) -> Result<usize> {
+    pub fn add_copy(
+        &mut self,
+        settings: EncodeSettings,
+        inputs: &[(super::encoder::Codec, gst::Pad)],
+    ) -> Result<usize> {
         self.encoders.push(Encoder::copy(&self.pipeline, settings, inputs)?);
         Ok(self.encoders.len() - 1)
     }

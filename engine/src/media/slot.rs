@@ -72,7 +72,8 @@ impl Slot {
         // The pipeline may play already (a room was joined): start only once the slot's output
         // is linked, else the base source would stop on not-linked.
         let pad = out_caps.static_pad("src").expect("capsfilter src");
-        let pending = Arc::new(Mutex::new(Some(vec![base.clone(), base_caps.clone(), mixer.clone(), out_caps.clone()])));
+        let pending =
+            Arc::new(Mutex::new(Some(vec![base.clone(), base_caps.clone(), mixer.clone(), out_caps.clone()])));
         let start = pending.clone();
         pad.connect_linked(move |_, _| {
             tracing::debug!(?kind, "slot output linked");

@@ -155,11 +155,12 @@ pub struct BranchParts {
 
 /// Events from streaming threads to the egress supervisor.
 #[derive(Debug)]
+/// Events of the output branches (the first byte written, cut off, finalized).
 pub enum MediaEvent {
-    OutputActive,
-    OutputUnlinked(usize),
+    Active,
+    Unlinked(usize),
     /// EOS reached the output's sink: it is finalized.
-    OutputEnded,
+    Ended,
 }
 
 pub struct OutputBranch {
@@ -217,7 +218,7 @@ impl OutputBranch {
                 && e.type_() == gst::EventType::Eos
             {
                 eos_flag.store(true, Ordering::SeqCst);
-                let _ = eos_events.send(MediaEvent::OutputEnded);
+                let _ = eos_events.send(MediaEvent::Ended);
             }
             gst::PadProbeReturn::Ok
         });
@@ -230,7 +231,7 @@ impl OutputBranch {
             };
             if bytes_status.bytes.fetch_add(size as u64, Ordering::Relaxed) == 0 && size > 0 {
                 bytes_status.set_state(OutputState::Active, None);
-                let _ = events.send(MediaEvent::OutputActive);
+                let _ = events.send(MediaEvent::Active);
             }
             gst::PadProbeReturn::Ok
         });
@@ -270,7 +271,7 @@ impl OutputBranch {
                     let _ = pad.unlink(&peer);
                 }
                 if remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    let _ = events.send(MediaEvent::OutputUnlinked(index));
+                    let _ = events.send(MediaEvent::Unlinked(index));
                 }
                 gst::PadProbeReturn::Remove
             });
