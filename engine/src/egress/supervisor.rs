@@ -129,13 +129,7 @@ impl Supervisor {
                         self.publish_outputs();
                     }
                 },
-                Some(event) = self.media.recv() => {
-                    // Every output finalized: done, even if some source never sent EOS
-                    // (webrtcbin's own sinks, for one, never get it).
-                    if self.on_media_event(event) && ending.is_some() && self.all_outputs_ended() {
-                        break;
-                    }
-                }
+                Some(event) = self.media.recv() => self.on_media_event(event),
                 Some(message) = messages.next(), if !starting => {
                     if self.on_message(&message, &mut ending) {
                         break;
@@ -234,10 +228,8 @@ impl Supervisor {
         self.ctx.graph.lock().unwrap().outputs.iter().filter(|o| o.attached).all(|o| o.ended())
     }
 
-    /// Returns true when an output just finalized.
-    fn on_media_event(&mut self, event: MediaEvent) -> bool {
+    fn on_media_event(&mut self, event: MediaEvent) {
         match event {
-            MediaEvent::Ended => return true,
             MediaEvent::Active => {
                 if self.record.status() == EgressStatus::Starting
                     && self.record.set_status(EgressStatus::Active, None, None)
@@ -258,7 +250,6 @@ impl Supervisor {
                 graph.outputs[i].remove(&pipeline);
             }
         }
-        false
     }
 
     /// Starts finalizing: EOS through the whole pipeline (clean stop), or straight into the
@@ -340,10 +331,17 @@ impl Supervisor {
                 if let (Some(s), Some(src)) = (el.structure(), message.src()) {
                     let mut graph = self.ctx.graph.lock().unwrap();
                     if let Some(i) = graph.output_of(src) {
-                        graph.outputs[i].on_element_message(s);
+                        let forwarded = s.get::<gst::Message>("message").ok().filter(|_| s.name() == "GstBinForwarded");
+                        match forwarded {
+                            Some(inner) if inner.type_() == gst::MessageType::Eos => graph.outputs[i].set_ended(),
+                            Some(_) => {}
+                            None => graph.outputs[i].on_element_message(s),
+                        }
                     }
                 }
-                false
+                // Every output finalized: done, even if some source never sent EOS (webrtcbin's
+                // own sinks, for one, never get it).
+                ending.is_some() && self.all_outputs_ended()
             }
             _ => false,
         }

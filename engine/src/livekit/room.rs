@@ -334,7 +334,7 @@ mod tests {
         let e = apply_update(&mut known, participant("PA", 1, &[("TR_v", false)]));
         assert_eq!(names(&e), ["participant_joined:PA", "track_published:TR_v"]);
         let e = apply_update(&mut known, participant("PA", 2, &[("TR_v", true), ("TR_a", false)]));
-        assert_eq!(names(&e), ["track_published:TR_a", "track_muted:TR_v"]);
+        assert_eq!(names(&e), ["track_muted:TR_v", "track_published:TR_a"]);
         // An overtaken update changes nothing.
         assert!(apply_update(&mut known, participant("PA", 1, &[])).is_empty());
         let e = apply_update(&mut known, participant("PA", 3, &[("TR_a", false)]));

@@ -153,14 +153,12 @@ pub struct BranchParts {
     pub file: Option<PathBuf>,
 }
 
-/// Events from streaming threads to the egress supervisor.
+/// Events from the output branches' streaming threads to the egress supervisor: the first
+/// byte written, cut off, finalized.
 #[derive(Debug)]
-/// Events of the output branches (the first byte written, cut off, finalized).
 pub enum MediaEvent {
     Active,
     Unlinked(usize),
-    /// EOS reached the output's sink: it is finalized.
-    Ended,
 }
 
 pub struct OutputBranch {
@@ -211,17 +209,10 @@ impl OutputBranch {
             src.link(ghost)?;
             links.push((tee, src));
         }
+        // The bin tells when its sink got EOS (a bin keeps that to itself otherwise): then
+        // this output is finalized, whatever the sources do.
+        parts.bin.set_property("message-forward", true);
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (eos_flag, eos_events) = (ended.clone(), events.clone());
-        parts.measure.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-            if let Some(gst::PadProbeData::Event(e)) = &info.data
-                && e.type_() == gst::EventType::Eos
-            {
-                eos_flag.store(true, Ordering::SeqCst);
-                let _ = eos_events.send(MediaEvent::Ended);
-            }
-            gst::PadProbeReturn::Ok
-        });
         let bytes_status = status.clone();
         parts.measure.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |_, info| {
             let size = match &info.data {
@@ -255,6 +246,10 @@ impl OutputBranch {
 
     pub fn ended(&self) -> bool {
         self.ended.load(Ordering::SeqCst)
+    }
+
+    pub fn set_ended(&self) {
+        self.ended.store(true, Ordering::SeqCst);
     }
 
     /// Cuts the branch off its tees once they are idle; the supervisor then removes it.
