@@ -16,16 +16,16 @@ return recipe {
       error("give audio_track_id, video_track_id or both", 0)
     end
     local room = egress:join(req.room_name)
-    local inputs = {}
+    local tracks, slots = {}, {}
     for kind, sid in pairs { audio = req.audio_track_id, video = req.video_track_id } do
-      local track = room:wait_track(sid)
-      if track.kind ~= kind then
-        error(("%s_track_id: %s is a %s track"):format(kind, sid, track.kind), 0)
+      tracks[kind] = room:wait_track(sid)
+      if tracks[kind].kind ~= kind then
+        error(("%s_track_id: %s is a %s track"):format(kind, sid, tracks[kind].kind), 0)
       end
-      egress:set_var("publisher_identity", track.participant)
-      inputs[kind] = egress:slot(kind)
-      inputs[kind]:attach(track)
+      egress:set_var("publisher_identity", tracks[kind].participant)
+      slots[kind] = egress:slot(kind)
     end
-    egress:encode(inputs):output(req)
+    egress:encode(slots):output(req)
+    for kind, track in pairs(tracks) do slots[kind]:attach(track) end
   end,
 }

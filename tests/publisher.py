@@ -97,11 +97,16 @@ async def main():
     p.add_argument("--no-audio", action="store_true")
     p.add_argument("--flash", action="store_true", help="flash + beep once a second")
     p.add_argument("--dtx", action="store_true", help="let the encoder skip silent frames, as browsers do")
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--width", type=int, default=0, help="default 640, or 320 with --flash")
+    p.add_argument("--height", type=int, default=0, help="default 360, or 180 with --flash")
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--source", choices=["camera", "screen_share"], default="camera")
     args = p.parse_args()
+    # A flash is a whole frame turning white: at 640x360 that frame is large enough for the
+    # sender's pacer (low bandwidth estimate at the start) to hold it back by up to 300 ms,
+    # which would be measured as A/V offset. Small flash frames leave the sender at once.
+    args.width = args.width or (320 if args.flash else 640)
+    args.height = args.height or (180 if args.flash else 360)
 
     token = (
         api.AccessToken(args.api_key, args.api_secret)

@@ -15,6 +15,9 @@ from egret_client import ApiError
 from media import av_offset, duration, fps, frames_differ, mean_volume_db, probe, probe_live, streams
 
 RECORD_S = 4
+# The A/V checks encode at 640x360: a 720p x264 next to the publisher's own encoder saturates
+# the 2 cores, and a starved publisher delays or drops its flash frames by itself.
+SMALL = {"advanced": {"width": 640, "height": 360, "framerate": 30}}
 
 
 def recorded(egret, info):
@@ -81,43 +84,63 @@ def test_track_audio_goes_to_a_websocket_as_pcm(lk_egret, publish, room):
     assert abs(peak - 440) < 5, peak  # the publisher's tone
 
 
-def test_track_composite_is_synced_and_goes_to_every_output(lk_egret, publish, room, nginx):
+def test_track_composite_is_synced(lk_egret, publish, room):
     pub = publish("--flash", "--dtx")
-    rtmp = nginx.url(f"tc-{room}")
+    # The sender's bandwidth estimate starts low and its pacer holds video back while it
+    # ramps up; measured from the start, that is the publisher's offset, not egret's.
+    time.sleep(3)
     info = lk_egret.api.start(
         "track_composite",
         room_name=room,
         audio_track_id=pub.tracks["audio"],
         video_track_id=pub.tracks["video"],
         file_outputs=[{"filepath": "tc/{room_name}.mp4"}],
-        segment_outputs=[{"filename_prefix": "tc/hls", "playlist_name": "tc/index.m3u8", "segment_duration": 2}],
+        **SMALL,
+    )
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active")
+    time.sleep(6)  # media time: at least five flash/beep pairs
+    lk_egret.api.stop(eid)
+    info = lk_egret.api.wait_status(eid, "complete", "failed")
+    path, media = recorded(lk_egret, info)
+    (video,) = streams(media, "video")
+    (audio,) = streams(media, "audio")
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 640, 360)
+    assert 29 <= fps(video) <= 31 and audio["codec_name"] == "aac"
+    offset, pairs = av_offset(path)
+    assert abs(offset) <= 0.060, f"A/V offset {offset * 1000:.1f} ms over {pairs} flashes"
+
+
+def test_track_composite_goes_to_every_output_at_once(lk_egret, publish, room, nginx):
+    pub = publish("--codec", "h264")
+    rtmp = nginx.url(f"tc-{room}")
+    info = lk_egret.api.start(
+        "track_composite",
+        room_name=room,
+        audio_track_id=pub.tracks["audio"],
+        video_track_id=pub.tracks["video"],
+        file_outputs=[{"filepath": "tc-all/{room_name}.mp4"}],
+        segment_outputs=[{"filename_prefix": "tc-all/hls", "playlist_name": "tc-all/index.m3u8", "segment_duration": 2}],
         stream_outputs=[{"urls": [rtmp]}],
-        image_outputs=[{"capture_interval": 2, "filename_prefix": "tc/img"}],
+        image_outputs=[{"capture_interval": 2, "filename_prefix": "tc-all/img"}],
     )
     eid = info["egress_id"]
     lk_egret.api.wait(eid, lambda i: all(o["status"] == "active" for o in i["outputs"]), what="all outputs active")
     live = probe_live(rtmp)
     assert {s["codec_type"] for s in live["streams"]} == {"video", "audio"}
-    time.sleep(6)  # media time: at least five flash/beep pairs
+    time.sleep(4)  # media time: two segments and images
     lk_egret.api.stop(eid)
     info = lk_egret.api.wait_status(eid, "complete", "failed")
-    assert info["status"] == "complete", info
-
-    path = lk_egret.storage / "tc" / f"{room}.mp4"
-    media = probe(path)
-    (video,) = streams(media, "video")
-    (audio,) = streams(media, "audio")
-    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 1280, 720)
-    assert 29 <= fps(video) <= 31 and audio["codec_name"] == "aac"
-    offset, pairs = av_offset(path)
-    assert abs(offset) <= 0.060, f"A/V offset {offset * 1000:.1f} ms over {pairs} flashes"
-    assert (lk_egret.storage / "tc" / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
-    assert sorted((lk_egret.storage / "tc").glob("img*.jpeg"))
+    assert info["status"] == "complete" and all(o["status"] == "complete" for o in info["outputs"]), info
+    media = probe(lk_egret.storage / "tc-all" / f"{room}.mp4")
+    assert {s["codec_name"] for s in media["streams"]} == {"h264", "aac"} and frames_differ(media["format"]["filename"])
+    assert (lk_egret.storage / "tc-all" / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
+    assert sorted((lk_egret.storage / "tc-all").glob("img*.jpeg"))
 
 
 def test_participant_is_followed_through_leave_and_rejoin(lk_egret, publish, room):
     # Started before the participant exists: black and silent until it publishes.
-    info = lk_egret.api.start("participant", room_name=room, identity="bob", file_outputs=[{"filepath": "p/{room_name}.mp4"}])
+    info = lk_egret.api.start("participant", room_name=room, identity="bob", file_outputs=[{"filepath": "p/{room_name}.mp4"}], **SMALL)
     eid = info["egress_id"]
     lk_egret.api.wait_status(eid, "active")
     first = publish("--flash", "--dtx", identity="bob")
@@ -132,7 +155,7 @@ def test_participant_is_followed_through_leave_and_rejoin(lk_egret, publish, roo
 
     path, media = recorded(lk_egret, info)
     (video,) = streams(media, "video")
-    assert (video["width"], video["height"]) == (1280, 720) and streams(media, "audio")
+    assert (video["width"], video["height"]) == (640, 360) and streams(media, "audio")
     # One file over the whole time, both visits in it.
     assert duration(media) > 2 * RECORD_S + 1.5, media["format"]
     offset, pairs = av_offset(path)
@@ -142,7 +165,7 @@ def test_participant_is_followed_through_leave_and_rejoin(lk_egret, publish, roo
 
 def test_participant_track_unpublished_and_published_again(lk_egret, publish, room):
     pub = publish("--flash", "--dtx", identity="carol")
-    info = lk_egret.api.start("participant", room_name=room, identity="carol", file_outputs=[{"filepath": "p2/{room_name}.mp4"}])
+    info = lk_egret.api.start("participant", room_name=room, identity="carol", file_outputs=[{"filepath": "p2/{room_name}.mp4"}], **SMALL)
     eid = info["egress_id"]
     lk_egret.api.wait_status(eid, "active")
     time.sleep(3)

@@ -45,8 +45,9 @@ impl Encoder {
             }
             let t = tee()?;
             pipeline.add(&t)?;
-            input.pad.link(&t.static_pad("sink").expect("tee sink"))?;
+            // Running before linked: in a playing pipeline (a joined room) data may come at once.
             sync_states(&[&t]);
+            input.pad.link(&t.static_pad("sink").expect("tee sink"))?;
             raw.insert(input.kind, t);
         }
         Ok(Encoder { settings, raw, encoded: HashMap::new() })
@@ -62,8 +63,8 @@ impl Encoder {
             }
             let t = tee()?;
             pipeline.add(&t)?;
-            pad.link(&t.static_pad("sink").expect("tee sink"))?;
             sync_states(&[&t]);
+            pad.link(&t.static_pad("sink").expect("tee sink"))?;
             encoded.insert(*codec, t);
         }
         Ok(Encoder { settings, raw: HashMap::new(), encoded })

@@ -69,6 +69,12 @@ impl Slot {
         let base_caps = capsfilter(caps)?;
         let out_caps = capsfilter(caps)?;
         add_chain(pipeline, &[&base, &base_caps, &mixer, &out_caps])?;
+        // A test source answers latency queries only once its caps are set; asked earlier (the
+        // mixer starts first), the mixer would take itself for not live and wait for every
+        // input. Its base input always answers live.
+        if let Some(base_pad) = base_caps.static_pad("src").and_then(|p| p.peer()) {
+            track::answer_latency(&base_pad, |_| true);
+        }
         // The pipeline may play already (a room was joined): start only once the slot's output
         // is linked, else the base source would stop on not-linked.
         let pad = out_caps.static_pad("src").expect("capsfilter src");

@@ -196,6 +196,9 @@ impl OutputBranch {
         }
         parts.bin.set_property("name", format!("out{index}"));
         pipeline.add(&parts.bin)?;
+        // Running before it is linked: a tee pushing into a stopped branch gets FLUSHING back
+        // and would stop the encoder with it (outputs added to a playing pipeline).
+        sync_states(&[parts.bin.upcast_ref()]);
         let mut links = Vec::new();
         for ((_, ghost), tee) in parts.inputs.iter().zip(tees) {
             let pts_status = status.clone();
@@ -226,7 +229,6 @@ impl OutputBranch {
             }
             gst::PadProbeReturn::Ok
         });
-        sync_states(&[parts.bin.upcast_ref()]);
         // A branch joining a running encoder starts at the next keyframe: ask for one now.
         for (_, src) in &links {
             let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build();
