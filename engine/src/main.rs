@@ -28,6 +28,9 @@ const USAGE: &str = "usage: egret [--config egress.toml] [serve | token [--ttl S
   token   print a roomRecord access token for this config's API key
   check   validate the config and every recipe, then exit";
 
+/// How long SIGTERM/SIGINT waits for running egresses before exiting regardless.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut config_path = PathBuf::from("egress.toml");
@@ -147,7 +150,12 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     }
     // Drain: no new egresses, every running one finalized, then exit.
     always_on.stop_all();
-    manager.drain().await;
+    // Outputs get 10 s to finalize, uploads their retries; a pipeline wedged in a state
+    // change would hold the drain (and the runtime's shutdown) forever, so give up after this.
+    if tokio::time::timeout(DRAIN_LIMIT, manager.drain()).await.is_err() {
+        tracing::error!(seconds = DRAIN_LIMIT.as_secs(), "egresses did not finalize in time; exiting anyway");
+        std::process::exit(1);
+    }
     media::chrome::pool::clear().await;
     let _ = shutdown_tx.send(true);
     let _ = server.await;
