@@ -12,7 +12,7 @@ from websockets.sync.server import serve
 
 from conftest import API_KEY, API_SECRET
 from egret_client import ApiError
-from media import av_offset, duration, fps, frames_differ, mean_volume_db, probe, probe_live, streams
+from media import av_offset, duration, fps, frames_differ, mean_volume_db, onsets, probe, probe_live, streams, video_luma
 
 RECORD_S = 4
 # The A/V checks encode at 640x360: a 720p x264 next to the publisher's own encoder saturates
@@ -176,6 +176,10 @@ def test_participant_track_unpublished_and_published_again(lk_egret, publish, ro
     lk_egret.api.stop(eid)
     info = lk_egret.api.wait_status(eid, "complete", "failed")
     path, media = recorded(lk_egret, info)
+    # The republished video is in the file: flashes in its last seconds, not only before.
+    times, luma = video_luma(path)
+    flashes = onsets(times, luma, 128, 0.5)
+    assert flashes and flashes[-1] > duration(media) - 2.0, (flashes, duration(media))
     offset, pairs = av_offset(path)
     assert pairs >= 4 and abs(offset) <= 0.060, (offset, pairs)
 

@@ -124,11 +124,8 @@ impl Subscriber {
         webrtc.connect_pad_removed(move |_, pad| {
             let mut routes = r.lock().unwrap();
             routes.pads.retain(|_, p| p != pad);
-            if let Some(sink) = routes.parked.remove(pad) {
-                let _ = sink.set_state(gst::State::Null);
-                if let Some(bin) = sink.parent().and_then(|p| p.downcast::<gst::Bin>().ok()) {
-                    let _ = bin.remove(&sink);
-                }
+            if let Some(fakesink) = routes.parked.remove(pad) {
+                discard(fakesink);
             }
         });
         sync_states(&[&webrtc]);
@@ -300,6 +297,10 @@ fn unpark(pad: &gst::Pad, fakesink: gst::Element) {
     if let Some(peer) = pad.peer() {
         let _ = pad.unlink(&peer);
     }
+    discard(fakesink);
+}
+
+fn discard(fakesink: gst::Element) {
     let _ = fakesink.set_state(gst::State::Null);
     if let Some(bin) = fakesink.parent().and_then(|p| p.downcast::<gst::Bin>().ok()) {
         let _ = bin.remove(&fakesink);

@@ -36,6 +36,16 @@ fn tee() -> Result<gst::Element> {
     Ok(t)
 }
 
+/// A tee fed by `pad`. Running before it is linked: in a playing pipeline (a joined room)
+/// data may come at once.
+fn tee_after(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<gst::Element> {
+    let t = tee()?;
+    pipeline.add(&t)?;
+    sync_states(&[&t]);
+    pad.link(&t.static_pad("sink").expect("tee sink"))?;
+    Ok(t)
+}
+
 impl Encoder {
     pub fn new(pipeline: &gst::Pipeline, settings: EncodeSettings, inputs: &[MediaPad]) -> Result<Encoder> {
         let mut raw = HashMap::new();
@@ -43,12 +53,7 @@ impl Encoder {
             if raw.contains_key(&input.kind) {
                 bail!("two {} inputs given to one encoder", input.kind.name());
             }
-            let t = tee()?;
-            pipeline.add(&t)?;
-            // Running before linked: in a playing pipeline (a joined room) data may come at once.
-            sync_states(&[&t]);
-            input.pad.link(&t.static_pad("sink").expect("tee sink"))?;
-            raw.insert(input.kind, t);
+            raw.insert(input.kind, tee_after(pipeline, &input.pad)?);
         }
         Ok(Encoder { settings, raw, encoded: HashMap::new() })
     }
@@ -61,11 +66,7 @@ impl Encoder {
             if encoded.keys().any(|c| kind_of(*c) == kind_of(*codec)) {
                 bail!("two {} inputs given to one copy", kind_of(*codec).name());
             }
-            let t = tee()?;
-            pipeline.add(&t)?;
-            sync_states(&[&t]);
-            pad.link(&t.static_pad("sink").expect("tee sink"))?;
-            encoded.insert(*codec, t);
+            encoded.insert(*codec, tee_after(pipeline, pad)?);
         }
         Ok(Encoder { settings, raw: HashMap::new(), encoded })
     }
