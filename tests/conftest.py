@@ -69,6 +69,7 @@ api_secret = "{API_SECRET}"
 dir = "out"
 [recipes]
 dir = "scripts"
+layouts = "{ROOT / 'layouts'}"
 {extra}
 """
         tmp = self.config.with_suffix(".tmp")

@@ -94,16 +94,27 @@ logging:
         """egret's [livekit] section for this server."""
         return f'[livekit]\nurl = "{self.url}"\napi_key = "{LK_KEY}"\napi_secret = "{LK_SECRET}"\n'
 
-    def delete_room(self, room):
+    def room_service(self, call):
+        """Runs `call(lk)` against this server's RoomService (LiveKit's own Python client)."""
         import asyncio
 
         from livekit import api
 
         async def go():
             async with api.LiveKitAPI(self.http_url, LK_KEY, LK_SECRET) as lk:
-                await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+                return await call(lk.room)
 
-        asyncio.run(go())
+        return asyncio.run(go())
+
+    def delete_room(self, room):
+        from livekit import api
+
+        self.room_service(lambda rooms: rooms.delete_room(api.DeleteRoomRequest(room=room)))
+
+    def create_room(self, room, departure_timeout):
+        from livekit import api
+
+        self.room_service(lambda rooms: rooms.create_room(api.CreateRoomRequest(name=room, departure_timeout=departure_timeout)))
 
     def stop(self):
         for p in (self.proc, self.redis):

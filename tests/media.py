@@ -148,3 +148,25 @@ def frames_differ(path, at=(1.0, 1.5)):
              "scale=64:36,format=gray", "-f", "rawvideo", "-"], capture_output=True, timeout=60).stdout)
     a, b = (np.frombuffer(g, np.uint8).astype(int) for g in grabs)
     return len(a) == len(b) > 0 and np.abs(a - b).mean() > 1.0
+
+
+def frame_rgb(path, at, width=64, height=36):
+    """The frame shown at `at` seconds, scaled to width x height, as an RGB array."""
+    raw = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-ss", str(at), "-i", str(path), "-frames:v", "1", "-vf",
+         f"scale={width}:{height}:flags=area,format=rgb24", "-f", "rawvideo", "-"],
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    assert len(raw) == width * height * 3, f"no frame at {at}s in {path}"
+    return np.frombuffer(raw, np.uint8).reshape(height, width, 3).astype(int)
+
+
+def region_color(frame, x0, y0, x1, y1):
+    """Mean RGB of a region given in fractions of the frame (x0, y0)-(x1, y1)."""
+    h, w, _ = frame.shape
+    return frame[int(y0 * h) : max(int(y1 * h), int(y0 * h) + 1), int(x0 * w) : max(int(x1 * w), int(x0 * w) + 1)].reshape(-1, 3).mean(axis=0)
+
+
+def near(rgb, expected, tolerance=40):
+    return all(abs(a - b) <= tolerance for a, b in zip(rgb, expected))

@@ -1,11 +1,11 @@
 """A LiveKit publisher for the tests: real WebRTC through PyPI `livekit`, synthetic media.
 
-Video is a moving colour pattern, or (--flash) black with a white frame for 100 ms at every
-whole second; audio is a tone, or (--flash) a 1 kHz beep for 100 ms at the same instants. Both
+Video is a moving colour pattern, a solid --color, or (--flash) black with a white frame for
+100 ms at every whole second; audio is a --tone, or (--flash) a 1 kHz beep for 100 ms at the same instants. Both
 are paced by one clock so the flash and the beep leave the publisher together.
 
 Prints one JSON line per event on stdout ({"event": "published", "kind", "sid", ...});
-reads commands on stdin: `unpublish video|audio`, `publish video|audio`, `quit`.
+reads commands on stdin: `unpublish video|audio`, `publish video|audio`, `volume 0..1`, `quit`.
 """
 
 import argparse
@@ -44,6 +44,8 @@ class Media:
         rgba[..., 3] = 255
         if self.args.flash:
             rgba[..., :3] = 255 if (t % 1.0) < FLASH_S else 0
+        elif self.args.color:
+            rgba[..., :3] = self.args.color
         else:
             shift = int(t * 120) % self.width
             gx, gy = self.base
@@ -60,7 +62,7 @@ class Media:
             on = (t % 1.0) < FLASH_S
             wave = np.where(on, 0.7 * np.sin(2 * np.pi * BEEP_HZ * t), 0.0)
         else:
-            wave = 0.3 * np.sin(2 * np.pi * TONE_HZ * t)
+            wave = self.args.volume * np.sin(2 * np.pi * self.args.tone * t)
         data = (wave * 32767).astype(np.int16)
         return rtc.AudioFrame(data.tobytes(), RATE, 1, CHUNK)
 
@@ -101,6 +103,9 @@ async def main():
     p.add_argument("--height", type=int, default=0, help="default 360, or 180 with --flash")
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--source", choices=["camera", "screen_share"], default="camera")
+    p.add_argument("--color", type=lambda v: [int(c) for c in v.split(",")], help="solid R,G,B video")
+    p.add_argument("--tone", type=float, default=TONE_HZ, help="tone frequency (Hz)")
+    p.add_argument("--volume", type=float, default=0.3, help="tone amplitude, 0..1")
     args = p.parse_args()
     # A flash is a whole frame turning white: at 640x360 that frame is large enough for the
     # sender's pacer (low bandwidth estimate at the start) to hold it back by up to 300 ms,
@@ -174,6 +179,8 @@ async def main():
             await unpublish(kind)
         elif verb == "publish":
             await publish(kind)
+        elif verb == "volume":
+            args.volume = float(kind)
         say(event="done", command=line)
     feeder.cancel()
     await room.disconnect()

@@ -43,6 +43,10 @@ pub struct StorageConfig {
 #[derive(Debug, Clone)]
 pub struct RecipesConfig {
     pub dir: PathBuf,
+    /// The room composite pages, served at `/layouts/` (default: `layouts/` next to the config).
+    pub layouts: PathBuf,
+    /// Where Chrome loads them from: set once the HTTP server is bound.
+    pub layouts_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +120,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("storage.s3.force_path_style", Kind::Bool, false),
     ("recipes", Kind::Section, true),
     ("recipes.dir", Kind::Str, true),
+    ("recipes.layouts", Kind::Str, false),
     ("always_on", Kind::TableList, false),
     ("webhooks", Kind::Section, false),
     ("webhooks.urls", Kind::StrList, true),
@@ -175,8 +180,6 @@ impl Config {
             for (i, url) in urls.iter().enumerate() {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     errors.push(format!("webhooks.urls[{i}]: `{url}` is not an http(s) URL"));
-                } else if url.starts_with("https://") {
-                    errors.push(format!("webhooks.urls[{i}]: https webhooks are not supported yet; use http://"));
                 }
             }
             let key = reader.str("webhooks.api_key");
@@ -211,7 +214,14 @@ impl Config {
                     dir => base.join(dir),
                 },
             },
-            recipes: RecipesConfig { dir: base.join(reader.str("recipes.dir")) },
+            recipes: RecipesConfig {
+                dir: base.join(reader.str("recipes.dir")),
+                layouts: match reader.str("recipes.layouts") {
+                    dir if dir.is_empty() => base.join("layouts"),
+                    dir => base.join(dir),
+                },
+                layouts_url: String::new(),
+            },
             webhooks,
             always_on,
             livekit,

@@ -1,6 +1,7 @@
 //! The native HTTP API (JSON):
 //! `POST /v1/egress`, `GET /v1/egress`, `GET /v1/egress/{id}`, `POST /v1/egress/{id}/stop`,
-//! `GET /v1/recipes`, `GET /healthz`. Every route but /healthz needs a roomRecord token.
+//! `GET /v1/recipes`, `GET /healthz`, and the room composite pages under `GET /layouts/`.
+//! Every route but /healthz and /layouts needs a roomRecord token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ const MAX_BODY: usize = 1 << 20;
 pub struct Api {
     pub manager: Arc<Manager>,
     pub verifier: Verifier,
+    /// Served without auth: Chrome loads them, and they hold no secret (the token is in the URL).
+    pub layouts: std::path::PathBuf,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -69,6 +72,9 @@ impl Api {
         let method = req.method().clone();
         if path == "/healthz" {
             return reply(200, json!({ "ok": true }));
+        }
+        if method == Method::GET && (path == "/layouts" || path.starts_with("/layouts/")) {
+            return layout_file(&self.layouts, path.trim_start_matches("/layouts").trim_start_matches('/')).await;
         }
         if let Some(twirp_method) = path.strip_prefix("/twirp/livekit.Egress/") {
             return self.twirp(twirp_method.to_string(), req).await;
@@ -145,5 +151,36 @@ impl Api {
                 reply(e.status, body)
             }
         }
+    }
+}
+
+/// A file of the layouts directory; `""` is its index page. Hidden files, `..` and the
+/// build tools' `node_modules` are never served.
+async fn layout_file(dir: &std::path::Path, relative: &str) -> Reply {
+    let relative = if relative.is_empty() { "index.html" } else { relative };
+    let refused = relative
+        .split('/')
+        .any(|part| part.is_empty() || part.starts_with('.') || part == "node_modules" || part.contains('\\'));
+    if refused {
+        return error(404, format!("no layout file `{relative}`"), None);
+    }
+    let content_type = match relative.rsplit('.').next().unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" | "map" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "woff2" => "font/woff2",
+        _ => "application/octet-stream",
+    };
+    match tokio::fs::read(dir.join(relative)).await {
+        Ok(bytes) => Response::builder()
+            .status(200)
+            .header("content-type", content_type)
+            .header("cache-control", "no-cache")
+            .body(Full::new(Bytes::from(bytes)))
+            .expect("valid response"),
+        Err(_) => error(404, format!("no layout file `{relative}` (is the layouts bundle built? run tests/setup.sh)"), None),
     }
 }

@@ -6,6 +6,7 @@ mod auth;
 mod config;
 mod egress;
 mod http;
+mod http_client;
 mod livekit;
 mod lua;
 mod media;
@@ -118,6 +119,19 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     config.storage.dir = config.storage.dir.canonicalize()?;
     config.recipes.dir =
         config.recipes.dir.canonicalize().with_context(|| format!("recipes dir {}", config.recipes.dir.display()))?;
+    // Bound first: the room composite recipe hands Chrome this server's /layouts/ URL.
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    let mut local = listener.local_addr()?;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    config.recipes.layouts_url = format!("http://{local}/layouts/");
+    match config.recipes.layouts.canonicalize() {
+        Ok(dir) => config.recipes.layouts = dir,
+        Err(e) => tracing::warn!("layouts dir {}: {e} (room composite pages unavailable)", config.recipes.layouts.display()),
+    }
     let config = Arc::new(config);
 
     media::chrome::pool::refill();
@@ -134,10 +148,8 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     let api = Arc::new(http::Api {
         manager: manager.clone(),
         verifier: auth::Verifier::new(&config.server.api_key, &config.server.api_secret),
+        layouts: config.recipes.layouts.clone(),
     });
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.server.listen))?;
     tracing::info!(listen = %config.server.listen, storage = %config.storage.dir.display(), "egret ready");
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -119,21 +119,33 @@ pub async fn handle(
             Err(e) => Err(e),
         },
         "UpdateStream" => match decode::<lk::UpdateStreamRequest>(encoding, body) {
-            Ok(req) => match manager.update_stream(&req.egress_id, req.add_output_urls, req.remove_output_urls).await {
-                Ok(e) => Ok(encode(encoding, &egress_info(&e, &storage))),
-                Err(UpdateError::NotFound) => Err(err("not_found", format!("egress {} not found", req.egress_id))),
-                Err(UpdateError::Invalid(e)) => Err(err("invalid_argument", e.to_string())),
-                Err(UpdateError::NotRunning(m)) => Err(err("failed_precondition", m)),
-            },
+            Ok(req) => updated(
+                manager.update_stream(&req.egress_id, req.add_output_urls, req.remove_output_urls).await,
+                &req.egress_id,
+            )
+            .map(|e| encode(encoding, &egress_info(&e, &storage))),
             Err(e) => Err(e),
         },
-        "UpdateLayout" => Err(err("unimplemented", "UpdateLayout needs the room_composite recipe, not installed yet")),
+        "UpdateLayout" => match decode::<lk::UpdateLayoutRequest>(encoding, body) {
+            Ok(req) => updated(manager.update_layout(&req.egress_id, req.layout).await, &req.egress_id)
+                .map(|e| encode(encoding, &egress_info(&e, &storage))),
+            Err(e) => Err(e),
+        },
         other => Err(err("bad_route", format!("no method livekit.Egress/{other}"))),
     };
     match result {
         Ok(reply) => reply,
         Err(e) => e.reply(),
     }
+}
+
+/// An UpdateStream/UpdateLayout outcome as Twirp sees it.
+fn updated<T>(result: Result<T, UpdateError>, id: &str) -> Result<T, TwirpError> {
+    result.map_err(|e| match e {
+        UpdateError::NotFound => err("not_found", format!("egress {id} not found")),
+        UpdateError::Invalid(e) => err("invalid_argument", e.to_string()),
+        UpdateError::NotRunning(m) => err("failed_precondition", m),
+    })
 }
 
 async fn start(

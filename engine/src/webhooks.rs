@@ -9,9 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use livekit_protocol as lk;
 use serde::Serialize;
@@ -41,7 +38,7 @@ impl Notifier {
     pub fn start(config: Option<&WebhooksConfig>) -> Option<Notifier> {
         let config = config.filter(|c| !c.urls.is_empty())?.clone();
         let (queue, mut events) = mpsc::unbounded_channel::<(String, lk::EgressInfo)>();
-        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let client = crate::http_client::client();
         let key = EncodingKey::from_secret(config.api_secret.as_bytes());
         tokio::spawn(async move {
             while let Some((event, info)) = events.recv().await {
@@ -88,7 +85,7 @@ fn event_body(event: &str, info: lk::EgressInfo) -> Vec<u8> {
 }
 
 async fn deliver(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &crate::http_client::HttpClient,
     url: &str,
     body: &[u8],
     api_key: &str,

@@ -150,7 +150,7 @@ impl Manager {
             &storage.backup_dir,
         );
         let ctx =
-            EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx, self.config.livekit.clone());
+            EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx, &self.config);
         self.egresses.write().unwrap().push(record.clone());
         if let Some(webhooks) = &self.webhooks {
             let storage = self.storage_dir();
@@ -217,6 +217,24 @@ impl Manager {
         }
         let (reply, answer) = oneshot::channel();
         if !record.send(Command::UpdateStream { add, remove, reply }) {
+            return Err(ended());
+        }
+        answer.await.map_err(|_| ended())??;
+        Ok(record)
+    }
+
+    /// Switches the layout of a running egress whose recipe handles `update_layout`.
+    pub async fn update_layout(&self, id: &str, layout: String) -> Result<Arc<EgressRecord>, UpdateError> {
+        let record = self.get(id).ok_or(UpdateError::NotFound)?;
+        if layout.is_empty() {
+            return Err(UpdateError::Invalid(crate::request::FieldError::new("layout", "must not be empty")));
+        }
+        let ended = || UpdateError::NotRunning(format!("egress {id} already ended"));
+        if record.status().is_terminal() {
+            return Err(ended());
+        }
+        let (reply, answer) = oneshot::channel();
+        if !record.send(Command::UpdateLayout { layout, reply }) {
             return Err(ended());
         }
         answer.await.map_err(|_| ended())??;

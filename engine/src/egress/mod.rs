@@ -62,9 +62,14 @@ pub enum Command {
         remove: Vec<String>,
         reply: tokio::sync::oneshot::Sender<Result<(), UpdateError>>,
     },
+    /// LiveKit's UpdateLayout: handed to the recipe's `update_layout` handlers.
+    UpdateLayout {
+        layout: String,
+        reply: tokio::sync::oneshot::Sender<Result<(), UpdateError>>,
+    },
 }
 
-/// Why an UpdateStream was refused.
+/// Why an UpdateStream or UpdateLayout was refused.
 #[derive(Debug)]
 pub enum UpdateError {
     NotFound,

@@ -62,7 +62,15 @@ fn reply(answer: &mut Option<oneshot::Sender<Result<(), FieldError>>>, result: R
 fn start_error(e: &mlua::Error) -> FieldError {
     let text = error_text(e);
     match find_field_error(e) {
-        Some(fe) => FieldError::new(fe.field, format!("{} ({})", fe.message, text.lines().next().unwrap_or(""))),
+        Some(fe) => {
+            // `scripts/x.lua:12: ...` → the recipe's file:line, once.
+            let first = text.lines().next().unwrap_or("");
+            let at = first.find(".lua:").map(|i| {
+                let digits = first[i + 5..].chars().take_while(char::is_ascii_digit).count();
+                &first[..i + 5 + digits]
+            });
+            FieldError::new(fe.field, format!("{} ({})", fe.message, at.unwrap_or(first)))
+        }
         None => FieldError::new("", text),
     }
 }
@@ -127,6 +135,16 @@ impl Supervisor {
                     Command::UpdateStream { add, remove, reply } => {
                         let _ = reply.send(self.update_stream(&add, &remove));
                         self.publish_outputs();
+                    }
+                    Command::UpdateLayout { layout, reply } => {
+                        let result = match self.ctx.fire_update(&self.lua, "update_layout", &layout).await {
+                            Ok(true) => Ok(()),
+                            Ok(false) => Err(UpdateError::NotRunning(format!(
+                                "recipe `{}` has no layout to change (no update_layout handler)", self.ctx.recipe
+                            ))),
+                            Err(e) => Err(UpdateError::Invalid(FieldError::new("layout", e))),
+                        };
+                        let _ = reply.send(result);
                     }
                 },
                 Some(event) = self.media.recv() => self.on_media_event(event),
@@ -291,6 +309,12 @@ impl Supervisor {
                 let text = format!("{}", err.error());
                 let detail = err.debug().map(|d| d.to_string()).unwrap_or_default();
                 let source = message.src().cloned();
+                // webrtcbin's data channel transport (unused by egret) errors when the server
+                // drops the connection, often before its Leave arrives: signalling decides.
+                if source.as_ref().is_some_and(|s| s.name().starts_with("sctp") && s.path_string().contains("livekit-subscriber")) {
+                    tracing::debug!(egress = %self.record.id, error = %text, "data channel transport error ignored");
+                    return false;
+                }
                 let output = source.as_ref().and_then(|s| self.ctx.graph.lock().unwrap().output_of(s));
                 tracing::warn!(egress = %self.record.id, error = %text, %detail, "pipeline error");
                 match output {

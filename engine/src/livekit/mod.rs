@@ -3,6 +3,7 @@
 //! `webrtcbin`, so tracks can be copied without transcoding.
 
 pub mod room;
+pub mod room_service;
 pub mod signal;
 mod subscriber;
 
@@ -14,21 +15,27 @@ use serde_json::{Value, json};
 
 /// A join token for the recorder: hidden from other participants, subscribe-only.
 pub fn recorder_token(api_key: &str, api_secret: &str, room: &str, identity: &str) -> String {
+    let grant = json!({
+        "room": room,
+        "roomJoin": true,
+        "hidden": true,
+        "recorder": true,
+        "canPublish": false,
+        "canPublishData": false,
+        "canSubscribe": true,
+    });
+    token(api_key, api_secret, identity, grant)
+}
+
+/// A LiveKit access token (HS256, 6 hours) with `video` grants.
+pub fn token(api_key: &str, api_secret: &str, identity: &str, video: Value) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let claims = json!({
         "iss": api_key,
         "sub": identity,
         "nbf": now.saturating_sub(10),
         "exp": now + 6 * 3600,
-        "video": {
-            "room": room,
-            "roomJoin": true,
-            "hidden": true,
-            "recorder": true,
-            "canPublish": false,
-            "canPublishData": false,
-            "canSubscribe": true,
-        },
+        "video": video,
     });
     jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(api_secret.as_bytes()))
         .expect("HS256 signing cannot fail")

@@ -37,6 +37,8 @@ pub struct EgressCtx {
     resources: Mutex<Vec<Box<dyn Any + Send>>>,
     /// The `[livekit]` server that `egress:join` connects to.
     pub livekit: Option<crate::config::LiveKitConfig>,
+    /// egret's own `/layouts/` URL, the default room composite page.
+    pub layouts_url: String,
     /// Tracks and participants the recipe was told about (`track:TR_..`, `participant:PA_..`):
     /// a handler registered late gets the current ones at once, and no event twice.
     announced: Mutex<std::collections::HashSet<String>>,
@@ -45,7 +47,8 @@ pub struct EgressCtx {
 }
 
 /// Events a recipe can subscribe to with `egress:on(name, fn)`; pages add `console`.
-pub const EVENTS: &[&str] = &["active", "stop", "output_failed", "ended"];
+/// `update_layout` handlers receive LiveKit's UpdateLayout calls (without one, they are refused).
+pub const EVENTS: &[&str] = &["active", "stop", "output_failed", "ended", "update_layout"];
 
 impl EgressCtx {
     pub fn new(
@@ -54,7 +57,7 @@ impl EgressCtx {
         request: ValidRequest,
         graph: Graph,
         commands: UnboundedSender<Command>,
-        livekit: Option<crate::config::LiveKitConfig>,
+        config: &crate::config::Config,
     ) -> Arc<Self> {
         Arc::new(EgressCtx {
             id,
@@ -67,7 +70,8 @@ impl EgressCtx {
             next_timer: AtomicU64::new(1),
             suspended: Notify::new(),
             resources: Mutex::new(Vec::new()),
-            livekit,
+            livekit: config.livekit.clone(),
+            layouts_url: config.recipes.layouts_url.clone(),
             announced: Mutex::new(Default::default()),
             enders: Mutex::new(Vec::new()),
         })
@@ -146,6 +150,23 @@ impl EgressCtx {
                 tracing::error!(egress = %self.id, event, "recipe handler failed: {}", super::error_text(&e));
             }
         }
+    }
+
+    /// An update call (UpdateLayout) for the recipe: its handlers run to the end, so the
+    /// caller learns whether it took. Ok(false) when the recipe has no handler for it.
+    pub async fn fire_update(&self, lua: &Lua, event: &str, value: &str) -> Result<bool, String> {
+        let handlers: Vec<Function> = self
+            .handlers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(name, _, _)| name == event)
+            .filter_map(|(_, _, key)| lua.registry_value::<Function>(key).ok())
+            .collect();
+        for f in &handlers {
+            f.call_async::<()>(value).await.map_err(|e| super::error_text(&e))?;
+        }
+        Ok(!handlers.is_empty())
     }
 
     /// Runs and forgets a due `egress:after` timer.

@@ -7,7 +7,7 @@ pub mod room;
 
 use std::path::{Path, PathBuf};
 
-use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value};
+use mlua::{Function, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value};
 
 use crate::request::ParamSpec;
 
@@ -63,6 +63,32 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
             let text: Vec<String> = msg.iter().map(|v| v.to_string().unwrap_or_else(|_| format!("{v:?}"))).collect();
             tracing::info!(target: "recipe", "{}", text.join(" "));
             Ok(())
+        })?,
+    )?;
+    // json.encode(value) / json.decode(text)
+    let json = lua.create_table()?;
+    json.set(
+        "encode",
+        lua.create_function(|lua, value: Value| {
+            let value: serde_json::Value = lua.from_value(value)?;
+            Ok(value.to_string())
+        })?,
+    )?;
+    json.set(
+        "decode",
+        lua.create_function(|lua, text: String| {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| mlua::Error::runtime(format!("json.decode: {e}")))?;
+            lua.to_value(&value)
+        })?,
+    )?;
+    globals.set("json", json)?;
+    // field_error("layout", "unknown layout"): a bad request field; the caller gets a 400
+    // naming it (an invalid_argument for Twirp), like the engine's own checks.
+    globals.set(
+        "field_error",
+        lua.create_function(|_, (field, message): (String, String)| -> mlua::Result<()> {
+            Err(mlua::Error::external(crate::request::FieldError::new(&field, message)))
         })?,
     )?;
     // `recipe { ... }` checks the declaration's shape early, so mistakes point at the file.

@@ -130,6 +130,40 @@ impl UserData for RoomHandle {
         methods.add_method("tracks", |lua, this, ()| lua.to_value(&this.room.tracks_json()));
         methods.add_method("participants", |lua, this, ()| lua.to_value(&this.room.participants_json()));
 
+        // room:layout_page { layout = "grid" [, base = custom_base_url] } → { url = ..., identity = ... }:
+        // the page (egret's /layouts/ or a custom template) with LiveKit's template query
+        // (`url`, `token`, `layout`); the token joins as a hidden recorder of this room.
+        methods.add_method("layout_page", |lua, this, opts: Option<Table>| {
+            let config = this.ctx.livekit.as_ref().ok_or_else(|| runtime("layout_page: no [livekit] section"))?;
+            let (layout, base) = match &opts {
+                Some(o) => (o.get::<Option<String>>("layout")?, o.get::<Option<String>>("base")?),
+                None => (None, None),
+            };
+            let base = base.filter(|b| !b.is_empty()).unwrap_or_else(|| this.ctx.layouts_url.clone());
+            let identity = format!("{}-layout", this.ctx.id);
+            let token = crate::livekit::recorder_token(&config.api_key, &config.api_secret, &this.room.name, &identity);
+            let encode = crate::http_client::uri_encode;
+            let separator = if base.contains('?') { '&' } else { '?' };
+            let url = format!(
+                "{base}{separator}url={}&token={token}&layout={}",
+                encode(&config.url),
+                encode(layout.as_deref().unwrap_or("grid"))
+            );
+            let page = lua.create_table()?;
+            page.set("url", url)?;
+            page.set("identity", identity)?;
+            Ok(page)
+        });
+
+        // room:set_metadata(identity, text): another participant's metadata (LiveKit's
+        // RoomService), e.g. `{"layout":"speaker"}` for a layout page.
+        methods.add_async_method("set_metadata", |_, this, (identity, metadata): (String, String)| async move {
+            let config = this.ctx.livekit.clone().ok_or_else(|| runtime("set_metadata: no [livekit] section"))?;
+            crate::livekit::room_service::update_metadata(&config, &this.room.name, &identity, &metadata)
+                .await
+                .map_err(|e| runtime(format!("set_metadata `{identity}`: {e:#}")))
+        });
+
         // room:on(event, fn)
         methods.add_method("on", |lua, this, (event, f): (String, Function)| {
             if !ROOM_EVENTS.contains(&event.as_str()) {
@@ -230,6 +264,31 @@ impl SlotHandle {
     }
 }
 
+impl SlotHandle {
+    fn add(&self, track: &TrackHandle) -> mlua::Result<()> {
+        let codec = track.codec()?;
+        if kind_of(codec) != self.media.0.kind {
+            return Err(runtime(format!(
+                "attach: a {} slot cannot take {} track `{}`",
+                self.media.0.kind.name(),
+                kind_of(codec).name(),
+                track.info.sid
+            )));
+        }
+        if self.rooms.lock().unwrap().contains_key(&track.info.sid) {
+            return Ok(());
+        }
+        let sink = {
+            let mut graph = self.ctx.graph.lock().unwrap();
+            let pipeline = graph.pipeline.clone();
+            graph.slots[self.index].attach(&pipeline, &track.info.sid, codec).map_err(runtime)?
+        };
+        self.rooms.lock().unwrap().insert(track.info.sid.clone(), track.room.clone());
+        track.room.subscribe(&track.info, &track.participant_sid, sink);
+        Ok(())
+    }
+}
+
 impl UserData for SlotHandle {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
         fields.add_field_method_get("kind", |_, this| Ok(this.media.0.kind.name()));
@@ -238,31 +297,15 @@ impl UserData for SlotHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         // slot:attach(track): the track replaces whatever the slot showed.
         methods.add_method("attach", |_, this, track: mlua::UserDataRef<TrackHandle>| {
-            let codec = track.codec()?;
-            if kind_of(codec) != this.media.0.kind {
-                return Err(runtime(format!(
-                    "attach: a {} slot cannot take {} track `{}`",
-                    this.media.0.kind.name(),
-                    kind_of(codec).name(),
-                    track.info.sid
-                )));
-            }
             let previous: Vec<String> = this.rooms.lock().unwrap().keys().cloned().collect();
             for sid in previous.iter().filter(|s| **s != track.info.sid) {
                 this.detach_sid(sid);
             }
-            if this.rooms.lock().unwrap().contains_key(&track.info.sid) {
-                return Ok(());
-            }
-            let sink = {
-                let mut graph = this.ctx.graph.lock().unwrap();
-                let pipeline = graph.pipeline.clone();
-                graph.slots[this.index].attach(&pipeline, &track.info.sid, codec).map_err(runtime)?
-            };
-            this.rooms.lock().unwrap().insert(track.info.sid.clone(), track.room.clone());
-            track.room.subscribe(&track.info, &track.participant_sid, sink);
-            Ok(())
+            this.add(&track)
         });
+
+        // slot:add(track): the track joins those already attached (an audio slot mixes them).
+        methods.add_method("add", |_, this, track: mlua::UserDataRef<TrackHandle>| this.add(&track));
 
         // slot:detach([track or sid]): back to black/silence; without argument, any track.
         methods.add_method("detach", |_, this, which: Value| {

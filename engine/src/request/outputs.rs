@@ -141,8 +141,8 @@ fn upload_target(o: &mut Obj) -> FieldResult<Option<S3Config>> {
     let secret = required(&mut s3, "secret")?;
     let bucket = required(&mut s3, "bucket")?;
     let endpoint = required(&mut s3, "endpoint")?;
-    if !endpoint.starts_with("http://") {
-        return Err(FieldError::new(s3.field_path("endpoint"), "only http:// endpoints are supported for now"));
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        return Err(FieldError::new(s3.field_path("endpoint"), "must be an http:// or https:// URL"));
     }
     let region = s3.string("region")?.filter(|r| !r.is_empty()).unwrap_or_else(|| "us-east-1".into());
     let force_path_style = s3.bool("force_path_style")?.unwrap_or(false);

@@ -7,9 +7,6 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +22,7 @@ pub struct S3Config {
 
 pub struct S3Client {
     config: S3Config,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: crate::http_client::HttpClient,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -40,23 +37,12 @@ fn hmac_sha256(key: &[u8], data: &str) -> Vec<u8> {
 
 /// RFC 3986 encoding of each path segment, as SigV4 wants it.
 fn uri_encode_path(path: &str) -> String {
-    path.split('/')
-        .map(|segment| {
-            segment
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    path.split('/').map(crate::http_client::uri_encode).collect::<Vec<_>>().join("/")
 }
 
 impl S3Client {
     pub fn new(config: S3Config) -> Self {
-        S3Client { config, http: Client::builder(TokioExecutor::new()).build_http() }
+        S3Client { config, http: crate::http_client::client() }
     }
 
     /// Where an object lives (also what the egress reports as its location).
@@ -74,10 +60,9 @@ impl S3Client {
     pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<String> {
         let c = &self.config;
         let url = self.url(key);
-        if !url.starts_with("http://") {
-            bail!("only http:// S3 endpoints are supported for now ({url})");
-        }
-        let without_scheme = &url["http://".len()..];
+        let Some((_, without_scheme)) = url.split_once("://") else {
+            bail!("S3 endpoint `{url}` has no http:// or https:// scheme");
+        };
         let (host, path) =
             without_scheme.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((without_scheme, "/".into()));
         let now = chrono::Utc::now();

@@ -195,6 +195,8 @@ impl ChromeSession {
                     })
                     .collect::<Vec<_>>()
                     .join(" ");
+                // A template's own logging, for whoever debugs it (RUST_LOG=page=debug).
+                tracing::debug!(target: "page", "{text}");
                 sink.push(text.clone());
                 on_console(text);
             }

@@ -1,0 +1,132 @@
+"""Room composite egress against a real livekit-server: Chrome renders egret's layout page (or a
+custom template) joined to the room; real publishers of solid colours and distinct tones."""
+
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from egret_client import ApiError
+from media import duration, frame_rgb, frame_times, near, probe, region_color, streams, tone_levels
+
+RED, GREEN, BLUE = (230, 30, 30), (30, 200, 30), (30, 30, 230)
+TONES = {RED: 440.0, GREEN: 660.0, BLUE: 880.0}
+# Chrome and x264 at 640x360 leave the publishers' own encoders room on 2 cores.
+SMALL = {"advanced": {"width": 640, "height": 360, "framerate": 30}}
+
+
+def recorded(egret, info):
+    (out,) = [o for o in info["outputs"] if o["kind"] == "file"]
+    assert out["status"] == "complete", info
+    path = egret.storage / out["target"]
+    return path, probe(path)
+
+
+def publish_colours(publish):
+    """Three publishers in join order red, green, blue, murmuring below LiveKit's speaking level."""
+    return {colour: publish("--color", ",".join(map(str, colour)), "--tone", str(TONES[colour]), "--volume", "0.01",
+                            "--width", "320", "--height", "180", identity=name)
+            for colour, name in ((RED, "red"), (GREEN, "green"), (BLUE, "blue"))}
+
+
+def test_grid_then_speaker_layout_with_every_voice(lk_egret, publish, room):
+    publishers = publish_colours(publish)
+    info = lk_egret.api.start("room_composite", room_name=room, layout="grid",
+                              file_outputs=[{"filepath": "rc/{room_name}.mp4"}], **SMALL)
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active", timeout=45)
+    time.sleep(2)  # media time in the grid
+    publishers[GREEN].command("volume 0.4")  # green speaks up (not the first tile: the layout must follow)
+    time.sleep(2)
+    status, _, body = lk_egret.api.twirp("UpdateLayout", {"egress_id": eid, "layout": "speaker"})
+    assert status == 200 and body["egressId"] == eid, body
+    time.sleep(4)  # media time in the speaker layout
+    lk_egret.api.stop(eid)
+    info = lk_egret.api.wait_status(eid, "complete", "failed")
+    assert info["status"] == "complete", info
+    path, media = recorded(lk_egret, info)
+    (video,) = streams(media, "video")
+    assert (video["width"], video["height"]) == (640, 360)
+    assert duration(media) > 7, media["format"]
+
+    # Grid of 3 at 640x360: two tiles on top, the third centred below, in join order.
+    grid = frame_rgb(path, 2.0)
+    for (x, y), colour in (((0.25, 0.25), RED), ((0.75, 0.25), GREEN), ((0.5, 0.75), BLUE)):
+        rgb = region_color(grid, x - 0.08, y - 0.1, x + 0.08, y + 0.1)
+        assert near(rgb, colour), f"grid tile at ({x}, {y}) is {rgb}, expected {colour}"
+    assert near(region_color(grid, 0.0, 0.6, 0.2, 0.9), (0, 0, 0)), "the last row is centred on black"
+
+    # Speaker: the active speaker fills the left 4/5, the others sit in the right column.
+    speaker = frame_rgb(path, duration(media) - 1.0)
+    assert near(region_color(speaker, 0.1, 0.1, 0.7, 0.9), GREEN), region_color(speaker, 0.1, 0.1, 0.7, 0.9)
+    side = [region_color(speaker, 0.82, y0, 0.98, y0 + 0.05) for y0 in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
+    assert any(near(c, RED) for c in side) and any(near(c, BLUE) for c in side), side
+    # The switch left no gap: frames follow each other at 30 fps throughout.
+    gaps = np.diff(frame_times(path))
+    assert gaps.max() < 0.1, f"longest gap between frames {gaps.max():.3f} s"
+
+    # Every voice is in the mix, the quiet ones too.
+    levels = tone_levels(path, TONES.values())
+    assert levels[660.0] > 0.3, levels
+    assert levels[440.0] > 1e-4 and levels[880.0] > 1e-4, levels
+
+
+def test_audio_only_mixes_the_room_and_ends_with_it(lk_egret, livekit, publish, room):
+    livekit.create_room(room, departure_timeout=1)
+    a = publish("--no-video", "--tone", "440", identity="a")
+    b = publish("--no-video", "--tone", "660", identity="b")
+    info = lk_egret.api.start("room_composite", room_name=room, audio_only=True,
+                              file_outputs=[{"filepath": "rc-audio/{room_name}.ogg"}])
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active")
+    time.sleep(3)  # media time
+    assert subprocess.run(["pgrep", "-f", "chromium"], capture_output=True).returncode == 1, "audio only runs no Chrome"
+    a.leave()
+    b.leave()
+    # Everyone left: the server closes the room after its departure timeout, which ends the egress.
+    info = lk_egret.api.wait_status(eid, "complete", "failed", "aborted", timeout=60)
+    assert info["status"] == "complete" and info["reason"].startswith("room ended"), info
+    path, media = recorded(lk_egret, info)
+    assert not streams(media, "video") and streams(media, "audio")[0]["codec_name"] == "opus", media
+    levels = tone_levels(path, [440.0, 660.0])
+    assert levels[440.0] > 0.1 and levels[660.0] > 0.1, levels
+
+
+def test_custom_template_is_recorded_until_the_room_is_deleted(lk_egret, livekit, publish, pages, room):
+    publish("--no-audio", "--color", "0,0,255", identity="x")
+    info = lk_egret.api.start("room_composite", room_name=room, layout="magenta", video_only=True,
+                              custom_base_url=pages.url("template.html"),
+                              file_outputs=[{"filepath": "rc-custom/{room_name}.mp4"}], **SMALL)
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active", timeout=45)
+    time.sleep(2)  # media time
+    livekit.delete_room(room)
+    info = lk_egret.api.wait_status(eid, "complete", "failed", "aborted", timeout=30)
+    assert info["status"] == "complete" and info["reason"].startswith("room ended"), info
+    path, media = recorded(lk_egret, info)
+    assert not streams(media, "audio"), "video_only records no audio"
+    # The template got LiveKit's query (url, token, layout) and drew magenta.
+    assert near(region_color(frame_rgb(path, 1.0), 0.1, 0.1, 0.9, 0.9), (255, 0, 255)), "template not shown"
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [({"layout": "mosaic"}, "layout"), ({"audio_only": True, "video_only": True}, "video_only"),
+     ({"audio_mixing": "DUAL_CHANNEL_AGENT"}, "audio_mixing")],
+)
+def test_bad_room_composite_requests_name_the_field(lk_egret, room, params, field):
+    with pytest.raises(ApiError) as e:
+        lk_egret.api.start("room_composite", room_name=room, file_outputs=[{"filepath": "x.mp4"}], **params)
+    # Checked by the recipe (422, like every refusal of a recipe's start), naming the field.
+    assert e.value.status == 422 and e.value.body["field"] == f"params.{field}", e.value.body
+    assert "room_composite.lua:" in e.value.body["error"], e.value.body
+
+
+def test_update_layout_on_an_egress_without_layouts_is_refused(lk_egret, publish, room):
+    pub = publish("--no-video")
+    info = lk_egret.api.start("track", room_name=room, track_id=pub.tracks["audio"], file_outputs=[{"filepath": "ul/x"}])
+    lk_egret.api.wait_status(info["egress_id"], "active")
+    status, _, body = lk_egret.api.twirp("UpdateLayout", {"egress_id": info["egress_id"], "layout": "speaker"})
+    assert status == 412 and body["code"] == "failed_precondition" and "update_layout" in body["msg"], body
+    lk_egret.api.stop(info["egress_id"])
