@@ -60,5 +60,14 @@ if [ ! -d tests/js/node_modules/livekit-server-sdk ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
 
+# Layouts: the room composite pages' livekit-client (pinned by layouts/package-lock.json),
+# bundled by esbuild into layouts/build/ (not committed); rebuilt when a source changed.
+if [ ! -d layouts/node_modules/livekit-client ]; then
+  npm ci --prefix layouts --no-audit --no-fund --loglevel=error
+fi
+if [ ! -f layouts/build/layout.js ] || [ -n "$(find layouts/src layouts/package-lock.json -newer layouts/build/layout.js)" ]; then
+  npm run --prefix layouts --silent build >/dev/null
+fi
+
 cargo build --release --quiet
 echo "setup: done ($(./target/release/egret --help | head -1))"

@@ -1,12 +1,15 @@
 """Room composite egress against a real livekit-server: Chrome renders egret's layout page (or a
 custom template) joined to the room; real publishers of solid colours and distinct tones."""
 
+import asyncio
 import subprocess
 import time
 
 import numpy as np
 import pytest
+from livekit import api
 
+from conftest import API_KEY, API_SECRET
 from egret_client import ApiError
 from media import duration, frame_rgb, frame_times, near, probe, region_color, streams, tone_levels
 
@@ -39,8 +42,13 @@ def test_grid_then_speaker_layout_with_every_voice(lk_egret, publish, room):
     time.sleep(2)  # media time in the grid
     publishers[GREEN].command("volume 0.4")  # green speaks up (not the first tile: the layout must follow)
     time.sleep(2)
-    status, _, body = lk_egret.api.twirp("UpdateLayout", {"egress_id": eid, "layout": "speaker"})
-    assert status == 200 and body["egressId"] == eid, body
+    # LiveKit's own Python client, unchanged, switches the layout.
+    async def update_layout():
+        async with api.LiveKitAPI(f"http://127.0.0.1:{lk_egret.port}", API_KEY, API_SECRET) as lk:
+            return await lk.egress.update_layout(api.UpdateLayoutRequest(egress_id=eid, layout="speaker"))
+
+    updated = asyncio.run(update_layout())
+    assert updated.egress_id == eid and updated.status == api.EgressStatus.EGRESS_ACTIVE, updated
     time.sleep(4)  # media time in the speaker layout
     lk_egret.api.stop(eid)
     info = lk_egret.api.wait_status(eid, "complete", "failed")

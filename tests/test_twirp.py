@@ -120,8 +120,8 @@ def test_twirp_errors(egret, pages):
         (post_json(egret, "StartWebEgress", {**web, "url": "ftp://x/y"}), 400, "invalid_argument"),
         (post_json(egret, "StartWebEgress", {"url": web["url"]}), 400, "invalid_argument"),
         (post_json(egret, "StopEgress", {"egressId": "EG_missing"}), 404, "not_found"),
-        (post_json(egret, "StartRoomCompositeEgress", {"roomName": "r", "fileOutputs": [{"filepath": "x.mp4"}]}), 501,
-         "unimplemented"),
+        (post_json(egret, "StartRoomCompositeEgress", {"roomName": "r", "layout": "mosaic",
+                                                        "fileOutputs": [{"filepath": "x.mp4"}]}), 400, "invalid_argument"),
         (post_json(egret, "NoSuchMethod", {}), 404, "bad_route"),
     ]
     for (status, content_type, body), want_status, want_code in cases:

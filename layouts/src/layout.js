@@ -138,21 +138,18 @@ function onRecorderMetadata(metadata) {
   }
 }
 
-// Resolves when some video shows a frame, at once if nobody publishes video yet.
-function firstFrame() {
-  const hasVideo = [...room.remoteParticipants.values()].some((p) => p.videoTrackPublications.size > 0);
-  if (!hasVideo) return Promise.resolve();
+// Resolves when every published video shows a frame (at once if there is none yet), or
+// after FIRST_FRAME_TIMEOUT_MS: a recording should not open on name cards.
+function firstFrames() {
+  const expected = () =>
+    [...room.remoteParticipants.values()].reduce((n, p) => n + p.videoTrackPublications.size, 0);
+  const showing = () =>
+    [...tiles.values()].filter((t) => t.video && t.video.readyState >= 2 && t.video.videoWidth > 0).length;
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, FIRST_FRAME_TIMEOUT_MS);
+    const started = performance.now();
     const watch = () => {
-      for (const tile of tiles.values()) {
-        if (tile.video && tile.video.readyState >= 2 && tile.video.videoWidth > 0) {
-          clearTimeout(timer);
-          resolve();
-          return;
-        }
-      }
-      requestAnimationFrame(watch);
+      if (showing() >= expected() || performance.now() - started > FIRST_FRAME_TIMEOUT_MS) resolve();
+      else requestAnimationFrame(watch);
     };
     watch();
   });
@@ -184,7 +181,7 @@ async function main() {
   onRecorderMetadata(room.localParticipant.metadata);
   for (const p of room.remoteParticipants.values()) ensureTile(p, false);
   render();
-  await firstFrame();
+  await firstFrames();
   recording = true;
   console.log('START_RECORDING');
 }

@@ -116,6 +116,11 @@ impl Subscriber {
                 .unwrap_or_default();
             let mut routes = r.lock().unwrap();
             tracing::debug!(%mid, sid = ?routes.mids.get(&mid), caps = ?pad.current_caps(), "LiveKit track pad");
+            // Between consumers (a track detached, a pad re-routed) a buffer would meet no
+            // peer, and NOT_LINKED would stop the shared transport for every track: dropped.
+            pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, |pad, _| {
+                if pad.peer().is_none() { gst::PadProbeReturn::Drop } else { gst::PadProbeReturn::Ok }
+            });
             routes.pads.insert(mid.clone(), pad.clone());
             routes.settle(&pipeline, &mid);
         });
@@ -287,9 +292,14 @@ fn park(pipeline: &gst::Pipeline, routes: &mut Routes, pad: &gst::Pad) {
     let Ok(sink) = make("fakesink", None) else { return };
     sink.set_property("sync", false);
     sink.set_property("async", false);
-    if pipeline.add(&sink).is_ok() && pad.link(&sink.static_pad("sink").expect("fakesink sink")).is_ok() {
+    // Started before it is linked: a buffer arriving in between must not meet a stopped sink.
+    if pipeline.add(&sink).is_ok() {
         let _ = sink.sync_state_with_parent();
-        routes.parked.insert(pad.clone(), sink);
+        if pad.link(&sink.static_pad("sink").expect("fakesink sink")).is_ok() {
+            routes.parked.insert(pad.clone(), sink);
+        } else {
+            discard(sink);
+        }
     }
 }
 
