@@ -138,3 +138,27 @@ def test_update_layout_on_an_egress_without_layouts_is_refused(lk_egret, publish
     status, _, body = lk_egret.api.twirp("UpdateLayout", {"egress_id": info["egress_id"], "layout": "speaker"})
     assert status == 412 and body["code"] == "failed_precondition" and "update_layout" in body["msg"], body
     lk_egret.api.stop(info["egress_id"])
+
+
+def test_js_server_sdk_track_and_room_composite(lk_egret, publish, room):
+    """The npm livekit-server-sdk EgressClient, unchanged: track composite, room composite and
+    updateLayout against a real room."""
+    import json
+    from pathlib import Path
+
+    pub = publish("--codec", "vp8")
+    script = Path(__file__).parent / "js" / "room_egress_client.mjs"
+    out = subprocess.run(["node", str(script), f"http://127.0.0.1:{lk_egret.port}", API_KEY, API_SECRET, room,
+                          pub.tracks["audio"], pub.tracks["video"]], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    tc, rc = summary["trackComposite"], summary["roomComposite"]
+    assert (tc["requestCase"], rc["requestCase"]) == ("trackComposite", "roomComposite"), summary
+    assert tc["roomName"] == rc["roomName"] == room
+    assert rc["during"] == "EGRESS_ACTIVE", summary
+    for result in (tc, rc):
+        assert len(result["file"]) == 1, summary
+        (file_result,) = result["file"]
+        media = probe(file_result["location"])
+        assert {s["codec_name"] for s in media["streams"]} == {"h264", "aac"}, media
+        assert duration(media) > 2.5, media["format"]

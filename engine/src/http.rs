@@ -181,6 +181,28 @@ async fn layout_file(dir: &std::path::Path, relative: &str) -> Reply {
             .header("cache-control", "no-cache")
             .body(Full::new(Bytes::from(bytes)))
             .expect("valid response"),
-        Err(_) => error(404, format!("no layout file `{relative}` (is the layouts bundle built? run tests/setup.sh)"), None),
+        Err(_) => {
+            error(404, format!("no layout file `{relative}` (is the layouts bundle built? run tests/setup.sh)"), None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn layout_files_stay_inside_the_folder() {
+        let dir = std::env::temp_dir().join(format!("egret-layouts-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("node_modules")).unwrap();
+        std::fs::write(dir.join("index.html"), "<html>").unwrap();
+        std::fs::write(dir.join("node_modules/x.js"), "x").unwrap();
+        let index = layout_file(&dir, "").await;
+        assert_eq!(index.status(), 200);
+        assert_eq!(index.headers()["content-type"], "text/html; charset=utf-8");
+        for refused in ["../etc/passwd", "node_modules/x.js", ".git/config", "a//b", "missing.js"] {
+            assert_eq!(layout_file(&dir, refused).await.status(), 404, "{refused}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -130,7 +130,9 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     config.recipes.layouts_url = format!("http://{local}/layouts/");
     match config.recipes.layouts.canonicalize() {
         Ok(dir) => config.recipes.layouts = dir,
-        Err(e) => tracing::warn!("layouts dir {}: {e} (room composite pages unavailable)", config.recipes.layouts.display()),
+        Err(e) => {
+            tracing::warn!("layouts dir {}: {e} (room composite pages unavailable)", config.recipes.layouts.display())
+        }
     }
     let config = Arc::new(config);
 

@@ -27,6 +27,7 @@ enum Encoding {
 }
 
 /// A Twirp error: `{"code": "...", "msg": "..."}` with the code's HTTP status.
+#[derive(Debug)]
 struct TwirpError {
     code: &'static str,
     msg: String,
@@ -270,8 +271,10 @@ fn request_params<T: Message + Default + DeserializeOwned + Serialize>(
     if let Value::Object(map) = &mut params {
         for (single, list) in [("file", "file_outputs"), ("stream", "stream_outputs"), ("segments", "segment_outputs")]
         {
+            // LiveKit's JS SDK sends one output both ways (`file` and `fileOutputs`): once.
             if let Some(output) = map.remove(single)
                 && let Some(list) = map.entry(list).or_insert_with(|| json!([])).as_array_mut()
+                && !list.contains(&output)
             {
                 list.push(output);
             }
@@ -384,5 +387,20 @@ fn original_request(recipe: &str, params: &Value) -> Option<lk::egress_info::Req
         "track_composite" => serde_json::from_value(p).ok().map(Request::TrackComposite),
         "track" => serde_json::from_value(p).ok().map(Request::Track),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_output_given_both_ways_is_kept_once() {
+        let body = br#"{"roomName":"r","file":{"filepath":"a.mp4"},"fileOutputs":[{"filepath":"a.mp4"}],
+                        "streamOutputs":[{"urls":["rtmp://x/y"]}]}"#;
+        let params = legacy_params("StartTrackCompositeEgress", Encoding::Json, body).unwrap();
+        assert_eq!(params["file_outputs"].as_array().unwrap().len(), 1, "{params}");
+        assert_eq!(params["stream_outputs"].as_array().unwrap().len(), 1, "{params}");
+        assert!(params.get("file").is_none());
     }
 }

@@ -149,8 +149,7 @@ impl Manager {
             uploads,
             &storage.backup_dir,
         );
-        let ctx =
-            EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx, &self.config);
+        let ctx = EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx, &self.config);
         self.egresses.write().unwrap().push(record.clone());
         if let Some(webhooks) = &self.webhooks {
             let storage = self.storage_dir();
