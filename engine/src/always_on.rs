@@ -138,7 +138,14 @@ async fn keep_running(manager: Arc<Manager>, entry: AlwaysOnEntry, mut stop: wat
     let mut retry = FIRST_RETRY;
     loop {
         let began = Instant::now();
-        match manager.start_named(&entry.recipe, entry.params.clone(), Some(entry.name.clone())).await {
+        match manager
+            .start_with(
+                &entry.recipe,
+                entry.params.clone(),
+                crate::egress::manager::StartOptions { always_on: Some(entry.name.clone()), ..Default::default() },
+            )
+            .await
+        {
             Ok(record) => {
                 tokio::select! {
                     status = record.finished() => {

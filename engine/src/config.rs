@@ -19,6 +19,19 @@ pub struct Config {
     /// Read by the recipes that join LiveKit rooms (room, participant, track egress).
     #[allow(dead_code)]
     pub livekit: Option<LiveKitConfig>,
+    /// Worker mode: `[redis]` (livekit-server's) and `[worker]` admission.
+    pub worker: Option<WorkerConfig>,
+}
+
+/// egret as one of livekit-server's egress workers (psrpc over its Redis).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `redis://[:password@]host:port/db`, from `[redis] address`, `password`, `db`.
+    pub redis_url: String,
+    /// CPUs this worker may fill to 0.8 of (default: the machine's).
+    pub cpus: f64,
+    /// Cores each recipe costs, over egret's defaults (`[worker.costs]`).
+    pub costs: std::collections::HashMap<String, f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +108,10 @@ impl std::error::Error for ConfigErrors {}
 enum Kind {
     Str,
     Bool,
+    /// A non-negative number (integer or float).
+    Number,
+    /// A table of any keys whose values are numbers.
+    NumberTable,
     StrList,
     Section,
     /// An array of tables, checked entry by entry by its own reader.
@@ -129,6 +146,13 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("livekit.url", Kind::Str, true),
     ("livekit.api_key", Kind::Str, true),
     ("livekit.api_secret", Kind::Str, true),
+    ("redis", Kind::Section, false),
+    ("redis.address", Kind::Str, true),
+    ("redis.password", Kind::Str, false),
+    ("redis.db", Kind::Number, false),
+    ("worker", Kind::Section, false),
+    ("worker.cpus", Kind::Number, false),
+    ("worker.costs", Kind::NumberTable, false),
 ];
 
 impl Config {
@@ -172,6 +196,23 @@ impl Config {
             errors.push(format!("livekit.url: `{}` must start with ws://, wss://, http:// or https://", lk.url));
         }
         let always_on = parse_always_on(&root, &mut errors);
+        let worker = root.get("redis").map(|_| {
+            let password = reader.str("redis.password");
+            let auth = if password.is_empty() { String::new() } else { format!(":{password}@") };
+            let db = lookup(&root, "redis.db").and_then(number).unwrap_or(0.0) as u64;
+            let cpus = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
+            WorkerConfig {
+                redis_url: format!("redis://{auth}{}/{db}", reader.str("redis.address")),
+                cpus: lookup(&root, "worker.cpus").and_then(number).unwrap_or(cpus),
+                costs: lookup(&root, "worker.costs")
+                    .and_then(Value::as_table)
+                    .map(|t| t.iter().filter_map(|(k, v)| Some((k.clone(), number(v)?))).collect())
+                    .unwrap_or_default(),
+            }
+        });
+        if worker.is_some() && livekit.is_none() {
+            errors.push("redis: worker mode needs the [livekit] section of the same server".into());
+        }
         let webhooks = root.get("webhooks").map(|_| {
             let urls: Vec<String> = lookup(&root, "webhooks.urls")
                 .and_then(Value::as_array)
@@ -225,6 +266,7 @@ impl Config {
             webhooks,
             always_on,
             livekit,
+            worker,
         })
     }
 }
@@ -271,6 +313,10 @@ fn parse_always_on(root: &Table, errors: &mut Vec<String>) -> Vec<AlwaysOnEntry>
     entries
 }
 
+fn number(value: &Value) -> Option<f64> {
+    value.as_float().or_else(|| value.as_integer().map(|i| i as f64))
+}
+
 fn kind_of(path: &str) -> Option<(Kind, bool)> {
     SCHEMA.iter().find(|(p, _, _)| *p == path).map(|(_, k, r)| (*k, *r))
 }
@@ -293,6 +339,17 @@ fn check_keys(table: &Table, prefix: &str, errors: &mut Vec<String>) {
             Some((Kind::StrList, _)) if !value.as_array().is_some_and(|a| a.iter().all(Value::is_str)) => {
                 errors.push(format!("{path}: must be a list of strings"))
             }
+            Some((Kind::Number, _)) if number(value).is_none_or(|n| n < 0.0) => {
+                errors.push(format!("{path}: must be a number >= 0, found {value}"))
+            }
+            Some((Kind::NumberTable, _)) => match value.as_table() {
+                Some(t) => {
+                    for (k, v) in t.iter().filter(|(_, v)| number(v).is_none_or(|n| n < 0.0)) {
+                        errors.push(format!("{path}.{k}: must be a number >= 0, found {v}"));
+                    }
+                }
+                None => errors.push(format!("{path}: must be a table of numbers")),
+            },
             Some(_) => {}
         }
     }

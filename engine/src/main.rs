@@ -15,6 +15,7 @@ mod request;
 mod storage;
 mod twirp;
 mod webhooks;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -140,6 +141,11 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     let recipes = recipes::Recipes::load(&config.recipes.dir);
     let _watcher = recipes.watch().context("watching the recipes directory")?;
     let manager = egress::manager::Manager::new(config.clone(), recipes);
+    // Before anything starts: the worker reports every egress to livekit-server.
+    let worker = match &config.worker {
+        Some(w) => Some(worker::Worker::start(w, manager.clone()).await.context("worker mode (redis)")?),
+        None => None,
+    };
     let always_on = always_on::AlwaysOn::new(manager.clone());
     let problems = always_on.check(&config.always_on);
     if !problems.is_empty() {
@@ -169,6 +175,9 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     if tokio::time::timeout(DRAIN_LIMIT, manager.drain()).await.is_err() {
         tracing::error!(seconds = DRAIN_LIMIT.as_secs(), "egresses did not finalize in time; exiting anyway");
         std::process::exit(1);
+    }
+    if let Some(worker) = &worker {
+        worker.flush().await;
     }
     media::chrome::pool::clear().await;
     let _ = shutdown_tx.send(true);

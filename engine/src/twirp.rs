@@ -188,7 +188,12 @@ fn legacy_params(method: &str, encoding: Encoding, body: &[u8]) -> Result<Value,
 /// The unified StartEgress: its `source` picks the recipe, its source's fields become params
 /// and its `outputs` are sorted into the output lists the recipes take.
 fn unified_params(encoding: Encoding, body: &[u8]) -> Result<(&'static str, Value), TwirpError> {
-    let Value::Object(mut request) = request_params::<lk::StartEgressRequest>(encoding, body)? else {
+    unified_recipe(request_params::<lk::StartEgressRequest>(encoding, body)?)
+}
+
+/// The recipe and params of a unified StartEgressRequest given as params.
+fn unified_recipe(request: Value) -> Result<(&'static str, Value), TwirpError> {
+    let Value::Object(mut request) = request else {
         return Err(err("malformed", "StartEgress body must be an object"));
     };
     let (recipe, source) = [("web", "web"), ("template", "room_composite"), ("media", "track_composite")]
@@ -267,7 +272,28 @@ fn request_params<T: Message + Default + DeserializeOwned + Serialize>(
     body: &[u8],
 ) -> Result<Value, TwirpError> {
     let request: T = decode(encoding, body)?;
-    let mut params = crate::request::fields::snake_case_keys(serde_json::to_value(&request).expect("serializable"));
+    Ok(params_of(&request))
+}
+
+/// The recipe and params of a request livekit-server dispatched to this worker (psrpc).
+pub fn dispatched_params(
+    request: &crate::worker::proto::rpc::start_egress_request::Request,
+) -> Result<(&'static str, Value), String> {
+    use crate::worker::proto::rpc::start_egress_request::Request as R;
+    match request {
+        R::RoomComposite(r) => Ok(("room_composite", params_of(r))),
+        R::Web(r) => Ok(("web", params_of(r))),
+        R::Participant(r) => Ok(("participant", params_of(r))),
+        R::TrackComposite(r) => Ok(("track_composite", params_of(r))),
+        R::Track(r) => Ok(("track", params_of(r))),
+        R::Egress(r) => unified_recipe(params_of(r)).map_err(|e| e.msg),
+        R::Replay(_) => Err("replay export is not supported".into()),
+    }
+}
+
+/// A LiveKit request message as recipe params (see `request_params`).
+fn params_of<T: Serialize>(request: &T) -> Value {
+    let mut params = crate::request::fields::snake_case_keys(serde_json::to_value(request).expect("serializable"));
     if let Value::Object(map) = &mut params {
         for (single, list) in [("file", "file_outputs"), ("stream", "stream_outputs"), ("segments", "segment_outputs")]
         {
@@ -284,7 +310,7 @@ fn request_params<T: Message + Default + DeserializeOwned + Serialize>(
             tracing::warn!("request webhooks are ignored");
         }
     }
-    Ok(params)
+    params
 }
 
 fn nanos(seconds: Option<f64>) -> i64 {

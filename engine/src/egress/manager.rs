@@ -39,8 +39,24 @@ pub enum StopError {
     AlreadyEnded(EgressStatus),
 }
 
+/// Where a start comes from, beyond its recipe and params.
+#[derive(Default)]
+pub struct StartOptions {
+    /// The always-on entry the egress runs for.
+    pub always_on: Option<String>,
+    /// An id chosen by the caller (livekit-server picks it for the workers it dispatches to).
+    pub egress_id: Option<String>,
+    /// Answer once the request is valid and the egress exists, without waiting for the
+    /// recipe's start: its outcome shows in the egress status.
+    pub detached: bool,
+}
+
+/// Called with every new egress, however it was started (the worker mode reports them all).
+pub type Observer = Arc<dyn Fn(&Arc<EgressRecord>) + Send + Sync>;
+
 pub struct Manager {
     config: Arc<Config>,
+    observers: RwLock<Vec<Observer>>,
     webhooks: Option<crate::webhooks::Notifier>,
     uploader: Option<Arc<crate::storage::Uploader>>,
     recipes: Arc<Recipes>,
@@ -61,6 +77,7 @@ impl Manager {
             storage.s3.clone().map(|s3| Arc::new(crate::storage::Uploader::new(s3, &storage.dir, &storage.backup_dir)));
         Arc::new(Manager {
             config,
+            observers: RwLock::new(Vec::new()),
             webhooks,
             uploader,
             recipes,
@@ -96,23 +113,37 @@ impl Manager {
         Ok((version, request))
     }
 
-    /// Validates the request, runs the recipe's `start`, and returns once the pipeline plays.
-    pub async fn start(&self, recipe: &str, params: Value) -> Result<Arc<EgressRecord>, StartError> {
-        self.start_named(recipe, params, None).await
+    pub fn observe(&self, observer: Observer) {
+        self.observers.write().unwrap().push(observer);
     }
 
-    /// `start` for an always-on entry, whose name the egress carries.
-    pub async fn start_named(
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Validates the request, runs the recipe's `start`, and returns once the pipeline plays.
+    pub async fn start(&self, recipe: &str, params: Value) -> Result<Arc<EgressRecord>, StartError> {
+        self.start_with(recipe, params, StartOptions::default()).await
+    }
+
+    pub async fn start_with(
         &self,
         recipe: &str,
         params: Value,
-        always_on: Option<String>,
+        options: StartOptions,
     ) -> Result<Arc<EgressRecord>, StartError> {
-        if self.draining.load(Ordering::SeqCst) {
+        if self.is_draining() {
             return Err(StartError::new(503, "", "egret is shutting down"));
         }
         let (version, request) = self.validate(recipe, params)?;
-        let id = new_egress_id();
+        let id = match options.egress_id {
+            Some(id) if self.get(&id).is_some() => {
+                return Err(StartError::new(409, "egress_id", format!("egress {id} exists already")));
+            }
+            Some(id) => id,
+            None => new_egress_id(),
+        };
+        let always_on = options.always_on;
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (media_tx, media_rx) = mpsc::unbounded_channel();
         let record = Arc::new(EgressRecord::new(
@@ -155,6 +186,9 @@ impl Manager {
             let storage = self.storage_dir();
             webhooks.follow(record.clone(), move |r| crate::twirp::egress_info(r, &storage));
         }
+        for observe in self.observers.read().unwrap().iter() {
+            observe(&record);
+        }
 
         let supervisor = Supervisor {
             record: record.clone(),
@@ -168,6 +202,9 @@ impl Manager {
         };
         let (started_tx, started_rx) = oneshot::channel();
         tokio::spawn(supervisor.run(start, started_tx));
+        if options.detached {
+            return Ok(record);
+        }
         match started_rx.await {
             Ok(Ok(())) => Ok(record),
             Ok(Err(error)) => Err(StartError { status: 422, error, egress: Some(record.to_json()) }),
