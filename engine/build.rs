@@ -4,6 +4,7 @@
 //! - `internal` (psrpc's envelopes: Msg, Request, Response, ClaimRequest, ClaimResponse) from
 //!   psrpc v0.7.2's `internal.proto`, read from the Go module cache (`tests/setup.sh` runs
 //!   `go mod download github.com/livekit/psrpc@v0.7.2`; `EGRET_PSRPC_DIR` overrides).
+//!
 //! Compiled by protox (pure Rust): no protoc needed.
 
 use std::path::PathBuf;

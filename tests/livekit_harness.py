@@ -94,17 +94,45 @@ logging:
         """egret's [livekit] section for this server."""
         return f'[livekit]\nurl = "{self.url}"\napi_key = "{LK_KEY}"\napi_secret = "{LK_SECRET}"\n'
 
-    def room_service(self, call):
-        """Runs `call(lk)` against this server's RoomService (LiveKit's own Python client)."""
+    def call(self, call):
+        """Runs `call(lk)` against this server's API (LiveKit's own Python client)."""
         import asyncio
 
         from livekit import api
 
         async def go():
             async with api.LiveKitAPI(self.http_url, LK_KEY, LK_SECRET) as lk:
-                return await call(lk.room)
+                return await call(lk)
 
         return asyncio.run(go())
+
+    def room_service(self, call):
+        return self.call(lambda lk: call(lk.room))
+
+    def egress_status(self, egress_id):
+        """This server's view of an egress (its ListEgress)."""
+        from livekit import api
+
+        items = self.call(lambda lk: lk.egress.list_egress(api.ListEgressRequest(egress_id=egress_id))).items
+        return items[0] if items else None
+
+    def wait_egress(self, egress_id, *statuses, timeout=30.0):
+        """Polls this server's ListEgress until the egress has one of `statuses` (names)."""
+        from livekit import api
+
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.egress_status(egress_id)
+            if info is not None and api.EgressStatus.Name(info.status) in statuses:
+                return info
+            if time.monotonic() > deadline:
+                seen = api.EgressStatus.Name(info.status) if info else None
+                raise TimeoutError(f"{egress_id}: still {seen} in livekit-server, wanted {statuses}")
+            time.sleep(0.2)
+
+    def worker_config(self, extra=""):
+        """egret's config to be one of this server's egress workers."""
+        return self.config_toml() + f'[redis]\naddress = "127.0.0.1:{self.redis_port}"\n' + extra
 
     def delete_room(self, room):
         from livekit import api

@@ -55,6 +55,12 @@ if [ ! -x "$GOBIN_DIR/livekit-server" ]; then
   mv "$GOBIN_DIR/server" "$GOBIN_DIR/livekit-server"
 fi
 
+# psrpc's .proto files (its envelopes), which build.rs compiles for the worker mode.
+PSRPC_DIR="$(go env GOMODCACHE)/github.com/livekit/psrpc@v0.7.2"
+if [ ! -f "$PSRPC_DIR/internal/internal.proto" ]; then
+  (cd /tmp && go mod download github.com/livekit/psrpc@v0.7.2)
+fi
+
 # JS: LiveKit's server SDK (pinned by tests/js/package-lock.json) as a second API client.
 if [ ! -d tests/js/node_modules/livekit-server-sdk ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error

@@ -270,6 +270,10 @@ impl Worker {
         let Ok(permit) = self.following.clone().try_acquire_owned() else { return };
         let worker = self.clone();
         let dispatched = self.dispatched.lock().unwrap().remove(&record.id);
+        if !dispatched {
+            // Started on egret's own API (or always-on): it loads this worker all the same.
+            self.admission.reserve(&record.id, self.admission.cost(&record.recipe, &record.params));
+        }
         tokio::spawn(async move {
             let mut changes = record.watch_status();
             let info = worker.info(&record);

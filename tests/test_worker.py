@@ -1,0 +1,121 @@
+"""Worker mode: egret as livekit-server's egress worker over psrpc on the server's Redis. Every
+request goes to livekit-server through LiveKit's own Python client, never to egret."""
+
+import os
+import signal
+import time
+
+import pytest
+from livekit import api
+
+from conftest import EgretProcess
+from media import duration, probe, probe_live, streams
+
+
+@pytest.fixture
+def workers(tmp_path, livekit):
+    """Starts egret workers joined to the tests' livekit-server; stops them at the end."""
+    started = []
+
+    def start(name, extra=""):
+        (tmp_path / name).mkdir()
+        worker = EgretProcess(tmp_path / name, livekit.worker_config(extra))
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.stop()
+
+
+def holder(egress_id, *candidates):
+    """The worker whose own API lists the egress."""
+    owners = [w for w in candidates if any(e["egress_id"] == egress_id for e in w.api.ok("GET", "/v1/egress")["egresses"])]
+    assert len(owners) == 1, f"{egress_id} is on {len(owners)} workers"
+    return owners[0]
+
+
+def test_livekit_server_dispatches_web_and_participant_egress(livekit, workers, pages, publish, room, nginx):
+    worker = workers("w")
+    publish("--codec", "h264", identity="pat")
+    a, b = nginx.url("worker-a"), nginx.url("worker-b")
+    web = livekit.call(lambda lk: lk.egress.start_web_egress(api.WebEgressRequest(
+        url=pages.url("animated.html?tone=440"), file_outputs=[api.EncodedFileOutput(filepath="wk/web.mp4")],
+        stream_outputs=[api.StreamOutput(protocol=api.StreamProtocol.RTMP, urls=[a])])))
+    participant = livekit.call(lambda lk: lk.egress.start_participant_egress(api.ParticipantEgressRequest(
+        room_name=room, identity="pat", file_outputs=[api.EncodedFileOutput(filepath="wk/participant.mp4")])))
+    assert web.status == participant.status == api.EgressStatus.EGRESS_STARTING
+    for info in (web, participant):
+        livekit.wait_egress(info.egress_id, "EGRESS_ACTIVE", timeout=45)
+    # Both views: egret's own API lists what livekit-server dispatched, under the same ids.
+    mine = {e["egress_id"]: e["recipe"] for e in worker.api.ok("GET", "/v1/egress")["egresses"]}
+    assert mine == {web.egress_id: "web", participant.egress_id: "participant"}
+
+    # UpdateStream through livekit-server reaches the worker running the egress.
+    updated = livekit.call(lambda lk: lk.egress.update_stream(api.UpdateStreamRequest(
+        egress_id=web.egress_id, add_output_urls=[b], remove_output_urls=[a])))
+    assert {s.url: s.status for s in updated.stream_results} == {
+        a: api.StreamInfo.Status.FINISHED, b: api.StreamInfo.Status.ACTIVE}, updated.stream_results
+    assert streams(probe_live(b), "video"), "the added stream plays"
+
+    for info in (web, participant):
+        livekit.call(lambda lk, i=info: lk.egress.stop_egress(api.StopEgressRequest(egress_id=i.egress_id)))
+    for info, name in ((web, "wk/web.mp4"), (participant, "wk/participant.mp4")):
+        done = livekit.wait_egress(info.egress_id, "EGRESS_COMPLETE", "EGRESS_FAILED")
+        assert done.status == api.EgressStatus.EGRESS_COMPLETE, done
+        (result,) = done.file_results
+        assert result.filename == name and result.size > 0, done
+        media = probe(result.location)
+        assert {s["codec_name"] for s in media["streams"]} == {"h264", "aac"} and duration(media) > 2, media
+
+
+def test_two_workers_share_requests_by_admission(livekit, workers, pages):
+    # Each worker may fill 0.8 of one CPU and a web egress costs 0.5 of one: one each.
+    small = "[worker]\ncpus = 1\n[worker.costs]\nweb = 0.5\n"
+    first, second = workers("w1", small), workers("w2", small)
+
+    def start_web(i):
+        return livekit.call(lambda lk: lk.egress.start_web_egress(api.WebEgressRequest(
+            url=pages.url("animated.html"), file_outputs=[api.EncodedFileOutput(filepath=f"share/{i}.mp4")])))
+
+    one, two = start_web(1), start_web(2)
+    assert {holder(one.egress_id, first, second), holder(two.egress_id, first, second)} == {first, second}
+    # Both are saturated: nobody claims a third.
+    with pytest.raises(api.TwirpError) as refused:
+        start_web(3)
+    assert refused.value.code in ("unavailable", "deadline_exceeded", "internal"), refused.value
+    for info in (one, two):
+        livekit.wait_egress(info.egress_id, "EGRESS_ACTIVE", timeout=45)
+        livekit.call(lambda lk, i=info: lk.egress.stop_egress(api.StopEgressRequest(egress_id=i.egress_id)))
+        assert livekit.wait_egress(info.egress_id, "EGRESS_COMPLETE").file_results[0].size > 0
+
+
+def test_killed_worker_leaves_a_failed_egress_not_an_active_one(livekit, workers, publish, room):
+    survivor, doomed = workers("alive"), workers("doomed")
+    pub = publish("--no-video")
+    # Admission favours the emptier worker: load the survivor so the doomed one takes it.
+    survivor.api.start("testsrc", file_outputs=[{"filepath": "busy.mp4"}])
+    info = livekit.call(lambda lk: lk.egress.start_track_egress(api.TrackEgressRequest(
+        room_name=room, track_id=pub.tracks["audio"], file=api.DirectFileOutput(filepath="killed/a.ogg"))))
+    livekit.wait_egress(info.egress_id, "EGRESS_ACTIVE")
+    assert holder(info.egress_id, survivor, doomed) is doomed
+    doomed.proc.send_signal(signal.SIGKILL)
+    doomed.proc.wait()
+    # The survivor's reaper sees the dead worker's heartbeat expire and reports the egress.
+    failed = livekit.wait_egress(info.egress_id, "EGRESS_FAILED", timeout=30)
+    assert "stopped" in failed.error and failed.ended_at > 0, failed
+
+
+def test_egret_api_egress_shows_in_livekit_server_and_drains_complete(livekit, workers):
+    worker = workers("w")
+    started = worker.api.start("testsrc", file_outputs=[{"filepath": "api/t.mp4"}])
+    eid = started["egress_id"]
+    info = livekit.wait_egress(eid, "EGRESS_ACTIVE")
+    assert info.egress_id == eid
+    # SIGTERM: the worker stops claiming, finalizes the egress and reports it before exiting.
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=60) == 0
+    done = livekit.wait_egress(eid, "EGRESS_COMPLETE", "EGRESS_FAILED")
+    assert done.status == api.EgressStatus.EGRESS_COMPLETE, done
+    assert os.path.getsize(done.file_results[0].location) > 0
