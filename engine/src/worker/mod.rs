@@ -195,6 +195,7 @@ impl Worker {
             Ok(record) => Ok(self.info(&record).encode_to_vec()),
             Err(e) => {
                 self.admission.release(&start.egress_id);
+                self.dispatched.lock().unwrap().remove(&start.egress_id);
                 Err(("invalid_argument", e.error.to_string()))
             }
         };
