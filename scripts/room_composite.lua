@@ -46,7 +46,9 @@ return recipe {
     end
     local layout = (req.layout ~= nil and req.layout ~= "") and req.layout or "grid"
     check_layout(req, layout)
-    local room = egress:join(req.room_name)
+    -- The page is the egress's recorder participant (identity = egress id, where LiveKit's own
+    -- UpdateLayout writes); egret watches the room under another name.
+    local room = egress:join(req.room_name, { identity = egress.id .. "_watch" })
 
     if req.audio_only and not req.custom_base_url then
       local mix = egress:slot("audio")

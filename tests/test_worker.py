@@ -9,7 +9,7 @@ import pytest
 from livekit import api
 
 from conftest import EgretProcess
-from media import duration, probe, probe_live, streams
+from media import duration, frame_rgb, near, probe, probe_live, region_color, streams
 
 
 @pytest.fixture
@@ -119,3 +119,26 @@ def test_egret_api_egress_shows_in_livekit_server_and_drains_complete(livekit, w
     done = livekit.wait_egress(eid, "EGRESS_COMPLETE", "EGRESS_FAILED")
     assert done.status == api.EgressStatus.EGRESS_COMPLETE, done
     assert os.path.getsize(done.file_results[0].location) > 0
+
+
+def test_room_composite_layout_follows_livekit_servers_update_layout(livekit, workers, publish, room):
+    """LiveKit's own UpdateLayout (it sets the recorder participant's metadata) reaches the page."""
+    workers("w")
+    for colour, name in (("230,30,30", "red"), ("30,30,230", "blue")):
+        publish("--no-audio", "--color", colour, "--width", "320", "--height", "180", identity=name)
+    info = livekit.call(lambda lk: lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+        room_name=room, layout="grid", video_only=True,
+        advanced=api.EncodingOptions(width=640, height=360, framerate=30),
+        file_outputs=[api.EncodedFileOutput(filepath="wk/rc.mp4")])))
+    livekit.wait_egress(info.egress_id, "EGRESS_ACTIVE", timeout=45)
+    time.sleep(2)  # media time in the grid
+    livekit.call(lambda lk: lk.egress.update_layout(api.UpdateLayoutRequest(egress_id=info.egress_id,
+                                                                            layout="single-speaker")))
+    time.sleep(2)  # media time in single-speaker
+    livekit.call(lambda lk: lk.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id)))
+    done = livekit.wait_egress(info.egress_id, "EGRESS_COMPLETE", "EGRESS_FAILED")
+    path = done.file_results[0].location
+    # Grid: red left, blue right. Single speaker: the first tile (red) fills the frame.
+    assert near(region_color(frame_rgb(path, 1.0), 0.6, 0.2, 0.9, 0.8), (30, 30, 230))
+    end = duration(probe(path)) - 0.5
+    assert near(region_color(frame_rgb(path, end), 0.6, 0.2, 0.9, 0.8), (230, 30, 30))

@@ -133,8 +133,10 @@ impl Supervisor {
                         self.publish_outputs();
                     }
                     Command::UpdateStream { add, remove, reply } => {
-                        let _ = reply.send(self.update_stream(&add, &remove));
+                        // Published before the answer: the caller's EgressInfo shows the change.
+                        let result = self.update_stream(&add, &remove);
                         self.publish_outputs();
+                        let _ = reply.send(result);
                     }
                     Command::UpdateLayout { layout, reply } => {
                         let result = match self.ctx.fire_update(&self.lua, "update_layout", &layout).await {

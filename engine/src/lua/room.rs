@@ -67,8 +67,9 @@ impl TrackHandle {
     }
 }
 
-/// `egress:join(room_name)`: joins as a hidden recorder whose identity is the egress id.
-pub async fn join(ctx: Arc<EgressCtx>, name: String) -> mlua::Result<RoomHandle> {
+/// `egress:join(room_name [, { identity = ... }])`: joins as a hidden recorder whose identity
+/// is the egress id unless given.
+pub async fn join(ctx: Arc<EgressCtx>, name: String, identity: Option<String>) -> mlua::Result<RoomHandle> {
     let config = ctx
         .livekit
         .clone()
@@ -77,7 +78,8 @@ pub async fn join(ctx: Arc<EgressCtx>, name: String) -> mlua::Result<RoomHandle>
         return Err(runtime("join: the room name is empty"));
     }
     let pipeline = ctx.graph.lock().unwrap().pipeline.clone();
-    let room = Room::join(&config, &name, &ctx.id, &pipeline, ctx.commands.clone())
+    let identity = identity.filter(|i| !i.is_empty()).unwrap_or_else(|| ctx.id.clone());
+    let room = Room::join(&config, &name, &identity, &pipeline, ctx.commands.clone())
         .await
         .map_err(|e| runtime(format!("join `{name}`: {e:#}")))?;
     {
@@ -140,7 +142,9 @@ impl UserData for RoomHandle {
                 None => (None, None),
             };
             let base = base.filter(|b| !b.is_empty()).unwrap_or_else(|| this.ctx.layouts_url.clone());
-            let identity = format!("{}-layout", this.ctx.id);
+            // The egress's recorder participant, as LiveKit names it: its UpdateLayout sets
+            // this identity's metadata.
+            let identity = this.ctx.id.clone();
             let token = crate::livekit::recorder_token(&config.api_key, &config.api_secret, &this.room.name, &identity);
             let encode = crate::http_client::uri_encode;
             let separator = if base.contains('?') { '&' } else { '?' };
@@ -326,7 +330,13 @@ impl UserData for SlotHandle {
 
 /// Registers `egress:join`, `egress:copy` and `egress:slot` (called from the egress userdata).
 pub fn add_egress_methods<M: UserDataMethods<super::api::EgressHandle>>(methods: &mut M) {
-    methods.add_async_method("join", |_, this, name: String| async move { join(this.0.clone(), name).await });
+    methods.add_async_method("join", |_, this, (name, opts): (String, Option<Table>)| async move {
+        let identity = match &opts {
+            Some(o) => o.get::<Option<String>>("identity")?,
+            None => None,
+        };
+        join(this.0.clone(), name, identity).await
+    });
     methods.add_method("copy", |_, this, opts: Table| copy(&this.0, opts));
     methods.add_method("slot", |_, this, kind: String| slot(&this.0, &kind));
 }
