@@ -70,7 +70,7 @@ def test_livekit_server_dispatches_web_and_participant_egress(livekit, workers, 
         assert {s["codec_name"] for s in media["streams"]} == {"h264", "aac"} and duration(media) > 2, media
 
 
-def test_two_workers_share_requests_by_admission(livekit, workers, pages):
+def test_two_workers_share_requests_by_admission(livekit, workers, pages, nginx):
     # Each worker may fill 0.8 of one CPU and a web egress costs 0.5 of one: one each.
     small = "[worker]\ncpus = 1\n[worker.costs]\nweb = 0.5\n"
     first, second = workers("w1", small), workers("w2", small)
@@ -87,6 +87,14 @@ def test_two_workers_share_requests_by_admission(livekit, workers, pages):
     assert refused.value.code in ("unavailable", "deadline_exceeded", "internal"), refused.value
     for info in (one, two):
         livekit.wait_egress(info.egress_id, "EGRESS_ACTIVE", timeout=45)
+    # An UpdateStream through livekit-server reaches the worker holding that egress, only it.
+    url = nginx.url("shared-two")
+    livekit.call(lambda lk: lk.egress.update_stream(api.UpdateStreamRequest(egress_id=two.egress_id,
+                                                                            add_output_urls=[url])))
+    owner = holder(two.egress_id, first, second)
+    (shown,) = [e for e in owner.api.ok("GET", "/v1/egress")["egresses"] if e["egress_id"] == two.egress_id]
+    assert url in [o.get("target") for o in shown["outputs"]], shown["outputs"]
+    for info in (one, two):
         livekit.call(lambda lk, i=info: lk.egress.stop_egress(api.StopEgressRequest(egress_id=i.egress_id)))
         assert livekit.wait_egress(info.egress_id, "EGRESS_COMPLETE").file_results[0].size > 0
 
