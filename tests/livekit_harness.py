@@ -48,12 +48,8 @@ class LiveKitServer:
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http_url = f"http://127.0.0.1:{self.port}"
-        self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=open(workdir / "redis.log", "w"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.redis_port, self.redis)
+        self.wait_for_port = wait_for_port
+        self.start_redis()
         config = workdir / "livekit.yaml"
         config.write_text(
             f"""
@@ -89,6 +85,20 @@ logging:
             if time.monotonic() > deadline:
                 raise TimeoutError("livekit-server did not become ready")
             time.sleep(0.05)
+
+    def start_redis(self):
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=open(self.workdir / "redis.log", "a"),
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_for_port(self.redis_port, self.redis)
+
+    def restart_redis(self):
+        """Redis goes away and comes back empty on the same port (an operator's restart)."""
+        self.redis.terminate()
+        self.redis.wait(timeout=10)
+        self.start_redis()
 
     def config_toml(self):
         """egret's [livekit] section for this server."""

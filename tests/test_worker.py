@@ -150,3 +150,31 @@ def test_room_composite_layout_follows_livekit_servers_update_layout(livekit, wo
     assert near(region_color(frame_rgb(path, 1.0), 0.6, 0.2, 0.9, 0.8), (30, 30, 230))
     end = duration(probe(path)) - 0.5
     assert near(region_color(frame_rgb(path, end), 0.6, 0.2, 0.9, 0.8), (230, 30, 30))
+
+
+def test_worker_serves_again_after_a_redis_restart(tmp_path, pages):
+    from conftest import free_port, wait_for_port
+    from livekit_harness import LiveKitServer
+
+    (tmp_path / "lk").mkdir()
+    (tmp_path / "w").mkdir()
+    server = LiveKitServer(tmp_path / "lk", free_port, wait_for_port)
+    worker = EgretProcess(tmp_path / "w", server.worker_config())
+    try:
+        server.restart_redis()
+        # livekit-server and the worker both reconnect on their own; dispatch works again.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                info = server.call(lambda lk: lk.egress.start_web_egress(api.WebEgressRequest(
+                    url=pages.url("animated.html"), file_outputs=[api.EncodedFileOutput(filepath="redis/after.mp4")])))
+                break
+            except api.TwirpError:
+                assert time.monotonic() < deadline, "no worker took the request after the Redis restart"
+        server.wait_egress(info.egress_id, "EGRESS_ACTIVE", timeout=45)
+        server.call(lambda lk: lk.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id)))
+        assert server.wait_egress(info.egress_id, "EGRESS_COMPLETE").file_results[0].size > 0
+        assert "redis subscription restored" in worker.log_text()
+    finally:
+        worker.stop()
+        server.stop()

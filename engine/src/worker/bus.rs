@@ -7,6 +7,7 @@ use base64::Engine;
 use futures_util::StreamExt;
 use prost::Message;
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::proto::internal::Msg;
@@ -15,7 +16,8 @@ const QUEUE_LOCK_MS: u64 = 5000;
 
 #[derive(Clone)]
 pub struct Bus {
-    conn: redis::aio::MultiplexedConnection,
+    /// Reconnects by itself after Redis restarts or the link drops.
+    conn: redis::aio::ConnectionManager,
 }
 
 /// A message received on a subscribed channel: the channel and the envelope's payload.
@@ -28,42 +30,44 @@ pub struct Received {
 }
 
 impl Bus {
-    /// Connects twice (commands, and a subscriber for `channels` and `patterns`); received
-    /// messages arrive on the returned queue until the connection drops.
+    /// Connects for commands and subscribes to `channels` and `patterns`; received messages
+    /// arrive on the returned queue. A lost subscription is made again (with backoff).
     pub async fn connect(
         url: &str,
         channels: &[String],
         patterns: &[String],
     ) -> Result<(Bus, mpsc::UnboundedReceiver<Received>)> {
         let client = redis::Client::open(url).with_context(|| format!("redis URL `{url}`"))?;
-        let conn = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to {url}"))?;
-        let mut pubsub = client.get_async_pubsub().await.with_context(|| format!("subscribing on {url}"))?;
-        for channel in channels {
-            pubsub.subscribe(channel).await?;
-        }
-        for pattern in patterns {
-            pubsub.psubscribe(pattern).await?;
-        }
+        let conn = client.get_connection_manager().await.with_context(|| format!("connecting to {url}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        // The first subscription is made before returning: a request published right after
+        // start must not be missed.
+        let first = subscribe(&client, channels, patterns).await.with_context(|| format!("subscribing on {url}"))?;
+        let (channels, patterns) = (channels.to_vec(), patterns.to_vec());
         tokio::spawn(async move {
-            let mut messages = pubsub.into_on_message();
-            while let Some(message) = messages.next().await {
-                let raw: Vec<u8> = message.get_payload_bytes().to_vec();
-                let Ok(envelope) = Msg::decode(raw.as_slice()) else {
-                    tracing::debug!(channel = message.get_channel_name(), "not a psrpc message");
-                    continue;
-                };
-                let received = Received {
-                    channel: message.get_channel_name().to_string(),
-                    type_url: envelope.type_url,
-                    value: envelope.value,
-                    raw,
-                };
-                if tx.send(received).is_err() {
-                    break;
+            let mut pubsub = Some(first);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if let Some(active) = pubsub.take() {
+                    forward(active, &tx).await;
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tracing::error!("redis subscription lost; subscribing again");
+                }
+                tokio::time::sleep(backoff).await;
+                match subscribe(&client, &channels, &patterns).await {
+                    Ok(again) => {
+                        tracing::info!("redis subscription restored");
+                        pubsub = Some(again);
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!("redis: {e}");
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
-            tracing::error!("redis subscription ended");
         });
         Ok((Bus { conn }, rx))
     }
@@ -101,8 +105,44 @@ impl Bus {
         set.is_some()
     }
 
-    pub fn conn(&self) -> redis::aio::MultiplexedConnection {
+    pub fn conn(&self) -> redis::aio::ConnectionManager {
         self.conn.clone()
+    }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channels: &[String],
+    patterns: &[String],
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    for channel in channels {
+        pubsub.subscribe(channel).await?;
+    }
+    for pattern in patterns {
+        pubsub.psubscribe(pattern).await?;
+    }
+    Ok(pubsub)
+}
+
+/// Forwards psrpc messages until the subscription ends.
+async fn forward(pubsub: redis::aio::PubSub, tx: &mpsc::UnboundedSender<Received>) {
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        let raw: Vec<u8> = message.get_payload_bytes().to_vec();
+        let Ok(envelope) = Msg::decode(raw.as_slice()) else {
+            tracing::debug!(channel = message.get_channel_name(), "not a psrpc message");
+            continue;
+        };
+        let received = Received {
+            channel: message.get_channel_name().to_string(),
+            type_url: envelope.type_url,
+            value: envelope.value,
+            raw,
+        };
+        if tx.send(received).is_err() {
+            return;
+        }
     }
 }
 

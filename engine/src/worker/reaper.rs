@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use livekit_protocol as lk;
 use prost::Message;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 
 use super::io_info::IoInfo;
 
@@ -19,7 +19,7 @@ const PREFIX: &str = "egret:worker:";
 
 #[derive(Clone)]
 pub struct Reaper {
-    conn: MultiplexedConnection,
+    conn: ConnectionManager,
     id: String,
 }
 
@@ -32,7 +32,7 @@ fn egresses_key(id: &str) -> String {
 }
 
 impl Reaper {
-    pub fn new(conn: MultiplexedConnection, id: String) -> Self {
+    pub fn new(conn: ConnectionManager, id: String) -> Self {
         Reaper { conn, id }
     }
 
