@@ -10,14 +10,16 @@
            composite decodes the copied files and encodes them the same way at real time
   room_composite  3 real publishers in a grid at 720p30: egret's room_composite vs the bare
            Chrome capture of the same layout page (Xvfb + Pulse + chromium + gst-launch-1.0)
+  worker   a web egress started through livekit-server (egret as its egress worker) vs the
+           same egress on egret's own API: answer and first-byte latency
 
 Prints CPU-seconds per minute of output (whole process trees: chromium, Xvfb and Pulse count),
 the egret/bare ratio and start latency (call -> first byte written).
 
     .venv/bin/python tests/bench.py [--seconds 20] [--rounds 2] [--only testsrc,web,load,track]
 
-`track` and `room_composite` need livekit-server and the tests' network namespace: run them as
-    sudo tests/netns.sh up && sudo ip netns exec egret-test .venv/bin/python tests/bench.py --only track,room_composite
+`track`, `room_composite` and `worker` need livekit-server and the tests' network namespace:
+    sudo tests/netns.sh up && sudo ip netns exec egret-test .venv/bin/python tests/bench.py --only track,room_composite,worker
 """
 
 import argparse
@@ -148,15 +150,16 @@ def run_track(egret, seconds, recipe, **params):
 
 
 @contextlib.contextmanager
-def livekit_room(workdir, name):
-    """A livekit-server and an egret joined to it (the tests' harness), for room scenarios."""
+def livekit_room(workdir, name, worker=False):
+    """A livekit-server and an egret joined to it (the tests' harness), for room scenarios;
+    with `worker`, egret is one of the server's egress workers."""
     from livekit_harness import LiveKitServer
     from conftest import free_port, wait_for_port
 
     (workdir / f"lk-{name}").mkdir()
     (workdir / f"egret-{name}").mkdir()
     server = LiveKitServer(workdir / f"lk-{name}", free_port, wait_for_port)
-    egret = EgretProcess(workdir / f"egret-{name}", server.config_toml())
+    egret = EgretProcess(workdir / f"egret-{name}", server.worker_config() if worker else server.config_toml())
     try:
         yield server, egret
     finally:
@@ -248,6 +251,38 @@ def bench_room_composite(workdir, seconds, rounds):
         finally:
             for p in publishers:
                 p.leave()
+
+
+def bench_worker(workdir, seconds, rounds):
+    """Worker mode: a web egress started through livekit-server (psrpc dispatch over Redis) next
+    to the same egress started on egret's own API, in the same run."""
+    from livekit import api
+
+    pages = Pages()
+    with livekit_room(workdir, "worker", worker=True) as (server, egret):
+        page = pages.url("animated.html?tone=440")
+        answer, first_byte, direct = [], [], []
+        for i in range(rounds):
+            rel = f"bench/worker-{i}.mp4"
+            t0, latency = [time.monotonic()], []
+            watcher = threading.Thread(target=first_byte_after, args=(egret.storage / rel, t0, latency), daemon=True)
+            watcher.start()
+            t0[0] = time.monotonic()
+            info = server.call(lambda lk, r=rel: lk.egress.start_web_egress(api.WebEgressRequest(
+                url=page, file_outputs=[api.EncodedFileOutput(filepath=r)])))
+            answer.append(time.monotonic() - t0[0])
+            watcher.join(timeout=30)
+            first_byte.append(latency[0] if latency else float("nan"))
+            time.sleep(seconds)
+            server.call(lambda lk: lk.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id)))
+            server.wait_egress(info.egress_id, "EGRESS_COMPLETE")
+            direct.append(run_egret(egret, seconds, f"worker-direct-{i}", "web", url=page)[2])
+        ms = lambda xs: ", ".join(f"{x * 1000:.0f}" for x in xs)  # noqa: E731
+        print(f"\nworker mode, web egress -> MP4 720p30, {rounds} x {seconds:.0f} s")
+        print(f"  StartEgress through livekit-server answered in: {ms(answer)} ms (claim window included)")
+        print(f"  ... first byte written after:                   {ms(first_byte)} ms")
+        print(f"  the same egress on egret's own API, first byte: {ms(direct)} ms")
+    pages.server.shutdown()
 
 
 def split_pipeline(text):
@@ -359,7 +394,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0, help="recording length per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating egret/bare rounds")
-    parser.add_argument("--only", default="testsrc,web,load,track,room_composite", help="comma-separated scenarios")
+    parser.add_argument("--only", default="testsrc,web,load,track,room_composite,worker",
+                        help="comma-separated scenarios")
     args = parser.parse_args()
     only = set(args.only.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="egret-bench-"))
@@ -389,6 +425,8 @@ def main():
             bench_track(workdir, args.seconds, args.rounds)
         if "room_composite" in only:
             bench_room_composite(workdir, args.seconds, args.rounds)
+        if "worker" in only:
+            bench_worker(workdir, args.seconds, args.rounds)
     finally:
         egret.stop()
         pages.server.shutdown()
