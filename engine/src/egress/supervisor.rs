@@ -311,12 +311,7 @@ impl Supervisor {
                 let text = format!("{}", err.error());
                 let detail = err.debug().map(|d| d.to_string()).unwrap_or_default();
                 let source = message.src().cloned();
-                // webrtcbin's data channel transport (unused by egret) errors when the server
-                // drops the connection, often before its Leave arrives: signalling decides.
-                if source
-                    .as_ref()
-                    .is_some_and(|s| s.name().starts_with("sctp") && s.path_string().contains("livekit-subscriber"))
-                {
+                if source.as_ref().is_some_and(crate::livekit::is_data_channel_error) {
                     tracing::debug!(egress = %self.record.id, error = %text, "data channel transport error ignored");
                     return false;
                 }

@@ -7,6 +7,8 @@ pub mod room_service;
 pub mod signal;
 mod subscriber;
 
+pub use subscriber::is_data_channel_error;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{EncodingKey, Header};

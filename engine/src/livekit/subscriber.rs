@@ -1,6 +1,7 @@
 //! The subscriber peer connection: a `webrtcbin` in the egress pipeline that answers the
 //! server's offers and routes each track's RTP pad to whoever asked for that track.
-//! Tracks nobody (or nobody yet) consumes go to a fakesink so webrtcbin never sees not-linked.
+//! A pad nobody (or nobody yet) consumes stays unlinked and drops its buffers, so webrtcbin's
+//! shared transport never sees not-linked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,8 @@ use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 
 use crate::media::{make, sync_states};
+
+const SUBSCRIBER_NAME: &str = "livekit-subscriber";
 
 #[derive(Default)]
 struct Routes {
@@ -26,54 +29,40 @@ struct Routes {
     /// mid → its webrtcbin pad. The server reuses m-lines: a mid carries another track
     /// after a track was unpublished, on the same pad.
     pads: HashMap<String, gst::Pad>,
-    /// webrtcbin pads nobody consumes, each parked on its own fakesink.
-    parked: HashMap<gst::Pad, gst::Element>,
 }
 
 impl Routes {
-    /// Links the pad of `mid` to the sink of the track it carries now, or parks it.
-    fn settle(&mut self, pipeline: &gst::Pipeline, mid: &str) {
+    /// Links the pad of `mid` to the sink of the track it carries now, or leaves it unlinked.
+    fn settle(&mut self, mid: &str) {
         let Some(pad) = self.pads.get(mid).cloned() else { return };
         let sink = self.mids.get(mid).and_then(|sid| self.sinks.get(sid)).cloned();
         let peer = pad.peer();
-        match &sink {
-            Some(sink) if peer.as_ref() == Some(sink) => return,
-            None if self.parked.contains_key(&pad) => return,
-            _ => {}
+        if sink.is_some() && peer == sink {
+            return;
         }
-        if let Some(fakesink) = self.parked.remove(&pad) {
-            unpark(&pad, fakesink);
-        } else if let Some(peer) = peer {
+        if let Some(peer) = peer {
             let _ = pad.unlink(&peer);
         }
+        let Some(sink) = sink else { return };
         // webrtcbin may give a reused m-line a new pad: the old one lets go of the consumer.
-        if let Some(sink) = &sink
-            && let Some(previous) = sink.peer()
-        {
-            let _ = previous.unlink(sink);
-            park(pipeline, self, &previous);
+        if let Some(previous) = sink.peer() {
+            let _ = previous.unlink(&sink);
         }
-        match sink {
-            Some(sink) if pad.link(&sink).is_ok() => {}
-            Some(_) => {
-                tracing::warn!(%mid, caps = ?pad.current_caps(), "a track's RTP does not fit its consumer");
-                park(pipeline, self, &pad);
-            }
-            None => park(pipeline, self, &pad),
+        if pad.link(&sink).is_err() {
+            tracing::warn!(%mid, caps = ?pad.current_caps(), "a track's RTP does not fit its consumer");
         }
     }
 
-    fn settle_all(&mut self, pipeline: &gst::Pipeline) {
+    fn settle_all(&mut self) {
         let mids: Vec<String> = self.pads.keys().cloned().collect();
         for mid in mids {
-            self.settle(pipeline, &mid);
+            self.settle(&mid);
         }
     }
 }
 
 pub struct Subscriber {
     pub webrtc: gst::Element,
-    pipeline: gst::Pipeline,
     routes: Arc<Mutex<Routes>>,
 }
 
@@ -84,7 +73,7 @@ impl Subscriber {
         pipeline: &gst::Pipeline,
         on_candidate: impl Fn(u32, String, String) + Send + Sync + 'static,
     ) -> Result<Self> {
-        let webrtc = make("webrtcbin", Some("livekit-subscriber"))?;
+        let webrtc = make("webrtcbin", Some(SUBSCRIBER_NAME))?;
         webrtc.set_property_from_str("bundle-policy", "max-bundle");
         // Enough to reorder and retransmit on a real network; the delay is constant.
         webrtc.set_property("latency", 200u32);
@@ -103,12 +92,11 @@ impl Subscriber {
             None
         });
 
-        let (r, p) = (routes.clone(), pipeline.downgrade());
+        let r = routes.clone();
         webrtc.connect_pad_added(move |_, pad| {
             if pad.direction() != gst::PadDirection::Src {
                 return;
             }
-            let Some(pipeline) = p.upgrade() else { return };
             let mid = pad
                 .property::<Option<gst_webrtc::WebRTCRTPTransceiver>>("transceiver")
                 .and_then(|t| t.mid())
@@ -122,19 +110,15 @@ impl Subscriber {
                 if pad.peer().is_none() { gst::PadProbeReturn::Drop } else { gst::PadProbeReturn::Ok }
             });
             routes.pads.insert(mid.clone(), pad.clone());
-            routes.settle(&pipeline, &mid);
+            routes.settle(&mid);
         });
 
         let r = routes.clone();
         webrtc.connect_pad_removed(move |_, pad| {
-            let mut routes = r.lock().unwrap();
-            routes.pads.retain(|_, p| p != pad);
-            if let Some(fakesink) = routes.parked.remove(pad) {
-                discard(fakesink);
-            }
+            r.lock().unwrap().pads.retain(|_, p| p != pad);
         });
         sync_states(&[&webrtc]);
-        Ok(Subscriber { webrtc, pipeline: pipeline.clone(), routes })
+        Ok(Subscriber { webrtc, routes })
     }
 
     /// Sends `sid`'s RTP to `sink` from now on (at once if the track already flows).
@@ -142,17 +126,17 @@ impl Subscriber {
         let mut routes = self.routes.lock().unwrap();
         routes.sinks.insert(sid.to_string(), sink.clone());
         routes.codecs.insert(sid.to_string(), codec.to_ascii_uppercase());
-        routes.settle_all(&self.pipeline);
+        routes.settle_all();
         drop(routes);
         // A decoder joining mid-stream needs a keyframe: webrtcbin turns this into a PLI.
         sink.push_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
     }
 
-    /// Stops routing `sid`; its pad, if any, goes back to a fakesink.
+    /// Stops routing `sid`; its pad, if any, is left unlinked.
     pub fn unroute(&self, sid: &str) {
         let mut routes = self.routes.lock().unwrap();
         if routes.sinks.remove(sid).is_some() {
-            routes.settle_all(&self.pipeline);
+            routes.settle_all();
         }
     }
 
@@ -161,7 +145,7 @@ impl Subscriber {
     pub fn end(&self) {
         let mut routes = self.routes.lock().unwrap();
         let sinks: Vec<gst::Pad> = routes.sinks.drain().map(|(_, sink)| sink).collect();
-        routes.settle_all(&self.pipeline);
+        routes.settle_all();
         drop(routes);
         for sink in sinks {
             sink.send_event(gst::event::Eos::new());
@@ -213,7 +197,7 @@ impl Subscriber {
         }
         let text = reply.as_text()?;
         // A reused m-line now carries another track: its pad goes to that track's consumer.
-        self.routes.lock().unwrap().settle_all(&self.pipeline);
+        self.routes.lock().unwrap().settle_all();
         tracing::debug!(offer = %sdp, answer = %text, "subscriber negotiated");
         Ok(text)
     }
@@ -288,33 +272,11 @@ fn set_direction(media: &mut gst_sdp::SDPMediaRef, from: &str, to: &str) -> bool
     true
 }
 
-fn park(pipeline: &gst::Pipeline, routes: &mut Routes, pad: &gst::Pad) {
-    let Ok(sink) = make("fakesink", None) else { return };
-    sink.set_property("sync", false);
-    sink.set_property("async", false);
-    // Started before it is linked: a buffer arriving in between must not meet a stopped sink.
-    if pipeline.add(&sink).is_ok() {
-        let _ = sink.sync_state_with_parent();
-        if pad.link(&sink.static_pad("sink").expect("fakesink sink")).is_ok() {
-            routes.parked.insert(pad.clone(), sink);
-        } else {
-            discard(sink);
-        }
-    }
-}
-
-fn unpark(pad: &gst::Pad, fakesink: gst::Element) {
-    if let Some(peer) = pad.peer() {
-        let _ = pad.unlink(&peer);
-    }
-    discard(fakesink);
-}
-
-fn discard(fakesink: gst::Element) {
-    let _ = fakesink.set_state(gst::State::Null);
-    if let Some(bin) = fakesink.parent().and_then(|p| p.downcast::<gst::Bin>().ok()) {
-        let _ = bin.remove(&fakesink);
-    }
+/// True for errors of webrtcbin's data channel transport (SCTP), which egret does not use: it
+/// errors when the server drops the connection, often before its Leave arrives, and the
+/// signalling connection is what decides how the egress ends.
+pub fn is_data_channel_error(source: &gst::Object) -> bool {
+    source.name().starts_with("sctp") && source.path_string().contains(SUBSCRIBER_NAME)
 }
 
 /// Emits one of webrtcbin's promise-taking action signals and awaits the reply.
