@@ -40,8 +40,9 @@ def wait_for_port(port, proc, timeout=20.0):
 class EgretProcess:
     """egret with its own config, storage and a private copy of the recipes."""
 
-    def __init__(self, workdir: Path, extra_config: str = ""):
+    def __init__(self, workdir: Path, extra_config: str = "", layouts: Path = ROOT / "layouts"):
         self.workdir = workdir
+        self.layouts = layouts
         self.storage = workdir / "out"
         self.recipes = workdir / "scripts"
         shutil.copytree(ROOT / "scripts", self.recipes)
@@ -69,7 +70,7 @@ api_secret = "{API_SECRET}"
 dir = "out"
 [recipes]
 dir = "scripts"
-layouts = "{ROOT / 'layouts'}"
+layouts = "{self.layouts}"
 {extra}
 """
         tmp = self.config.with_suffix(".tmp")

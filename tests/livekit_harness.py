@@ -40,6 +40,21 @@ def check_network():
         ) from e
 
 
+# Room egresses in the tests encode at 640x360: a 720p x264 next to the publishers' own
+# encoders saturates the 2 cores, and a starved publisher delays or drops frames by itself.
+SMALL = {"advanced": {"width": 640, "height": 360, "framerate": 30}}
+
+
+def recorded(egret, info):
+    """The egress's single file output (it must have completed), as a path, with its probe."""
+    from media import probe
+
+    (out,) = [o for o in info["outputs"] if o["kind"] == "file"]
+    assert out["status"] == "complete", info
+    path = egret.storage / out["target"]
+    return path, probe(path)
+
+
 class LiveKitServer:
     def __init__(self, workdir: Path, free_port, wait_for_port):
         check_network()

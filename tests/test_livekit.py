@@ -12,20 +12,10 @@ from websockets.sync.server import serve
 
 from conftest import API_KEY, API_SECRET
 from egret_client import ApiError
+from livekit_harness import SMALL, recorded
 from media import av_offset, duration, fps, frames_differ, mean_volume_db, onsets, probe, probe_live, streams, video_luma
 
 RECORD_S = 4
-# The A/V checks encode at 640x360: a 720p x264 next to the publisher's own encoder saturates
-# the 2 cores, and a starved publisher delays or drops its flash frames by itself.
-SMALL = {"advanced": {"width": 640, "height": 360, "framerate": 30}}
-
-
-def recorded(egret, info):
-    """The egress's single file output, as a path, with its probe."""
-    (out,) = [o for o in info["outputs"] if o["kind"] == "file"]
-    assert out["status"] == "complete", info
-    path = egret.storage / out["target"]
-    return path, probe(path)
 
 
 @pytest.mark.parametrize(

@@ -9,21 +9,13 @@ import numpy as np
 import pytest
 from livekit import api
 
-from conftest import API_KEY, API_SECRET
+from conftest import API_KEY, API_SECRET, EgretProcess
 from egret_client import ApiError
+from livekit_harness import SMALL, recorded
 from media import duration, frame_rgb, frame_times, near, probe, region_color, streams, tone_levels
 
 RED, GREEN, BLUE = (230, 30, 30), (30, 200, 30), (30, 30, 230)
 TONES = {RED: 440.0, GREEN: 660.0, BLUE: 880.0}
-# Chrome and x264 at 640x360 leave the publishers' own encoders room on 2 cores.
-SMALL = {"advanced": {"width": 640, "height": 360, "framerate": 30}}
-
-
-def recorded(egret, info):
-    (out,) = [o for o in info["outputs"] if o["kind"] == "file"]
-    assert out["status"] == "complete", info
-    path = egret.storage / out["target"]
-    return path, probe(path)
 
 
 def publish_colours(publish):
@@ -162,3 +154,13 @@ def test_js_server_sdk_track_and_room_composite(lk_egret, publish, room):
         media = probe(file_result["location"])
         assert {s["codec_name"] for s in media["streams"]} == {"h264", "aac"}, media
         assert duration(media) > 2.5, media["format"]
+
+
+def test_unbuilt_layouts_fail_with_a_clear_error(tmp_path, livekit, room):
+    egret = EgretProcess(tmp_path, livekit.config_toml(), layouts=tmp_path / "no-layouts")
+    try:
+        with pytest.raises(ApiError) as e:
+            egret.api.start("room_composite", room_name=room, file_outputs=[{"filepath": "x.mp4"}])
+        assert e.value.status == 422 and "not built" in e.value.body["error"], e.value.body
+    finally:
+        egret.stop()

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{AuthError, Verifier};
 use crate::egress::EgressRecord;
-use crate::egress::manager::{Manager, StopError, UpdateError};
+use crate::egress::manager::{Manager, UpdateError};
 
 type Reply = Response<Full<Bytes>>;
 
@@ -111,11 +111,7 @@ pub async fn handle(
         "StopEgress" => match decode::<lk::StopEgressRequest>(encoding, body) {
             Ok(req) => match manager.stop(&req.egress_id, "stopped by API").await {
                 Ok(e) => Ok(encode(encoding, &egress_info(&e, &storage))),
-                Err(StopError::NotFound) => Err(err("not_found", format!("egress {} not found", req.egress_id))),
-                Err(StopError::AlreadyEnded(s)) => Err(err(
-                    "failed_precondition",
-                    format!("egress {} already ended ({s:?})", req.egress_id).to_lowercase(),
-                )),
+                Err(e) => Err(livekit_error(e.livekit(&req.egress_id))),
             },
             Err(e) => Err(e),
         },
@@ -142,11 +138,11 @@ pub async fn handle(
 
 /// An UpdateStream/UpdateLayout outcome as Twirp sees it.
 fn updated<T>(result: Result<T, UpdateError>, id: &str) -> Result<T, TwirpError> {
-    result.map_err(|e| match e {
-        UpdateError::NotFound => err("not_found", format!("egress {id} not found")),
-        UpdateError::Invalid(e) => err("invalid_argument", e.to_string()),
-        UpdateError::NotRunning(m) => err("failed_precondition", m),
-    })
+    result.map_err(|e| livekit_error(e.livekit(id)))
+}
+
+fn livekit_error((code, msg): (&'static str, String)) -> TwirpError {
+    err(code, msg)
 }
 
 async fn start(

@@ -39,6 +39,18 @@ pub enum StopError {
     AlreadyEnded(EgressStatus),
 }
 
+impl StopError {
+    /// LiveKit's error code (Twirp and psrpc share them) and message, for egress `id`.
+    pub fn livekit(self, id: &str) -> (&'static str, String) {
+        match self {
+            StopError::NotFound => ("not_found", format!("egress {id} not found")),
+            StopError::AlreadyEnded(s) => {
+                ("failed_precondition", format!("egress {id} already ended ({s:?})").to_lowercase())
+            }
+        }
+    }
+}
+
 /// Where a start comes from, beyond its recipe and params.
 #[derive(Default)]
 pub struct StartOptions {
@@ -51,13 +63,12 @@ pub struct StartOptions {
     pub detached: bool,
 }
 
-/// Called with every new egress, however it was started (the worker mode reports them all).
+/// Called with every new egress, however it was started (webhooks, the worker mode's reports).
 pub type Observer = Arc<dyn Fn(&Arc<EgressRecord>) + Send + Sync>;
 
 pub struct Manager {
     config: Arc<Config>,
     observers: RwLock<Vec<Observer>>,
-    webhooks: Option<crate::webhooks::Notifier>,
     uploader: Option<Arc<crate::storage::Uploader>>,
     recipes: Arc<Recipes>,
     egresses: RwLock<Vec<Arc<EgressRecord>>>,
@@ -71,14 +82,21 @@ fn new_egress_id() -> String {
 
 impl Manager {
     pub fn new(config: Arc<Config>, recipes: Arc<Recipes>) -> Arc<Manager> {
-        let webhooks = crate::webhooks::Notifier::start(config.webhooks.as_ref());
+        // Webhooks follow every egress like any other observer.
+        let mut observers: Vec<Observer> = Vec::new();
+        if let Some(webhooks) = crate::webhooks::Notifier::start(config.webhooks.as_ref()) {
+            let storage = config.storage.dir.clone();
+            observers.push(Arc::new(move |record| {
+                let storage = storage.clone();
+                webhooks.follow(record.clone(), move |r| crate::twirp::egress_info(r, &storage));
+            }));
+        }
         let storage = &config.storage;
         let uploader =
             storage.s3.clone().map(|s3| Arc::new(crate::storage::Uploader::new(s3, &storage.dir, &storage.backup_dir)));
         Arc::new(Manager {
             config,
-            observers: RwLock::new(Vec::new()),
-            webhooks,
+            observers: RwLock::new(observers),
             uploader,
             recipes,
             egresses: RwLock::new(Vec::new()),
@@ -182,10 +200,6 @@ impl Manager {
         );
         let ctx = EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx, &self.config);
         self.egresses.write().unwrap().push(record.clone());
-        if let Some(webhooks) = &self.webhooks {
-            let storage = self.storage_dir();
-            webhooks.follow(record.clone(), move |r| crate::twirp::egress_info(r, &storage));
-        }
         for observe in self.observers.read().unwrap().iter() {
             observe(&record);
         }

@@ -77,6 +77,17 @@ pub enum UpdateError {
     NotRunning(String),
 }
 
+impl UpdateError {
+    /// LiveKit's error code (Twirp and psrpc share them) and message, for egress `id`.
+    pub fn livekit(self, id: &str) -> (&'static str, String) {
+        match self {
+            UpdateError::NotFound => ("not_found", format!("egress {id} not found")),
+            UpdateError::Invalid(e) => ("invalid_argument", e.to_string()),
+            UpdateError::NotRunning(m) => ("failed_precondition", m),
+        }
+    }
+}
+
 struct Lifecycle {
     status: EgressStatus,
     /// Why it ended (or is ending): "stopped by API", "source ended", an error text.

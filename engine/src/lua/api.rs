@@ -37,8 +37,9 @@ pub struct EgressCtx {
     resources: Mutex<Vec<Box<dyn Any + Send>>>,
     /// The `[livekit]` server that `egress:join` connects to.
     pub livekit: Option<crate::config::LiveKitConfig>,
-    /// egret's own `/layouts/` URL, the default room composite page.
+    /// egret's own `/layouts/` URL, the default room composite page, and its folder.
     pub layouts_url: String,
+    pub layouts_dir: std::path::PathBuf,
     /// Tracks and participants the recipe was told about (`track:TR_..`, `participant:PA_..`):
     /// a handler registered late gets the current ones at once, and no event twice.
     announced: Mutex<std::collections::HashSet<String>>,
@@ -72,6 +73,7 @@ impl EgressCtx {
             resources: Mutex::new(Vec::new()),
             livekit: config.livekit.clone(),
             layouts_url: config.recipes.layouts_url.clone(),
+            layouts_dir: config.recipes.layouts.clone(),
             announced: Mutex::new(Default::default()),
             enders: Mutex::new(Vec::new()),
         })
@@ -136,16 +138,19 @@ impl EgressCtx {
         self.fire_matching(lua, "console", |pattern| console_matches(text, pattern), arg)
     }
 
-    fn fire_matching(&self, lua: &Lua, event: &str, matches: impl Fn(&str) -> bool, arg: Value) {
-        let handlers: Vec<Function> = self
-            .handlers
+    /// The handlers of `event` whose filter (if any) `matches`, taken out of the lock.
+    fn handlers_for(&self, lua: &Lua, event: &str, matches: impl Fn(&str) -> bool) -> Vec<Function> {
+        self.handlers
             .lock()
             .unwrap()
             .iter()
             .filter(|(name, filter, _)| name == event && filter.as_deref().is_none_or(&matches))
             .filter_map(|(_, _, key)| lua.registry_value::<Function>(key).ok())
-            .collect();
-        for f in handlers {
+            .collect()
+    }
+
+    fn fire_matching(&self, lua: &Lua, event: &str, matches: impl Fn(&str) -> bool, arg: Value) {
+        for f in self.handlers_for(lua, event, matches) {
             if let Err(e) = f.call::<()>(arg.clone()) {
                 tracing::error!(egress = %self.id, event, "recipe handler failed: {}", super::error_text(&e));
             }
@@ -155,14 +160,7 @@ impl EgressCtx {
     /// An update call (UpdateLayout) for the recipe: its handlers run to the end, so the
     /// caller learns whether it took. Ok(false) when the recipe has no handler for it.
     pub async fn fire_update(&self, lua: &Lua, event: &str, value: &str) -> Result<bool, String> {
-        let handlers: Vec<Function> = self
-            .handlers
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(name, _, _)| name == event)
-            .filter_map(|(_, _, key)| lua.registry_value::<Function>(key).ok())
-            .collect();
+        let handlers = self.handlers_for(lua, event, |_| true);
         for f in &handlers {
             f.call_async::<()>(value).await.map_err(|e| super::error_text(&e))?;
         }

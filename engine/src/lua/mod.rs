@@ -83,8 +83,8 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
         })?,
     )?;
     globals.set("json", json)?;
-    // field_error("layout", "unknown layout"): a bad request field; the caller gets a 400
-    // naming it (an invalid_argument for Twirp), like the engine's own checks.
+    // field_error("layout", "unknown layout"): a bad request field; the start is refused
+    // (422 naming `params.layout`; invalid_argument for Twirp), like the engine's own checks.
     globals.set(
         "field_error",
         lua.create_function(|_, (field, message): (String, String)| -> mlua::Result<()> {

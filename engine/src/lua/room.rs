@@ -141,7 +141,16 @@ impl UserData for RoomHandle {
                 Some(o) => (o.get::<Option<String>>("layout")?, o.get::<Option<String>>("base")?),
                 None => (None, None),
             };
-            let base = base.filter(|b| !b.is_empty()).unwrap_or_else(|| this.ctx.layouts_url.clone());
+            let base = match base.filter(|b| !b.is_empty()) {
+                Some(custom) => custom,
+                None if !this.ctx.layouts_dir.join("build/layout.js").is_file() => {
+                    return Err(runtime(format!(
+                        "layout_page: the layouts bundle {}/build/layout.js is not built (tests/setup.sh builds it: npm ci && npm run build in layouts/)",
+                        this.ctx.layouts_dir.display()
+                    )));
+                }
+                None => this.ctx.layouts_url.clone(),
+            };
             // The egress's recorder participant, as LiveKit names it: its UpdateLayout sets
             // this identity's metadata.
             let identity = this.ctx.id.clone();

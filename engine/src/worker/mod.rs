@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::WorkerConfig;
 use crate::egress::EgressRecord;
-use crate::egress::manager::{Manager, StartOptions, StopError, UpdateError};
+use crate::egress::manager::{Manager, StartOptions};
 use admission::Admission;
 use bus::{Bus, Received};
 use io_info::IoInfo;
@@ -205,21 +205,13 @@ impl Worker {
 
     async fn handle(&self, method: &str, egress_id: &str, raw: &[u8]) -> Result<Vec<u8>, (&'static str, String)> {
         let record = if method == "StopEgress" {
-            self.manager.stop(egress_id, "stopped by API").await.map_err(|e| match e {
-                StopError::NotFound => ("not_found", format!("egress {egress_id} not found")),
-                StopError::AlreadyEnded(s) => {
-                    ("failed_precondition", format!("egress {egress_id} already ended ({s:?})"))
-                }
-            })?
+            self.manager.stop(egress_id, "stopped by API").await.map_err(|e| e.livekit(egress_id))?
         } else {
             let update = lk::UpdateStreamRequest::decode(raw).map_err(|e| ("malformed_request", e.to_string()))?;
-            self.manager.update_stream(egress_id, update.add_output_urls, update.remove_output_urls).await.map_err(
-                |e| match e {
-                    UpdateError::NotFound => ("not_found", format!("egress {egress_id} not found")),
-                    UpdateError::Invalid(e) => ("invalid_argument", e.to_string()),
-                    UpdateError::NotRunning(m) => ("failed_precondition", m),
-                },
-            )?
+            self.manager
+                .update_stream(egress_id, update.add_output_urls, update.remove_output_urls)
+                .await
+                .map_err(|e| e.livekit(egress_id))?
         };
         Ok(self.info(&record).encode_to_vec())
     }
