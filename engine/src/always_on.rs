@@ -149,7 +149,7 @@ async fn keep_running(manager: Arc<Manager>, entry: AlwaysOnEntry, mut stop: wat
             Ok(record) => {
                 tokio::select! {
                     status = record.finished() => {
-                        if record.to_json()["reason"] == crate::egress::LIMIT_REACHED {
+                        if record.snapshot().limit_reached() {
                             // max_duration rotates: the next file starts at once, without backoff.
                             tracing::info!(always_on = %entry.name, egress = %record.id, "period over: next file");
                             retry = FIRST_RETRY;

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{AuthError, Verifier};
-use crate::egress::manager::{Manager, StopError};
+use crate::egress::manager::Manager;
 
 const MAX_BODY: usize = 1 << 20;
 
@@ -97,10 +97,7 @@ impl Api {
             },
             (&Method::POST, ["v1", "egress", id, "stop"]) => match self.manager.stop(id, "stopped by API").await {
                 Ok(e) => reply(200, e.to_json()),
-                Err(StopError::NotFound) => error(404, format!("no egress `{id}`"), Some("egress_id")),
-                Err(StopError::AlreadyEnded(s)) => {
-                    error(409, format!("egress `{id}` already ended ({s:?})").to_lowercase(), Some("egress_id"))
-                }
+                Err(e) => error(e.kind.http_status(), e.message, Some("egress_id")),
             },
             (&Method::GET, ["v1", "recipes"]) => reply(200, json!({ "recipes": self.manager.recipes().to_json() })),
             (_, ["v1", "egress"] | ["v1", "egress", _] | ["v1", "egress", _, "stop"] | ["v1", "recipes"]) => {
@@ -148,7 +145,7 @@ impl Api {
                 if let Some(egress) = e.egress {
                     body["egress"] = egress;
                 }
-                reply(e.status, body)
+                reply(e.error.kind.http_status(), body)
             }
         }
     }

@@ -3,13 +3,16 @@
 
 mod always_on;
 mod auth;
+mod clock;
 mod config;
 mod egress;
+mod errors;
 mod http;
 mod http_client;
 mod livekit;
 mod lua;
 mod media;
+mod proto;
 mod recipes;
 mod request;
 mod storage;
@@ -141,6 +144,14 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     let recipes = recipes::Recipes::load(&config.recipes.dir);
     let _watcher = recipes.watch().context("watching the recipes directory")?;
     let manager = egress::manager::Manager::new(config.clone(), recipes);
+    // Webhooks follow every egress as an observer (so does the worker mode below).
+    if let Some(webhooks) = webhooks::Notifier::start(config.webhooks.as_ref()) {
+        let storage = config.storage.dir.clone();
+        manager.observe(Arc::new(move |record| {
+            let storage = storage.clone();
+            webhooks.follow(record.clone(), move |r| egress::livekit::egress_info(&r.snapshot(), &storage));
+        }));
+    }
     // Before anything starts: the worker reports every egress to livekit-server.
     let worker = match &config.worker {
         Some(w) => Some(worker::Worker::start(w, manager.clone()).await.context("worker mode (redis)")?),

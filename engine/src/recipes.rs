@@ -78,13 +78,8 @@ impl Recipes {
                 }
                 let version = entry.current.as_ref().map_or(1, |c| c.version + 1);
                 tracing::info!(recipe = %name, version, "recipe loaded");
-                entry.current = Some(RecipeVersion {
-                    version,
-                    source: source.into(),
-                    decl,
-                    chunk,
-                    loaded_at: crate::egress::now(),
-                });
+                entry.current =
+                    Some(RecipeVersion { version, source: source.into(), decl, chunk, loaded_at: crate::clock::now() });
                 entry.last_error = None;
             }
             Err(error) => {

@@ -7,10 +7,10 @@ use mlua::Function;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-pub use super::UpdateError;
 use super::supervisor::Supervisor;
-use super::{Command, EgressRecord, EgressStatus};
+use super::{Command, EgressRecord};
 use crate::config::Config;
+use crate::errors::{Error, ErrorKind};
 use crate::lua::api::EgressCtx;
 use crate::lua::{self, error_text};
 use crate::media::graph::Graph;
@@ -18,36 +18,16 @@ use crate::recipes::{RecipeLookupError, Recipes};
 use crate::request::filepath::Template;
 use crate::request::{self, FieldError};
 
-/// Why a start was refused, as the HTTP API answers it.
+/// Why a start was refused, with the egress when it got far enough to have one.
 #[derive(Debug)]
 pub struct StartError {
-    pub status: u16,
-    pub error: FieldError,
-    /// The failed egress, when it got far enough to have one.
+    pub error: Error,
     pub egress: Option<Value>,
 }
 
 impl StartError {
-    fn new(status: u16, field: &str, message: impl Into<String>) -> Self {
-        StartError { status, error: FieldError::new(field, message), egress: None }
-    }
-}
-
-#[derive(Debug, PartialEq)]
-pub enum StopError {
-    NotFound,
-    AlreadyEnded(EgressStatus),
-}
-
-impl StopError {
-    /// LiveKit's error code (Twirp and psrpc share them) and message, for egress `id`.
-    pub fn livekit(self, id: &str) -> (&'static str, String) {
-        match self {
-            StopError::NotFound => ("not_found", format!("egress {id} not found")),
-            StopError::AlreadyEnded(s) => {
-                ("failed_precondition", format!("egress {id} already ended ({s:?})").to_lowercase())
-            }
-        }
+    fn new(kind: ErrorKind, field: &str, message: impl Into<String>) -> Self {
+        StartError { error: Error::new(kind, field, message), egress: None }
     }
 }
 
@@ -82,21 +62,12 @@ fn new_egress_id() -> String {
 
 impl Manager {
     pub fn new(config: Arc<Config>, recipes: Arc<Recipes>) -> Arc<Manager> {
-        // Webhooks follow every egress like any other observer.
-        let mut observers: Vec<Observer> = Vec::new();
-        if let Some(webhooks) = crate::webhooks::Notifier::start(config.webhooks.as_ref()) {
-            let storage = config.storage.dir.clone();
-            observers.push(Arc::new(move |record| {
-                let storage = storage.clone();
-                webhooks.follow(record.clone(), move |r| crate::twirp::egress_info(r, &storage));
-            }));
-        }
         let storage = &config.storage;
         let uploader =
             storage.s3.clone().map(|s3| Arc::new(crate::storage::Uploader::new(s3, &storage.dir, &storage.backup_dir)));
         Arc::new(Manager {
             config,
-            observers: RwLock::new(observers),
+            observers: RwLock::new(Vec::new()),
             uploader,
             recipes,
             egresses: RwLock::new(Vec::new()),
@@ -110,7 +81,7 @@ impl Manager {
 
     /// Checks a request against its recipe without starting anything (always-on entries).
     pub fn check(&self, recipe: &str, params: Value) -> Result<(), FieldError> {
-        self.validate(recipe, params).map(|_| ()).map_err(|e| e.error)
+        self.validate(recipe, params).map(|_| ()).map_err(|e| e.error.field_error())
     }
 
     fn validate(
@@ -120,14 +91,25 @@ impl Manager {
     ) -> Result<(crate::recipes::RecipeVersion, request::ValidRequest), StartError> {
         let version = self.recipes.get(recipe).map_err(|e| match e {
             RecipeLookupError::Unknown(known) => {
-                StartError::new(404, "recipe", format!("unknown recipe `{recipe}` (known: {})", known.join(", ")))
+                let known = known.join(", ");
+                StartError::new(
+                    ErrorKind::UnknownRecipe,
+                    "recipe",
+                    format!("unknown recipe `{recipe}` (known: {known})"),
+                )
             }
             RecipeLookupError::Broken(err) => {
-                StartError::new(422, "recipe", format!("recipe `{recipe}` failed to load: {err}"))
+                StartError::new(ErrorKind::RecipeFailed, "recipe", format!("recipe `{recipe}` failed to load: {err}"))
             }
         })?;
-        let request = request::validate(params, &version.decl.params, version.decl.outputs)
-            .map_err(|error| StartError { status: 400, error, egress: None })?;
+        let invalid = |e: FieldError| StartError { error: Error::invalid(e), egress: None };
+        let output_fields: Vec<&str> = crate::media::outputs::request_fields().collect();
+        let outputs = version.decl.outputs.then_some(output_fields.as_slice());
+        let request = request::validate(params, &version.decl.params, outputs).map_err(invalid)?;
+        if version.decl.outputs {
+            // Checked now so a bad output is a 400 before anything starts; the recipe builds it.
+            crate::media::outputs::parse_outputs(&request.params, &request.settings).map_err(invalid)?;
+        }
         Ok((version, request))
     }
 
@@ -151,12 +133,16 @@ impl Manager {
         options: StartOptions,
     ) -> Result<Arc<EgressRecord>, StartError> {
         if self.is_draining() {
-            return Err(StartError::new(503, "", "egret is shutting down"));
+            return Err(StartError::new(ErrorKind::Unavailable, "", "egret is shutting down"));
         }
         let (version, request) = self.validate(recipe, params)?;
         let id = match options.egress_id {
             Some(id) if self.get(&id).is_some() => {
-                return Err(StartError::new(409, "egress_id", format!("egress {id} exists already")));
+                return Err(StartError::new(
+                    ErrorKind::AlreadyExists,
+                    "egress_id",
+                    format!("egress {id} exists already"),
+                ));
             }
             Some(id) => id,
             None => new_egress_id(),
@@ -173,7 +159,7 @@ impl Manager {
             command_tx.clone(),
         ));
 
-        let internal = |e: mlua::Error| StartError::new(500, "", error_text(&e));
+        let internal = |e: mlua::Error| StartError::new(ErrorKind::Internal, "", error_text(&e));
         let state = lua::sandbox(self.recipes.dir()).map_err(internal)?;
         let table = lua::eval_recipe(&state, &version.source, &version.chunk).map_err(internal)?;
         let start: Function = table.get("start").map_err(internal)?;
@@ -221,8 +207,11 @@ impl Manager {
         }
         match started_rx.await {
             Ok(Ok(())) => Ok(record),
-            Ok(Err(error)) => Err(StartError { status: 422, error, egress: Some(record.to_json()) }),
-            Err(_) => Err(StartError::new(500, "", "egress task ended during start")),
+            Ok(Err(error)) => Err(StartError {
+                error: Error::new(ErrorKind::RecipeFailed, error.field, error.message),
+                egress: Some(record.to_json()),
+            }),
+            Err(_) => Err(StartError::new(ErrorKind::Internal, "", "egress task ended during start")),
         }
     }
 
@@ -235,11 +224,11 @@ impl Manager {
     }
 
     /// Stops an egress; answers once it is ending (its outputs finalizing), as LiveKit does.
-    pub async fn stop(&self, id: &str, reason: &str) -> Result<Arc<EgressRecord>, StopError> {
-        let record = self.get(id).ok_or(StopError::NotFound)?;
+    pub async fn stop(&self, id: &str, reason: &str) -> crate::errors::Result<Arc<EgressRecord>> {
+        let record = self.get(id).ok_or_else(|| Error::egress_not_found(id))?;
         let status = record.status();
         if status.is_terminal() || !record.send(Command::Stop { reason: reason.to_string() }) {
-            return Err(StopError::AlreadyEnded(status));
+            return Err(Error::already_ended(id, status));
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), record.leaving()).await;
         Ok(record)
@@ -255,13 +244,12 @@ impl Manager {
         id: &str,
         add: Vec<String>,
         remove: Vec<String>,
-    ) -> Result<Arc<EgressRecord>, UpdateError> {
-        let record = self.get(id).ok_or(UpdateError::NotFound)?;
+    ) -> crate::errors::Result<Arc<EgressRecord>> {
+        let record = self.get(id).ok_or_else(|| Error::egress_not_found(id))?;
         for (i, url) in add.iter().enumerate() {
-            crate::request::outputs::check_stream_url(url, &format!("add_output_urls[{i}]"))
-                .map_err(UpdateError::Invalid)?;
+            crate::request::outputs::check_stream_url(url, &format!("add_output_urls[{i}]"))?;
         }
-        let ended = || UpdateError::NotRunning(format!("egress {id} already ended"));
+        let ended = || Error::new(ErrorKind::FailedPrecondition, "", format!("egress {id} already ended"));
         if record.status().is_terminal() {
             return Err(ended());
         }
@@ -274,12 +262,12 @@ impl Manager {
     }
 
     /// Switches the layout of a running egress whose recipe handles `update_layout`.
-    pub async fn update_layout(&self, id: &str, layout: String) -> Result<Arc<EgressRecord>, UpdateError> {
-        let record = self.get(id).ok_or(UpdateError::NotFound)?;
+    pub async fn update_layout(&self, id: &str, layout: String) -> crate::errors::Result<Arc<EgressRecord>> {
+        let record = self.get(id).ok_or_else(|| Error::egress_not_found(id))?;
         if layout.is_empty() {
-            return Err(UpdateError::Invalid(crate::request::FieldError::new("layout", "must not be empty")));
+            return Err(Error::new(ErrorKind::InvalidArgument, "layout", "must not be empty"));
         }
-        let ended = || UpdateError::NotRunning(format!("egress {id} already ended"));
+        let ended = || Error::new(ErrorKind::FailedPrecondition, "", format!("egress {id} already ended"));
         if record.status().is_terminal() {
             return Err(ended());
         }

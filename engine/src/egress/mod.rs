@@ -1,19 +1,19 @@
 //! One egress: a record the API reads, and a supervisor task that owns its Lua state and
 //! pipeline and moves it through starting → active → ending → complete | failed | aborted.
 
+pub mod livekit;
 pub mod manager;
 mod supervisor;
 
 pub use supervisor::LIMIT_REACHED;
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::media::outputs::OutputStatus;
+use crate::media::outputs::{OutputSnapshot, OutputStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,61 +32,7 @@ impl EgressStatus {
     }
 }
 
-/// Commands to a running egress's supervisor.
-#[derive(Debug)]
-pub enum Command {
-    Stop {
-        reason: String,
-    },
-    /// Ends the egress as failed (a recipe's `egress:fail`, chromium dying): outputs are
-    /// finalized first.
-    Fail {
-        reason: String,
-    },
-    /// A Lua timer (`egress:after`) is due.
-    Timer {
-        id: u64,
-    },
-    /// A page this egress captures logged to its console.
-    Console {
-        text: String,
-    },
-    /// Something happened in a LiveKit room this egress joined (`track_published`...).
-    Room {
-        event: String,
-        data: Value,
-    },
-    /// LiveKit's UpdateStream: stream URLs added and removed while it runs.
-    UpdateStream {
-        add: Vec<String>,
-        remove: Vec<String>,
-        reply: tokio::sync::oneshot::Sender<Result<(), UpdateError>>,
-    },
-    /// LiveKit's UpdateLayout: handed to the recipe's `update_layout` handlers.
-    UpdateLayout {
-        layout: String,
-        reply: tokio::sync::oneshot::Sender<Result<(), UpdateError>>,
-    },
-}
-
-/// Why an UpdateStream or UpdateLayout was refused.
-#[derive(Debug)]
-pub enum UpdateError {
-    NotFound,
-    Invalid(crate::request::FieldError),
-    NotRunning(String),
-}
-
-impl UpdateError {
-    /// LiveKit's error code (Twirp and psrpc share them) and message, for egress `id`.
-    pub fn livekit(self, id: &str) -> (&'static str, String) {
-        match self {
-            UpdateError::NotFound => ("not_found", format!("egress {id} not found")),
-            UpdateError::Invalid(e) => ("invalid_argument", e.to_string()),
-            UpdateError::NotRunning(m) => ("failed_precondition", m),
-        }
-    }
-}
+pub use crate::lua::ctx::Command;
 
 struct Lifecycle {
     status: EgressStatus,
@@ -112,9 +58,7 @@ pub struct EgressRecord {
     status_tx: watch::Sender<EgressStatus>,
 }
 
-pub fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
-}
+pub use crate::clock::now;
 
 impl EgressRecord {
     fn new(
@@ -199,30 +143,63 @@ impl EgressRecord {
         *rx.wait_for(|s| s.is_terminal()).await.expect("sender lives in self")
     }
 
-    pub fn to_json(&self) -> Value {
+    /// What the API shows of this egress now.
+    pub fn snapshot(&self) -> EgressSnapshot {
         let l = self.lifecycle.lock().unwrap();
-        let outputs: Vec<Value> = self.outputs.lock().unwrap().iter().map(|o| o.to_json()).collect();
-        let bytes: u64 = self.outputs.lock().unwrap().iter().map(|o| o.bytes.load(Ordering::Relaxed)).sum();
+        let outputs: Vec<OutputSnapshot> = self.outputs.lock().unwrap().iter().map(|o| o.snapshot()).collect();
         let duration = match (l.started_at, l.ended_at) {
             (Some(s), Some(e)) => e - s,
             (Some(s), None) => now() - s,
             _ => 0.0,
         };
-        json!({
-            "egress_id": self.id,
-            "recipe": self.recipe,
-            "recipe_version": self.recipe_version,
-            "always_on": self.always_on,
-            "status": l.status,
-            "reason": l.reason,
-            "error": l.error,
-            "created_at": self.created_at,
-            "started_at": l.started_at,
-            "ended_at": l.ended_at,
-            "duration": (duration * 1000.0).round() / 1000.0,
-            "bytes": bytes,
-            "params": self.params,
-            "outputs": outputs,
-        })
+        EgressSnapshot {
+            egress_id: self.id.clone(),
+            recipe: self.recipe.clone(),
+            recipe_version: self.recipe_version,
+            always_on: self.always_on.clone(),
+            status: l.status,
+            reason: l.reason.clone(),
+            error: l.error.clone(),
+            created_at: self.created_at,
+            started_at: l.started_at,
+            ended_at: l.ended_at,
+            duration: (duration * 1000.0).round() / 1000.0,
+            bytes: outputs.iter().map(|o| o.bytes).sum(),
+            params: self.params.clone(),
+            outputs,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.snapshot()).expect("serializable")
+    }
+}
+
+/// One egress at one moment, as every API shows it (egret's JSON is this, serialized).
+#[derive(Debug, Clone, Serialize)]
+pub struct EgressSnapshot {
+    pub egress_id: String,
+    pub recipe: String,
+    pub recipe_version: u64,
+    pub always_on: Option<String>,
+    pub status: EgressStatus,
+    /// Why it ended (or is ending): "stopped by API", "source ended", an error text.
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub ended_at: Option<f64>,
+    /// Seconds active, to the millisecond.
+    pub duration: f64,
+    pub bytes: u64,
+    pub params: Value,
+    pub outputs: Vec<OutputSnapshot>,
+}
+
+impl EgressSnapshot {
+    /// Ended by its `max_duration` (LiveKit's EGRESS_LIMIT_REACHED).
+    pub fn limit_reached(&self) -> bool {
+        self.status == EgressStatus::Complete && self.reason.as_deref() == Some(LIMIT_REACHED)
     }
 }

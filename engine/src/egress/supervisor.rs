@@ -13,7 +13,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Command, EgressRecord, EgressStatus, UpdateError};
+use super::{Command, EgressRecord, EgressStatus};
+use crate::errors::{Error, ErrorKind};
 use crate::lua::api::{EgressCtx, EgressHandle, find_field_error};
 use crate::lua::error_text;
 use crate::media::outputs::{MediaEvent, OutputState};
@@ -21,6 +22,9 @@ use crate::request::FieldError;
 
 /// The reason of an egress ended by its `max_duration` (LiveKit's EGRESS_LIMIT_REACHED).
 pub const LIMIT_REACHED: &str = "limit reached";
+
+/// The reason of an egress whose last output was removed by UpdateStream.
+pub const ALL_STREAMS_STOPPED: &str = "all streams stopped";
 
 /// How long outputs get to finalize after EOS before the egress is failed anyway.
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,15 +140,23 @@ impl Supervisor {
                         // Published before the answer: the caller's EgressInfo shows the change.
                         let result = self.update_stream(&add, &remove);
                         self.publish_outputs();
+                        let none_left = result.is_ok() && self.live_outputs() == 0;
                         let _ = reply.send(result);
+                        if none_left {
+                            // LiveKit ends an egress whose last stream was removed, complete.
+                            self.begin_ending(&mut ending, Some(EgressStatus::Complete), ALL_STREAMS_STOPPED.into(), None, false);
+                            if self.all_outputs_ended() {
+                                break;
+                            }
+                        }
                     }
                     Command::UpdateLayout { layout, reply } => {
                         let result = match self.ctx.fire_update(&self.lua, "update_layout", &layout).await {
                             Ok(true) => Ok(()),
-                            Ok(false) => Err(UpdateError::NotRunning(format!(
+                            Ok(false) => Err(Error::new(ErrorKind::FailedPrecondition, "", format!(
                                 "recipe `{}` has no layout to change (no update_layout handler)", self.ctx.recipe
                             ))),
-                            Err(e) => Err(UpdateError::Invalid(FieldError::new("layout", e))),
+                            Err(e) => Err(Error::new(ErrorKind::InvalidArgument, "layout", e)),
                         };
                         let _ = reply.send(result);
                     }
@@ -192,18 +204,19 @@ impl Supervisor {
         Ok(())
     }
 
-    fn update_stream(&self, add: &[String], remove: &[String]) -> Result<(), UpdateError> {
+    fn update_stream(&self, add: &[String], remove: &[String]) -> crate::errors::Result<()> {
         let mut graph = self.ctx.graph.lock().unwrap();
         if !graph.has_encoder() {
-            return Err(UpdateError::NotRunning("the egress is not encoding yet".into()));
+            return Err(Error::new(ErrorKind::FailedPrecondition, "", "the egress is not encoding yet"));
         }
         let mut removing = Vec::new();
         for (i, url) in remove.iter().enumerate() {
             let index = graph.stream_output(url).ok_or_else(|| {
-                UpdateError::Invalid(FieldError::new(
+                Error::new(
+                    ErrorKind::InvalidArgument,
                     format!("remove_output_urls[{i}]"),
                     format!("`{url}` is not a stream of this egress"),
-                ))
+                )
             })?;
             removing.push(index);
         }
@@ -214,7 +227,7 @@ impl Supervisor {
         }
         for url in add {
             let field = format!("stream_outputs[+{}]", graph.outputs.len());
-            graph.add_stream_url(0, &field, url).map_err(UpdateError::Invalid)?;
+            graph.add_stream_url(0, &field, url)?;
         }
         Ok(())
     }
@@ -242,6 +255,10 @@ impl Supervisor {
     fn publish_outputs(&self) {
         let statuses = self.ctx.graph.lock().unwrap().outputs.iter().map(|o| o.status.clone()).collect();
         self.record.set_outputs(statuses);
+    }
+
+    fn live_outputs(&self) -> usize {
+        self.ctx.graph.lock().unwrap().live_outputs()
     }
 
     fn all_outputs_ended(&self) -> bool {

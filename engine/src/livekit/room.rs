@@ -8,15 +8,28 @@ use anyhow::Result;
 use gstreamer as gst;
 use livekit_protocol as proto;
 use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::signal::{self, SignalEvent, SignalSender};
 use super::subscriber::Subscriber;
 use super::{participant_json, recorder_token, track_json};
 use crate::config::LiveKitConfig;
-use crate::egress::Command;
 
 type Participants = HashMap<String, proto::ParticipantInfo>;
+
+/// What the room tells whoever joined it (the egress): events for its recipe, and the ends.
+#[derive(Debug)]
+pub enum RoomEvent {
+    /// `participant_joined`, `track_published`, `disconnected`... with its data.
+    Event { name: &'static str, data: Value },
+    /// The room was deleted or closed: a clean end.
+    Ended { reason: String },
+    /// The connection is lost or unusable: the recording cannot go on.
+    Lost { reason: String },
+}
+
+/// Called from the room's signalling task with each event.
+pub type RoomEvents = Arc<dyn Fn(RoomEvent) + Send + Sync>;
 
 pub struct Room {
     pub name: String,
@@ -37,7 +50,7 @@ impl Room {
         name: &str,
         identity: &str,
         pipeline: &gst::Pipeline,
-        commands: UnboundedSender<Command>,
+        events_to: RoomEvents,
     ) -> Result<Room> {
         let token = recorder_token(&config.api_key, &config.api_secret, name, identity);
         let (join, signal, events) = signal::connect(&config.url, &token).await?;
@@ -60,7 +73,7 @@ impl Room {
         let changed = Arc::new(tokio::sync::Notify::new());
         let room = join.room.unwrap_or_default();
         let state = RoomState { participants: participants.clone(), changed: changed.clone() };
-        let task = tokio::spawn(run(events, signal.clone(), subscriber.clone(), state, commands, room.name.clone()));
+        let task = tokio::spawn(run(events, signal.clone(), subscriber.clone(), state, events_to, room.name.clone()));
         Ok(Room {
             name: room.name,
             sid: room.sid,
@@ -173,8 +186,8 @@ impl Drop for Room {
     }
 }
 
-fn room_event(commands: &UnboundedSender<Command>, event: &str, data: Value) {
-    let _ = commands.send(Command::Room { event: event.to_string(), data });
+fn room_event(events: &RoomEvents, name: &'static str, data: Value) {
+    events(RoomEvent::Event { name, data });
 }
 
 struct RoomState {
@@ -187,7 +200,7 @@ async fn run(
     signal: SignalSender,
     subscriber: Arc<Subscriber>,
     state: RoomState,
-    commands: UnboundedSender<Command>,
+    commands: RoomEvents,
     room: String,
 ) {
     use proto::signal_response::Message as M;
@@ -198,7 +211,7 @@ async fn run(
             SignalEvent::Message(m) => *m,
             SignalEvent::Closed(reason) => {
                 room_event(&commands, "disconnected", json!({ "reason": reason }));
-                let _ = commands.send(Command::Fail { reason: format!("lost the LiveKit room `{room}`: {reason}") });
+                commands(RoomEvent::Lost { reason: format!("lost the LiveKit room `{room}`: {reason}") });
                 return;
             }
         };
@@ -216,7 +229,7 @@ async fn run(
                     }
                 }
                 Err(e) => {
-                    let _ = commands.send(Command::Fail { reason: format!("cannot answer LiveKit's offer: {e:#}") });
+                    commands(RoomEvent::Lost { reason: format!("cannot answer LiveKit's offer: {e:#}") });
                     return;
                 }
             },
@@ -247,11 +260,10 @@ async fn run(
                     .contains(&leave.reason);
                 if ended {
                     room_event(&commands, "room_ended", json!({ "reason": reason }));
-                    let _ = commands.send(Command::Stop { reason: format!("room ended ({reason})") });
+                    commands(RoomEvent::Ended { reason: format!("room ended ({reason})") });
                 } else {
                     room_event(&commands, "disconnected", json!({ "reason": reason }));
-                    let _ = commands
-                        .send(Command::Fail { reason: format!("LiveKit removed egret from `{room}`: {reason}") });
+                    commands(RoomEvent::Lost { reason: format!("LiveKit removed egret from `{room}`: {reason}") });
                 }
                 return;
             }

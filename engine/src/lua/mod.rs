@@ -2,8 +2,14 @@
 //! (`return recipe { name, params, outputs, start }`) read out of a recipe file.
 
 pub mod api;
+pub mod ctx;
 mod page;
 pub mod room;
+
+#[cfg(test)]
+mod misuse_tests;
+#[cfg(test)]
+mod reference_tests;
 
 use std::path::{Path, PathBuf};
 
@@ -32,8 +38,8 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
     globals.get::<Table>("string")?.set("dump", Value::Nil)?;
 
     let os = lua.create_table()?;
-    os.set("time", lua.create_function(|_, ()| Ok(crate::egress::now().floor() as i64))?)?;
-    os.set("clock", lua.create_function(|_, ()| Ok(crate::egress::now()))?)?;
+    os.set("time", lua.create_function(|_, ()| Ok(crate::clock::now().floor() as i64))?)?;
+    os.set("clock", lua.create_function(|_, ()| Ok(crate::clock::now()))?)?;
     os.set(
         "date",
         lua.create_function(|_, fmt: Option<String>| {

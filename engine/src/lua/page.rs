@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use mlua::{Function, Table, UserData, UserDataFields, UserDataMethods};
 
-use super::api::{EgressCtx, MediaHandle};
-use crate::egress::Command;
+use super::ctx::Command;
+use super::ctx::{EgressCtx, MediaHandle};
 use crate::media::chrome::{ChromeOptions, ChromeSession, Console, PageEvents};
 use crate::media::{MediaKind, MediaPad};
 

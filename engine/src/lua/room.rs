@@ -10,8 +10,9 @@ use gstreamer::prelude::*;
 use livekit_protocol as proto;
 use mlua::{Function, LuaSerdeExt, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value};
 
-use super::api::{EgressCtx, EncoderHandle, MediaHandle};
-use crate::livekit::room::Room;
+use super::ctx::Command;
+use super::ctx::{EgressCtx, EgressHandle, EncoderHandle, MediaHandle};
+use crate::livekit::room::{Room, RoomEvent, RoomEvents};
 use crate::livekit::{codec_of, track_json};
 use crate::media::MediaKind;
 use crate::media::encoder::kind_of;
@@ -79,7 +80,16 @@ pub async fn join(ctx: Arc<EgressCtx>, name: String, identity: Option<String>) -
     }
     let pipeline = ctx.graph.lock().unwrap().pipeline.clone();
     let identity = identity.filter(|i| !i.is_empty()).unwrap_or_else(|| ctx.id.clone());
-    let room = Room::join(&config, &name, &identity, &pipeline, ctx.commands.clone())
+    let commands = ctx.commands.clone();
+    let events: RoomEvents = Arc::new(move |event| {
+        let command = match event {
+            RoomEvent::Event { name, data } => Command::Room { event: name.to_string(), data },
+            RoomEvent::Ended { reason } => Command::Stop { reason },
+            RoomEvent::Lost { reason } => Command::Fail { reason },
+        };
+        let _ = commands.send(command);
+    });
+    let room = Room::join(&config, &name, &identity, &pipeline, events)
         .await
         .map_err(|e| runtime(format!("join `{name}`: {e:#}")))?;
     {
@@ -338,7 +348,7 @@ impl UserData for SlotHandle {
 }
 
 /// Registers `egress:join`, `egress:copy` and `egress:slot` (called from the egress userdata).
-pub fn add_egress_methods<M: UserDataMethods<super::api::EgressHandle>>(methods: &mut M) {
+pub fn add_egress_methods<M: UserDataMethods<EgressHandle>>(methods: &mut M) {
     methods.add_async_method("join", |_, this, (name, opts): (String, Option<Table>)| async move {
         let identity = match &opts {
             Some(o) => o.get::<Option<String>>("identity")?,

@@ -9,15 +9,15 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::MediaPad;
 use super::encoder::Encoder;
 use super::outputs::uploads::UploadQueue;
-use super::outputs::{MediaEvent, OutputBranch, OutputStatus, file, images, segments, stream, websocket};
+use super::outputs::{BranchParts, BuildTarget, MediaEvent, Output, OutputBranch, OutputStatus, stream};
 use super::testsrc::{self, TestSourceOptions};
-use super::{MediaKind, MediaPad};
+use crate::request::FieldResult;
 use crate::request::encoding::EncodeSettings;
-use crate::request::filepath::{Template, check_relative, inside, resolve_file};
-use crate::request::outputs::{Output, OutputSpec, SegmentOutput};
-use crate::request::{FieldError, FieldResult};
+use crate::request::filepath::Template;
+use crate::storage::{S3Config, Uploader};
 
 pub struct Graph {
     pub pipeline: gst::Pipeline,
@@ -85,144 +85,14 @@ impl Graph {
     /// Builds and links every output; errors name the request field of the output.
     pub fn add_outputs(&mut self, encoder: usize, outputs: &[Output]) -> FieldResult<()> {
         for output in outputs {
-            self.add_output(encoder, output)?;
+            output.spec.build(&output.field, self, encoder)?;
         }
         Ok(())
     }
 
-    /// An output's own upload target, from its request `s3` fields.
-    fn uploader(&self, target: &Option<crate::storage::S3Config>) -> Option<Arc<crate::storage::Uploader>> {
-        target.clone().map(|c| Arc::new(crate::storage::Uploader::new(c, &self.storage, &self.backup_dir)))
-    }
-
-    /// The upload queue bound to an output's target (its own, else `[storage.s3]`).
-    fn queue_for(&self, target: &Option<crate::storage::S3Config>) -> Option<UploadQueue> {
-        self.uploads.as_ref().and_then(|q| q.for_output(self.uploader(target)))
-    }
-
-    fn add_output(&mut self, encoder: usize, output: &Output) -> FieldResult<()> {
-        let field = output.field.as_str();
-        let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
-        match &output.spec {
-            OutputSpec::File(f) => {
-                let path = resolve_file(
-                    &self.storage,
-                    &self.template,
-                    &f.filepath,
-                    f.file_type.extension(),
-                    &format!("{field}.filepath"),
-                )?;
-                let parts =
-                    file::build(&self.encoders[encoder], f.file_type, &path, self.crash_safe_mp4).map_err(fail)?;
-                self.attach(encoder, parts, OutputStatus::new(field.into(), "file", self.relative(&path)))
-                    .map_err(fail)?;
-                let own = self.uploader(&f.upload);
-                self.outputs.last_mut().expect("just attached").uploader = own;
-                Ok(())
-            }
-            OutputSpec::Segments(s) => {
-                let paths = self.segment_paths(s, field)?;
-                let status = OutputStatus::new(field.into(), "segments", self.relative(&paths.playlist));
-                let parts = segments::build(&self.encoders[encoder], paths, status.clone(), self.queue_for(&s.upload))
-                    .map_err(fail)?;
-                self.attach(encoder, parts, status).map_err(fail)
-            }
-            OutputSpec::Stream(s) => {
-                for (i, url) in s.urls.iter().enumerate() {
-                    self.add_stream_url(encoder, &format!("{field}.urls[{i}]"), url)?;
-                }
-                Ok(())
-            }
-            OutputSpec::Websocket(url) => {
-                let parts = websocket::build(&self.encoders[encoder], url).map_err(fail)?;
-                self.attach(encoder, parts, OutputStatus::new(field.into(), "websocket", url.clone())).map_err(fail)
-            }
-            OutputSpec::Images(spec) => {
-                let enc = &self.encoders[encoder];
-                if !enc.has(MediaKind::Video) {
-                    return Err(FieldError::new(field, "image outputs need video, and this egress has none"));
-                }
-                let raw = if spec.filename_prefix.is_empty() {
-                    self.template.default_stem()
-                } else {
-                    self.template.expand(&spec.filename_prefix)
-                };
-                let prefix = inside(&self.storage, &raw, &format!("{field}.filename_prefix"))?;
-                let status = OutputStatus::new(field.into(), "images", self.relative(&prefix));
-                let size = (enc.settings.width, enc.settings.height);
-                let parts =
-                    images::build(spec, size, prefix, status.clone(), self.queue_for(&spec.upload)).map_err(fail)?;
-                self.attach(encoder, parts, status).map_err(fail)
-            }
-        }
-    }
-
-    /// One RTMP URL; also used to add a URL to a running egress.
+    /// One more stream URL on a running egress (UpdateStream).
     pub fn add_stream_url(&mut self, encoder: usize, field: &str, url: &str) -> FieldResult<()> {
-        let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
-        let parts = stream::build(&self.encoders[encoder], url).map_err(fail)?;
-        self.attach(encoder, parts, OutputStatus::new(field.into(), "stream", url.into())).map_err(fail)
-    }
-
-    fn attach(&mut self, encoder: usize, parts: super::outputs::BranchParts, status: Arc<OutputStatus>) -> Result<()> {
-        let index = self.outputs.len();
-        let branch = OutputBranch::attach(
-            &self.pipeline,
-            &mut self.encoders[encoder],
-            parts,
-            status,
-            index,
-            self.events.clone(),
-        )?;
-        self.outputs.push(branch);
-        Ok(())
-    }
-
-    /// LiveKit's naming rules: playlist and prefix default to each other, then to
-    /// `{room_name}-{time}`; the live playlist sits beside the main one.
-    fn segment_paths(&self, s: &SegmentOutput, field: &str) -> FieldResult<segments::SegmentPaths> {
-        let strip = |name: String| name.strip_suffix(".m3u8").map(str::to_string).unwrap_or(name);
-        let mut playlist = strip(self.template.expand(&s.playlist_name));
-        let mut prefix = self.template.expand(&s.filename_prefix);
-        if playlist.is_empty() || playlist.ends_with('/') {
-            let stem = if prefix.is_empty() { self.template.default_stem() } else { file_name(&prefix) };
-            playlist.push_str(&stem);
-        }
-        if prefix.is_empty() {
-            prefix = playlist.clone();
-        } else if !prefix.contains('/')
-            && let Some((dir, _)) = playlist.rsplit_once('/')
-        {
-            // A bare prefix lives beside the playlist.
-            prefix = format!("{dir}/{prefix}");
-        }
-        let playlist_path = inside(&self.storage, &format!("{playlist}.m3u8"), &format!("{field}.playlist_name"))?;
-        let live_playlist = match &s.live_playlist_name {
-            Some(live) => {
-                let live = strip(self.template.expand(live));
-                check_relative(&live, &format!("{field}.live_playlist_name"))?;
-                let path = playlist_path.with_file_name(format!("{live}.m3u8"));
-                if path == playlist_path {
-                    return Err(FieldError::new(
-                        format!("{field}.live_playlist_name"),
-                        "must differ from playlist_name",
-                    ));
-                }
-                Some(path)
-            }
-            None => None,
-        };
-        Ok(segments::SegmentPaths {
-            playlist: playlist_path,
-            live_playlist,
-            prefix: inside(&self.storage, &prefix, &format!("{field}.filename_prefix"))?,
-            segment_duration: s.segment_duration,
-            timestamp_suffix: s.timestamp_suffix,
-        })
-    }
-
-    fn relative(&self, path: &Path) -> String {
-        path.strip_prefix(&self.storage).unwrap_or(path).to_string_lossy().to_string()
+        stream::add_url(self, encoder, field, url)
     }
 
     /// The output whose bin holds `object` (bus messages come from elements inside).
@@ -253,7 +123,7 @@ impl Graph {
 
     /// The live stream output sending to `url`.
     pub fn stream_output(&self, url: &str) -> Option<usize> {
-        self.outputs.iter().position(|o| o.attached && o.status.kind == "stream" && o.status.target == url)
+        self.outputs.iter().position(|o| o.attached && *o.status.kind == stream::KIND && o.status.target == url)
     }
 
     /// Outputs still linked and not failed.
@@ -262,6 +132,49 @@ impl Graph {
     }
 }
 
-fn file_name(path: &str) -> String {
-    path.rsplit('/').next().unwrap_or(path).to_string()
+impl BuildTarget for Graph {
+    fn storage(&self) -> &Path {
+        &self.storage
+    }
+
+    fn template(&self) -> &Template {
+        &self.template
+    }
+
+    fn encoder(&self, index: usize) -> &Encoder {
+        &self.encoders[index]
+    }
+
+    fn crash_safe_mp4(&self) -> bool {
+        self.crash_safe_mp4
+    }
+
+    fn attach(
+        &mut self,
+        encoder: usize,
+        parts: BranchParts,
+        status: Arc<OutputStatus>,
+        uploader: Option<Arc<Uploader>>,
+    ) -> Result<()> {
+        let index = self.outputs.len();
+        let mut branch = OutputBranch::attach(
+            &self.pipeline,
+            &mut self.encoders[encoder],
+            parts,
+            status,
+            index,
+            self.events.clone(),
+        )?;
+        branch.uploader = uploader;
+        self.outputs.push(branch);
+        Ok(())
+    }
+
+    fn uploader(&self, target: &Option<S3Config>) -> Option<Arc<Uploader>> {
+        target.clone().map(|c| Arc::new(Uploader::new(c, &self.storage, &self.backup_dir)))
+    }
+
+    fn queue_for(&self, target: &Option<S3Config>) -> Option<UploadQueue> {
+        self.uploads.as_ref().and_then(|q| q.for_output(self.uploader(target)))
+    }
 }

@@ -169,3 +169,54 @@ pub fn decode(pipeline: &gst::Pipeline, codec: Codec) -> Result<TrackChain> {
     }
     build(pipeline, chain)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gstreamer_app as gst_app;
+
+    /// DTX gaps in an Opus stream are filled with empty frames at the missing timestamps, so
+    /// what follows counts as many samples as time passed.
+    #[test]
+    fn dtx_gaps_become_timed_filler_frames() {
+        gst::init().unwrap();
+        let pipeline = gst::Pipeline::new();
+        let src = gst_app::AppSrc::builder()
+            .caps(&gst::Caps::builder("audio/x-opus").field("channel-mapping-family", 0i32).build())
+            .format(gst::Format::Time)
+            .build();
+        let identity = make("identity", None).unwrap();
+        let sink = gst_app::AppSink::builder().sync(false).build();
+        pipeline.add_many([src.upcast_ref(), &identity, sink.upcast_ref()]).unwrap();
+        gst::Element::link_many([src.upcast_ref(), &identity, sink.upcast_ref()]).unwrap();
+        fill_dtx_gaps(&identity.static_pad("src").unwrap());
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let frame = gst::ClockTime::from_mseconds(20);
+        // 0, 20 ms, then silence until 100 ms: three frames missing.
+        for ms in [0u64, 20, 100, 120] {
+            let mut buffer = gst::Buffer::from_slice([0x78u8, 0x01, 0x02]);
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(ms));
+            b.set_duration(frame);
+            src.push_buffer(buffer).unwrap();
+        }
+        src.end_of_stream().unwrap();
+        let mut seen = Vec::new();
+        while let Ok(sample) = sink.pull_sample() {
+            let buffer = sample.buffer().unwrap();
+            let filler = buffer.flags().contains(gst::BufferFlags::GAP);
+            seen.push((buffer.pts().unwrap().mseconds(), filler, buffer.size()));
+        }
+        pipeline.set_state(gst::State::Null).unwrap();
+        let expected = [
+            (0, false, 3),
+            (20, false, 3),
+            (40, true, 1),
+            (60, true, 1),
+            (80, true, 1),
+            (100, false, 3),
+            (120, false, 3),
+        ];
+        assert_eq!(seen, expected);
+    }
+}

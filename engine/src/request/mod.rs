@@ -91,12 +91,19 @@ pub struct ValidRequest {
     pub max_duration: Option<f64>,
 }
 
+/// Output fields of LiveKit's requests, for the hint when a recipe without outputs gets one.
+const KNOWN_OUTPUT_FIELDS: &[&str] =
+    &["file_outputs", "segment_outputs", "stream_outputs", "image_outputs", "websocket_url"];
+
 /// Params the engine itself reads, for every recipe that does not declare them itself.
 pub const ENGINE_FIELDS: &[&str] = &["max_duration"];
 
-/// Checks params against a recipe's declaration. Output and encoding fields are accepted
-/// only when the recipe takes outputs; everything else undeclared is refused by name.
-pub fn validate(params: Value, specs: &[ParamSpec], takes_outputs: bool) -> FieldResult<ValidRequest> {
+/// Checks params against a recipe's declaration. `output_fields` are the request fields that
+/// name outputs when the recipe takes outputs (None when it takes none): they and the encoding
+/// fields are accepted only then; everything else undeclared is refused by name. The outputs
+/// themselves are read by their kinds (`media::outputs::parse_outputs`).
+pub fn validate(params: Value, specs: &[ParamSpec], output_fields: Option<&[&str]>) -> FieldResult<ValidRequest> {
+    let takes_outputs = output_fields.is_some();
     let params = match fields::snake_case_keys(params) {
         Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect::<Map<_, _>>()),
         Value::Null => Value::Object(Map::new()),
@@ -106,7 +113,9 @@ pub fn validate(params: Value, specs: &[ParamSpec], takes_outputs: bool) -> Fiel
     let encoding_fields = ["preset", "advanced"];
     for key in map.keys() {
         let declared = specs.iter().any(|s| &s.name == key);
-        let output_field = outputs::OUTPUT_FIELDS.contains(&key.as_str()) || encoding_fields.contains(&key.as_str());
+        let output_field = output_fields.is_some_and(|f| f.contains(&key.as_str()))
+            || encoding_fields.contains(&key.as_str())
+            || KNOWN_OUTPUT_FIELDS.contains(&key.as_str());
         let engine_field = ENGINE_FIELDS.contains(&key.as_str());
         if !(declared || engine_field || takes_outputs && output_field) {
             let hint = if output_field { " (this recipe takes no outputs)" } else { "" };
@@ -122,14 +131,7 @@ pub fn validate(params: Value, specs: &[ParamSpec], takes_outputs: bool) -> Fiel
             Some(v) => spec.check(v)?,
         }
     }
-    let settings = if takes_outputs {
-        let settings = EncodeSettings::from_request(&params)?;
-        // Checked now so a bad output is a 400 before anything starts; the recipe builds it.
-        outputs::parse_outputs(&params, &settings)?;
-        settings
-    } else {
-        EncodeSettings::default()
-    };
+    let settings = if takes_outputs { EncodeSettings::from_request(&params)? } else { EncodeSettings::default() };
     let declared_max = specs.iter().any(|s| s.name == "max_duration");
     let max_duration = match map.get("max_duration").filter(|_| !declared_max) {
         None => None,
@@ -149,13 +151,14 @@ mod tests {
     #[test]
     fn params_are_checked_by_name() {
         let specs = vec![ParamSpec::parse("url", "url").unwrap(), ParamSpec::parse("n", "integer?").unwrap()];
+        let outputs = Some(&["file_outputs"][..]);
         let ok = json!({"url": "http://x", "fileOutputs": [{"filepath": "a.mp4"}]});
-        assert!(validate(ok, &specs, true).is_ok());
-        assert_eq!(validate(json!({}), &specs, true).unwrap_err().field, "url");
-        assert_eq!(validate(json!({"url": "ftp://x"}), &specs, true).unwrap_err().field, "url");
-        assert_eq!(validate(json!({"url": "http://x", "n": 1.5}), &specs, true).unwrap_err().field, "n");
-        assert_eq!(validate(json!({"url": "http://x", "zzz": 1}), &specs, true).unwrap_err().field, "zzz");
-        let no_outputs = validate(json!({"url": "http://x", "file_outputs": []}), &specs, false).unwrap_err();
+        assert!(validate(ok, &specs, outputs).is_ok());
+        assert_eq!(validate(json!({}), &specs, outputs).unwrap_err().field, "url");
+        assert_eq!(validate(json!({"url": "ftp://x"}), &specs, outputs).unwrap_err().field, "url");
+        assert_eq!(validate(json!({"url": "http://x", "n": 1.5}), &specs, outputs).unwrap_err().field, "n");
+        assert_eq!(validate(json!({"url": "http://x", "zzz": 1}), &specs, outputs).unwrap_err().field, "zzz");
+        let no_outputs = validate(json!({"url": "http://x", "file_outputs": []}), &specs, None).unwrap_err();
         assert_eq!(no_outputs.field, "file_outputs");
         assert!(ParamSpec::parse("x", "strin").is_err());
     }

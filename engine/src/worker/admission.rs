@@ -13,22 +13,12 @@ pub const MAX_CPU_FRACTION: f64 = 0.8;
 /// How long a new egress's declared cost stands in for its measured use.
 const RESERVATION: Duration = Duration::from_secs(15);
 
-/// Defaults in cores, from egret's bench on 2 cores at 720p30 (LiveKit reserves 4 / 4 / 2 / 1 / 0.5):
-/// room composite and web 0.6–0.95, participant and track composite (decode + x264) ~0.5,
-/// audio-only room composite 0.1, a copied track 0.05.
+/// Defaults in cores: each LiveKit request type's cost from the egress table (egret's bench on
+/// 2 cores at 720p30; LiveKit reserves 4 / 4 / 2 / 1 / 0.5), plus an audio-only composite
+/// (~0.1 measured) and the test source.
 pub fn default_costs() -> HashMap<String, f64> {
-    [
-        ("room_composite", 1.0),
-        ("web", 1.0),
-        ("audio_only", 0.25),
-        ("participant", 0.6),
-        ("track_composite", 0.6),
-        ("track", 0.1),
-        ("testsrc", 0.5),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    let kinds = crate::egress::livekit::KINDS.iter().map(|k| (k.recipe, k.cost));
+    kinds.chain([("audio_only", 0.25), ("testsrc", 0.5)]).map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 pub struct Admission {

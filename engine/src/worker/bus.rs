@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use super::proto::internal::Msg;
+use crate::proto::internal::Msg;
 
 const QUEUE_LOCK_MS: u64 = 5000;
 

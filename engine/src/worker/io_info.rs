@@ -13,8 +13,8 @@ use prost::Message;
 use tokio::sync::oneshot;
 
 use super::bus::Bus;
-use super::proto::internal::{ClaimRequest, ClaimResponse, Request, Response};
 use super::{new_id, now_ns};
+use crate::proto::internal::{ClaimRequest, ClaimResponse, Request, Response};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 

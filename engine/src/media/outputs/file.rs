@@ -1,18 +1,126 @@
-//! File output: MP4 (H.264 + AAC/Opus; fragmented when crash-safe), OGG (Opus), WebM (VP8 + Opus).
+//! File output (`file_outputs`, LiveKit's EncodedFileOutput): MP4 (H.264 + AAC/Opus;
+//! fragmented when crash-safe), OGG (Opus), WebM (VP8 + Opus).
 
 use std::path::Path;
 
 use anyhow::{Result, bail};
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use livekit_protocol as lk;
+use serde_json::Value;
 
-use super::{BranchParts, mux_input};
+use super::mux_input;
+use super::{BranchParts, BuildTarget, Output, OutputKind, OutputSnapshot, OutputSpec, OutputStatus, ResultContext};
 use crate::media::encoder::{Codec, Encoder};
 use crate::media::{MediaKind, make};
-use crate::request::encoding::{AudioCodec, VideoCodec};
-use crate::request::outputs::FileType;
+use crate::request::encoding::{AudioCodec, EncodeSettings, VideoCodec};
+use crate::request::fields::{FieldError, FieldResult, Obj};
+use crate::request::filepath::{check_relative, resolve_file};
+use crate::request::outputs::{check_codecs, upload_target};
+use crate::storage::S3Config;
 
-pub fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bool) -> Result<BranchParts> {
+pub static KIND: OutputKind = OutputKind { name: "file", request_fields: &["file_outputs"], parse, livekit_result };
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    Mp4,
+    Ogg,
+    Webm,
+}
+
+impl FileType {
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileType::Mp4 => ".mp4",
+            FileType::Ogg => ".ogg",
+            FileType::Webm => ".webm",
+        }
+    }
+
+    fn container_name(self) -> &'static str {
+        match self {
+            FileType::Mp4 => "MP4",
+            FileType::Ogg => "OGG",
+            FileType::Webm => "WEBM",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileOutput {
+    pub file_type: FileType,
+    /// A filepath template (`{egress_id}`, `{time}`...), relative to the storage directory.
+    pub filepath: String,
+    pub upload: Option<S3Config>,
+}
+
+const FILE_TYPES: &[&str] = &["DEFAULT_FILETYPE", "MP4", "OGG", "MP3", "WEBM"];
+
+fn parse(request: &mut Obj, settings: &EncodeSettings) -> FieldResult<Vec<Output>> {
+    let mut outputs = Vec::new();
+    for (i, v) in request.array("file_outputs")?.iter().enumerate() {
+        let field = format!("file_outputs[{i}]");
+        outputs.push(Output::new(field.clone(), parse_one(v, &field, settings)?));
+    }
+    Ok(outputs)
+}
+
+fn parse_one(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<FileOutput> {
+    let mut o = Obj::new(v, field)?;
+    let filepath = o.string("filepath")?.unwrap_or_default();
+    let from_extension = [FileType::Mp4, FileType::Ogg, FileType::Webm]
+        .into_iter()
+        .find(|t| filepath.to_ascii_lowercase().ends_with(t.extension()));
+    let file_type = match o.enumeration("file_type", FILE_TYPES)? {
+        None | Some(0) => from_extension.unwrap_or(FileType::Mp4),
+        Some(1) => FileType::Mp4,
+        Some(2) => FileType::Ogg,
+        Some(4) => FileType::Webm,
+        Some(_) => {
+            return Err(FieldError::new(o.field_path("file_type"), "MP3 is not supported; use MP4, OGG or WEBM"));
+        }
+    };
+    check_relative(&filepath, &o.field_path("filepath"))?;
+    let upload = upload_target(&mut o)?;
+    let (video_ok, audio_ok): (&[VideoCodec], &[AudioCodec]) = match file_type {
+        FileType::Mp4 => (&[VideoCodec::H264], &[AudioCodec::Aac, AudioCodec::Opus]),
+        FileType::Ogg => (&[], &[AudioCodec::Opus]),
+        FileType::Webm => (&[VideoCodec::Vp8], &[AudioCodec::Opus]),
+    };
+    check_codecs(settings, video_ok, audio_ok, &format!("{field}.file_type"), file_type.container_name())?;
+    o.finish(&[])?;
+    Ok(FileOutput { file_type, filepath, upload })
+}
+
+impl OutputSpec for FileOutput {
+    fn build(&self, field: &str, target: &mut dyn BuildTarget, encoder: usize) -> FieldResult<()> {
+        let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
+        let path = resolve_file(
+            target.storage(),
+            target.template(),
+            &self.filepath,
+            self.file_type.extension(),
+            &format!("{field}.filepath"),
+        )?;
+        let parts = build(target.encoder(encoder), self.file_type, &path, target.crash_safe_mp4()).map_err(fail)?;
+        let status = OutputStatus::new(field.into(), &KIND, target.relative(&path));
+        let uploader = target.uploader(&self.upload);
+        target.attach(encoder, parts, status, uploader).map_err(fail)
+    }
+}
+
+fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::EgressInfo) {
+    info.file_results.push(lk::FileInfo {
+        filename: output.target.clone(),
+        started_at: ctx.started_at,
+        ended_at: ctx.ended_at,
+        duration: output.duration_ns(),
+        size: output.bytes as i64,
+        location: ctx.location(output),
+    });
+}
+
+fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bool) -> Result<BranchParts> {
     let s = &encoder.settings;
     let (video, audio) = match file_type {
         FileType::Mp4 => (Some(VideoCodec::H264), s.audio_codec.or(Some(AudioCodec::Aac))),

@@ -1,4 +1,5 @@
-//! Image output: a JPEG snapshot every `capture_interval` seconds, taken from the raw video.
+//! Image output (`image_outputs`, LiveKit's ImageOutput): a JPEG snapshot every
+//! `capture_interval` seconds, taken from the raw video.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,13 +9,110 @@ use anyhow::Result;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use livekit_protocol as lk;
+use serde_json::Value;
 
 use super::uploads::UploadQueue;
-use super::{BranchParts, Input, OutputStatus, ghost_sink};
+use super::{BranchParts, BuildTarget, Input, Output, OutputKind, OutputSnapshot, OutputSpec, OutputStatus};
+use super::{ResultContext, ghost_sink};
 use crate::media::{MediaKind, capsfilter, make, queue};
-use crate::request::outputs::{ImageOutput, ImageSuffix};
+use crate::request::encoding::EncodeSettings;
+use crate::request::fields::{FieldError, FieldResult, Obj};
+use crate::request::filepath::{check_relative, inside};
+use crate::request::outputs::upload_target;
+use crate::storage::S3Config;
 
-pub fn build(
+pub static KIND: OutputKind = OutputKind { name: "images", request_fields: &["image_outputs"], parse, livekit_result };
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSuffix {
+    Index,
+    Timestamp,
+    Overwrite,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageOutput {
+    pub capture_interval: u32,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub filename_prefix: String,
+    pub suffix: ImageSuffix,
+    pub upload: Option<S3Config>,
+}
+
+fn parse(request: &mut Obj, _settings: &EncodeSettings) -> FieldResult<Vec<Output>> {
+    let mut outputs = Vec::new();
+    for (i, v) in request.array("image_outputs")?.iter().enumerate() {
+        let field = format!("image_outputs[{i}]");
+        outputs.push(Output::new(field.clone(), parse_one(v, &field)?));
+    }
+    Ok(outputs)
+}
+
+fn parse_one(v: &Value, field: &str) -> FieldResult<ImageOutput> {
+    let mut o = Obj::new(v, field)?;
+    let capture_interval = match o.uint("capture_interval")? {
+        None | Some(0) => {
+            return Err(FieldError::new(o.field_path("capture_interval"), "required: seconds between snapshots"));
+        }
+        Some(n) => n,
+    };
+    let width = o.uint("width")?.filter(|w| *w > 0);
+    let height = o.uint("height")?.filter(|h| *h > 0);
+    for (key, value) in [("width", width), ("height", height)] {
+        if let Some(n) = value
+            && (n % 2 != 0 || !(16..=3840).contains(&n))
+        {
+            return Err(FieldError::new(o.field_path(key), "must be even, within 16..=3840"));
+        }
+    }
+    let filename_prefix = o.string("filename_prefix")?.unwrap_or_default();
+    check_relative(&filename_prefix, &o.field_path("filename_prefix"))?;
+    let suffix = match o.enumeration(
+        "filename_suffix",
+        &["IMAGE_SUFFIX_INDEX", "IMAGE_SUFFIX_TIMESTAMP", "IMAGE_SUFFIX_NONE_OVERWRITE"],
+    )? {
+        Some(1) => ImageSuffix::Timestamp,
+        Some(2) => ImageSuffix::Overwrite,
+        _ => ImageSuffix::Index,
+    };
+    o.enumeration("image_codec", &["IC_DEFAULT", "IC_JPEG"])?; // JPEG either way
+    let upload = upload_target(&mut o)?;
+    o.finish(&[])?;
+    Ok(ImageOutput { capture_interval, width, height, filename_prefix, suffix, upload })
+}
+
+impl OutputSpec for ImageOutput {
+    fn build(&self, field: &str, target: &mut dyn BuildTarget, encoder: usize) -> FieldResult<()> {
+        let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
+        let enc = target.encoder(encoder);
+        if !enc.has(MediaKind::Video) {
+            return Err(FieldError::new(field, "image outputs need video, and this egress has none"));
+        }
+        let size = (enc.settings.width, enc.settings.height);
+        let raw = if self.filename_prefix.is_empty() {
+            target.template().default_stem()
+        } else {
+            target.template().expand(&self.filename_prefix)
+        };
+        let prefix = inside(target.storage(), &raw, &format!("{field}.filename_prefix"))?;
+        let status = OutputStatus::new(field.into(), &KIND, target.relative(&prefix));
+        let parts = build(self, size, prefix, status.clone(), target.queue_for(&self.upload)).map_err(fail)?;
+        target.attach(encoder, parts, status, None).map_err(fail)
+    }
+}
+
+fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::EgressInfo) {
+    info.image_results.push(lk::ImagesInfo {
+        filename_prefix: output.target.clone(),
+        image_count: output.count as i64,
+        started_at: ctx.started_at,
+        ended_at: ctx.ended_at,
+    });
+}
+
+fn build(
     spec: &ImageOutput,
     default_size: (u32, u32),
     prefix: PathBuf,

@@ -1,5 +1,9 @@
 //! Output branches: each output is one bin fed from the encoder's tees, with its own status.
 //! A failing branch is cut off alone; the others and the encoder keep running.
+//!
+//! Each kind of output is one module (its request spec, validation, build and LiveKit
+//! result) exposing an [`OutputKind`]; [`KINDS`] registers them. Adding a kind is one module
+//! plus one line there.
 
 pub mod file;
 pub mod images;
@@ -8,21 +12,164 @@ pub mod stream;
 pub mod uploads;
 pub mod websocket;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use serde_json::{Value, json};
+use livekit_protocol as lk;
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::encoder::{Codec, Encoder};
 use super::{MediaKind, make, queue, sync_states};
-use crate::request::encoding::{AudioCodec, VideoCodec};
+use crate::request::encoding::{AudioCodec, EncodeSettings, VideoCodec};
+use crate::request::fields::{FieldError, FieldResult, Obj};
+use crate::request::filepath::Template;
+use crate::storage::{S3Config, Uploader};
+use uploads::UploadQueue;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One kind of output, as registered in [`KINDS`].
+pub struct OutputKind {
+    /// Its name in egret's API (`"file"`, `"segments"`...).
+    pub name: &'static str,
+    /// The request fields it reads (`file_outputs`): only requests of recipes that take
+    /// outputs may carry them.
+    pub request_fields: &'static [&'static str],
+    /// Reads this kind's outputs from a request, each error naming its field.
+    pub parse: fn(&mut Obj, &EncodeSettings) -> FieldResult<Vec<Output>>,
+    /// Adds what one output of this kind reached to LiveKit's EgressInfo.
+    pub livekit_result: fn(&OutputSnapshot, &ResultContext, &mut lk::EgressInfo),
+}
+
+impl PartialEq for OutputKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl std::fmt::Debug for OutputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Serialize for OutputKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
+    }
+}
+
+/// Every output kind, in the order a request's outputs are built.
+pub static KINDS: &[&OutputKind] = &[&file::KIND, &segments::KIND, &stream::KIND, &images::KIND, &websocket::KIND];
+
+/// Every request field that names outputs.
+pub fn request_fields() -> impl Iterator<Item = &'static str> {
+    KINDS.iter().flat_map(|k| k.request_fields.iter().copied())
+}
+
+/// A parsed output of some kind: it knows how to build itself into a pipeline.
+pub trait OutputSpec: std::fmt::Debug + Send + Sync {
+    fn build(&self, field: &str, target: &mut dyn BuildTarget, encoder: usize) -> FieldResult<()>;
+}
+
+/// One output of a request, with the request field it came from (for errors and status).
+#[derive(Debug)]
+pub struct Output {
+    pub field: String,
+    pub spec: Box<dyn OutputSpec>,
+}
+
+impl Output {
+    pub fn new(field: String, spec: impl OutputSpec + 'static) -> Output {
+        Output { field, spec: Box::new(spec) }
+    }
+}
+
+/// Reads every output of a request (fields of [`request_fields`]). At least one is required.
+pub fn parse_outputs(request: &Value, settings: &EncodeSettings) -> FieldResult<Vec<Output>> {
+    let mut obj = Obj::new(request, "")?;
+    let mut outputs = Vec::new();
+    for kind in KINDS {
+        outputs.extend((kind.parse)(&mut obj, settings)?);
+    }
+    if outputs.is_empty() {
+        let names: Vec<&str> = request_fields().collect();
+        return Err(FieldError::new("file_outputs", format!("no output: give at least one of {}", names.join(", "))));
+    }
+    Ok(outputs)
+}
+
+/// What an output needs of the pipeline it is built into (the egress's graph).
+pub trait BuildTarget {
+    fn storage(&self) -> &Path;
+    fn template(&self) -> &Template;
+    fn encoder(&self, index: usize) -> &Encoder;
+    fn crash_safe_mp4(&self) -> bool;
+    /// Adds a built branch to the pipeline, linked to the encoder's tees.
+    fn attach(
+        &mut self,
+        encoder: usize,
+        parts: BranchParts,
+        status: Arc<OutputStatus>,
+        uploader: Option<Arc<Uploader>>,
+    ) -> Result<()>;
+    /// An output's own upload target, from its request `s3` fields.
+    fn uploader(&self, target: &Option<S3Config>) -> Option<Arc<Uploader>>;
+    /// The live upload queue bound to an output's target (its own, else `[storage.s3]`).
+    fn queue_for(&self, target: &Option<S3Config>) -> Option<UploadQueue>;
+    /// A path under storage as the API shows it.
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(self.storage()).unwrap_or(path).to_string_lossy().to_string()
+    }
+}
+
+/// What every output's LiveKit result shares: the egress's times (ns) and storage dir.
+pub struct ResultContext<'a> {
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub storage: &'a Path,
+}
+
+impl ResultContext<'_> {
+    /// Where an output ended up: its upload, its backup, else its local path.
+    pub fn location(&self, output: &OutputSnapshot) -> String {
+        output
+            .location
+            .clone()
+            .or(output.backup.clone())
+            .unwrap_or_else(|| self.storage.join(&output.target).to_string_lossy().to_string())
+    }
+}
+
+/// What the API shows of one output at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputSnapshot {
+    pub location: Option<String>,
+    pub backup: Option<String>,
+    pub upload_error: Option<String>,
+    pub field: String,
+    pub kind: &'static OutputKind,
+    pub target: String,
+    pub status: OutputState,
+    pub error: Option<String>,
+    pub bytes: u64,
+    /// Seconds, to the millisecond.
+    pub duration: f64,
+    pub count: u64,
+}
+
+impl OutputSnapshot {
+    pub fn duration_ns(&self) -> i64 {
+        (self.duration * 1e9) as i64
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputState {
     Starting,
     Active,
@@ -34,7 +181,7 @@ pub enum OutputState {
 pub struct OutputStatus {
     /// The request field it came from: `file_outputs[0]`, `stream_outputs[0].urls[1]`...
     pub field: String,
-    pub kind: &'static str,
+    pub kind: &'static OutputKind,
     /// File path relative to storage, playlist path, URL or image prefix.
     pub target: String,
     pub bytes: AtomicU64,
@@ -49,7 +196,7 @@ pub struct OutputStatus {
 const NO_PTS: u64 = u64::MAX;
 
 impl OutputStatus {
-    pub fn new(field: String, kind: &'static str, target: String) -> Arc<Self> {
+    pub fn new(field: String, kind: &'static OutputKind, target: String) -> Arc<Self> {
         Arc::new(OutputStatus {
             field,
             kind,
@@ -104,8 +251,8 @@ impl OutputStatus {
         if first == NO_PTS || last <= first + 1 { 0.0 } else { (last - 1 - first) as f64 / 1e9 }
     }
 
-    pub fn to_json(&self) -> Value {
-        let (state, error) = self.state.lock().unwrap().clone();
+    pub fn snapshot(&self) -> OutputSnapshot {
+        let (status, error) = self.state.lock().unwrap().clone();
         let (location, backup, upload_error) = match self.upload.lock().unwrap().clone() {
             Some(crate::storage::Upload::Uploaded { location }) => (Some(location), None, None),
             Some(crate::storage::Upload::BackedUp { path, error }) => {
@@ -113,19 +260,19 @@ impl OutputStatus {
             }
             None => (None, None, None),
         };
-        json!({
-            "location": location,
-            "backup": backup,
-            "upload_error": upload_error,
-            "field": self.field,
-            "kind": self.kind,
-            "target": self.target,
-            "status": format!("{state:?}").to_lowercase(),
-            "error": error,
-            "bytes": self.bytes.load(Ordering::Relaxed),
-            "duration": (self.duration() * 1000.0).round() / 1000.0,
-            "count": self.count.load(Ordering::Relaxed),
-        })
+        OutputSnapshot {
+            location,
+            backup,
+            upload_error,
+            field: self.field.clone(),
+            kind: self.kind,
+            target: self.target.clone(),
+            status,
+            error,
+            bytes: self.bytes.load(Ordering::Relaxed),
+            duration: (self.duration() * 1000.0).round() / 1000.0,
+            count: self.count.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -366,4 +513,65 @@ pub fn ghost_sink(bin: &gst::Bin, target: &gst::Element, name: &str) -> Result<g
     let ghost = gst::GhostPad::builder_with_target(&pad)?.name(name).build();
     bin.add_pad(&ghost)?;
     Ok(ghost.upcast())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> FieldResult<Vec<Output>> {
+        let settings = EncodeSettings::from_request(&v)?;
+        parse_outputs(&v, &settings)
+    }
+
+    #[test]
+    fn every_kind_parses() {
+        let outs = parse(json!({
+            "file_outputs": [{"filepath": "a/{egress_id}.webm"}],
+            "segment_outputs": [{"filename_prefix": "hls/seg", "playlist_name": "hls/index.m3u8"}],
+            "stream_outputs": [{"urls": ["rtmp://127.0.0.1/live/a", "rtmps://h/app/key"]}],
+            "image_outputs": [{"capture_interval": 2, "width": 320, "height": 180}],
+            "websocket_url": "ws://127.0.0.1:9/pcm",
+        }))
+        .unwrap();
+        let fields: Vec<&str> = outs.iter().map(|o| o.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["file_outputs[0]", "segment_outputs[0]", "stream_outputs[0]", "image_outputs[0]", "websocket_url"]
+        );
+        assert!(format!("{:?}", outs[0].spec).contains("file_type: Webm"), "{:?}", outs[0].spec);
+    }
+
+    #[test]
+    fn every_registered_field_is_read_by_its_kind() {
+        let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        assert_eq!(names, ["file", "segments", "stream", "images", "websocket"]);
+        let fields: Vec<&str> = request_fields().collect();
+        assert_eq!(fields, ["file_outputs", "segment_outputs", "stream_outputs", "image_outputs", "websocket_url"]);
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let cases = [
+            (json!({}), "file_outputs"),
+            (json!({"file_outputs": [{"filepath": "../x.mp4"}]}), "file_outputs[0].filepath"),
+            (json!({"file_outputs": [{"filepath": "/etc/x.mp4"}]}), "file_outputs[0].filepath"),
+            (
+                json!({"file_outputs": [{"file_type": "OGG"}], "advanced": {"audio_codec": "AAC"}}),
+                "file_outputs[0].file_type",
+            ),
+            (
+                json!({"file_outputs": [{"filepath": "x.mp4"}], "advanced": {"video_codec": "VP8"}}),
+                "file_outputs[0].file_type",
+            ),
+            (json!({"stream_outputs": [{"urls": ["http://x/y"]}]}), "stream_outputs[0].urls[0]"),
+            (json!({"image_outputs": [{}]}), "image_outputs[0].capture_interval"),
+            (json!({"file_outputs": [{"filepath": "x.mp4", "colour": 1}]}), "file_outputs[0].colour"),
+            (json!({"websocket_url": "http://x"}), "websocket_url"),
+        ];
+        for (request, field) in cases {
+            assert_eq!(parse(request.clone()).unwrap_err().field, field, "{request}");
+        }
+    }
 }

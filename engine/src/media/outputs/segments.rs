@@ -1,6 +1,7 @@
-//! HLS output: MPEG-TS segments cut by splitmuxsink at keyframes, and playlists we write
-//! ourselves (hlssink2 on 1.22 writes no playlist type): EVENT while live, ENDLIST at the end,
-//! plus an optional sliding-window live playlist.
+//! HLS output (`segment_outputs`, LiveKit's SegmentedFileOutput): MPEG-TS segments cut by
+//! splitmuxsink at keyframes, and playlists we write ourselves (hlssink2 on 1.22 writes no
+//! playlist type): EVENT while live, ENDLIST at the end, plus an optional sliding-window live
+//! playlist.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,12 +10,171 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use livekit_protocol as lk;
+use serde_json::Value;
 
 use super::uploads::UploadQueue;
-use super::{BranchHandler, BranchParts, OutputStatus, mux_input};
+use super::{BranchHandler, BranchParts, BuildTarget, Output, OutputKind, OutputSnapshot, OutputSpec, OutputStatus};
+use super::{ResultContext, mux_input};
 use crate::media::encoder::{Codec, Encoder};
 use crate::media::{MediaKind, make};
-use crate::request::encoding::{AudioCodec, VideoCodec};
+use crate::request::encoding::{AudioCodec, EncodeSettings, VideoCodec};
+use crate::request::fields::{FieldError, FieldResult, Obj};
+use crate::request::filepath::{check_relative, inside};
+use crate::request::outputs::{check_codecs, upload_target};
+use crate::storage::S3Config;
+
+pub static KIND: OutputKind =
+    OutputKind { name: "segments", request_fields: &["segment_outputs"], parse, livekit_result };
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentOutput {
+    pub filename_prefix: String,
+    pub playlist_name: String,
+    pub live_playlist_name: Option<String>,
+    pub segment_duration: u32,
+    pub timestamp_suffix: bool,
+    pub upload: Option<S3Config>,
+}
+
+fn parse(request: &mut Obj, settings: &EncodeSettings) -> FieldResult<Vec<Output>> {
+    let mut outputs = Vec::new();
+    for (i, v) in request.array("segment_outputs")?.iter().enumerate() {
+        let field = format!("segment_outputs[{i}]");
+        outputs.push(Output::new(field.clone(), parse_one(v, &field, settings)?));
+    }
+    Ok(outputs)
+}
+
+fn parse_one(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<SegmentOutput> {
+    let mut o = Obj::new(v, field)?;
+    // DEFAULT_SEGMENTED_FILE_PROTOCOL and HLS_PROTOCOL both mean HLS.
+    o.enumeration("protocol", &["DEFAULT_SEGMENTED_FILE_PROTOCOL", "HLS_PROTOCOL"])?;
+    let filename_prefix = o.string("filename_prefix")?.unwrap_or_default();
+    let playlist_name = o.string("playlist_name")?.unwrap_or_default();
+    let live_playlist_name = o.string("live_playlist_name")?.filter(|s| !s.is_empty());
+    for (key, value) in [("filename_prefix", &filename_prefix), ("playlist_name", &playlist_name)] {
+        check_relative(value, &o.field_path(key))?;
+    }
+    if let Some(live) = &live_playlist_name {
+        check_relative(live, &o.field_path("live_playlist_name"))?;
+    }
+    let segment_duration = match o.uint("segment_duration")? {
+        None | Some(0) => 4,
+        Some(d) if d <= 60 => d,
+        Some(_) => {
+            return Err(FieldError::new(o.field_path("segment_duration"), "must be at most 60 seconds"));
+        }
+    };
+    let timestamp_suffix = o.enumeration("filename_suffix", &["INDEX", "TIMESTAMP"])? == Some(1);
+    let upload = upload_target(&mut o)?;
+    check_codecs(settings, &[VideoCodec::H264], &[AudioCodec::Aac], field, "HLS (MPEG-TS)")?;
+    o.finish(&[])?;
+    Ok(SegmentOutput { filename_prefix, playlist_name, live_playlist_name, segment_duration, timestamp_suffix, upload })
+}
+
+impl OutputSpec for SegmentOutput {
+    fn build(&self, field: &str, target: &mut dyn BuildTarget, encoder: usize) -> FieldResult<()> {
+        let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
+        let paths = self.paths(target, field)?;
+        let status = OutputStatus::new(field.into(), &KIND, target.relative(&paths.playlist));
+        let parts =
+            build(target.encoder(encoder), paths, status.clone(), target.queue_for(&self.upload)).map_err(fail)?;
+        target.attach(encoder, parts, status, None).map_err(fail)
+    }
+}
+
+impl SegmentOutput {
+    fn paths(&self, target: &dyn BuildTarget, field: &str) -> FieldResult<SegmentPaths> {
+        let template = target.template();
+        let names = hls_names(
+            &template.expand(&self.filename_prefix),
+            &template.expand(&self.playlist_name),
+            self.live_playlist_name.as_deref().map(|l| template.expand(l)).as_deref(),
+            &template.default_stem(),
+        )
+        .map_err(|(key, message)| FieldError::new(format!("{field}.{key}"), message))?;
+        let storage = target.storage();
+        let at = |name: &str, key: &str| inside(storage, &format!("{}{name}", names.dir), &format!("{field}.{key}"));
+        Ok(SegmentPaths {
+            playlist: at(&names.playlist, "playlist_name")?,
+            live_playlist: names.live_playlist.as_deref().map(|l| at(l, "live_playlist_name")).transpose()?,
+            prefix: at(&names.prefix, "filename_prefix")?,
+            segment_duration: self.segment_duration,
+            timestamp_suffix: self.timestamp_suffix,
+        })
+    }
+}
+
+/// Where an HLS output's files go, relative to storage: all in `dir`.
+#[derive(Debug, PartialEq)]
+struct HlsNames {
+    /// The playlist's folder (`""` or ending in `/`).
+    dir: String,
+    playlist: String,
+    live_playlist: Option<String>,
+    /// Segment names before `_00000.ts`, relative to `dir`.
+    prefix: String,
+}
+
+/// LiveKit's naming rules (its `updatePrefixAndPlaylist`): the playlist's folder is where
+/// everything goes; a playlist without a folder takes the segments' folder; a segment folder
+/// other than the playlist's is relative to it; playlist and prefix default to each other's
+/// name, then to `default_stem`; extensions are dropped and `.m3u8` added; the live playlist
+/// sits in the playlist's folder.
+fn hls_names(
+    prefix: &str,
+    playlist: &str,
+    live: Option<&str>,
+    default_stem: &str,
+) -> Result<HlsNames, (&'static str, &'static str)> {
+    let split = |p: &str| match p.rfind('/') {
+        Some(i) => (p[..=i].to_string(), p[i + 1..].to_string()),
+        None => (String::new(), p.to_string()),
+    };
+    let stem = |name: String| match name.rfind('.') {
+        Some(i) => name[..i].to_string(),
+        None => name,
+    };
+    let (mut dir, playlist_base) = split(playlist);
+    let (mut segment_dir, prefix_base) = split(prefix);
+    let live = live.filter(|l| !l.is_empty()).map(split);
+    if let Some((live_dir, _)) = &live
+        && !live_dir.is_empty()
+        && *live_dir != dir
+    {
+        return Err(("live_playlist_name", "must be in the same folder as playlist_name"));
+    }
+    if segment_dir == dir {
+        segment_dir.clear();
+    } else if dir.is_empty() {
+        dir = std::mem::take(&mut segment_dir);
+    }
+    let mut playlist_base = stem(playlist_base);
+    if playlist_base.is_empty() {
+        playlist_base = if prefix_base.is_empty() { default_stem.to_string() } else { prefix_base.clone() };
+    }
+    let prefix_base = if prefix_base.is_empty() { playlist_base.clone() } else { prefix_base };
+    let live_playlist = live.map(|(_, base)| format!("{}.m3u8", stem(base)));
+    let playlist = format!("{playlist_base}.m3u8");
+    if live_playlist.as_ref() == Some(&playlist) {
+        return Err(("live_playlist_name", "must differ from playlist_name"));
+    }
+    Ok(HlsNames { dir, playlist, live_playlist, prefix: format!("{segment_dir}{prefix_base}") })
+}
+
+fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::EgressInfo) {
+    info.segment_results.push(lk::SegmentsInfo {
+        playlist_name: output.target.clone(),
+        duration: output.duration_ns(),
+        size: output.bytes as i64,
+        playlist_location: ctx.location(output),
+        segment_count: output.count as i64,
+        started_at: ctx.started_at,
+        ended_at: ctx.ended_at,
+        ..Default::default()
+    });
+}
 
 const LIVE_WINDOW: usize = 5;
 
@@ -187,5 +347,44 @@ mod tests {
         assert!(render(&segs, 0, true, true).ends_with("#EXT-X-ENDLIST\n"));
         assert_eq!(relative(Path::new("/s/hls"), Path::new("/s/hls/seg/x.ts")), "seg/x.ts");
         assert_eq!(relative(Path::new("/s/hls"), Path::new("/s/other/x.ts")), "../other/x.ts");
+    }
+
+    /// LiveKit's own naming table (its config tests), plus the default name.
+    #[test]
+    fn hls_names_follow_livekit() {
+        let names = |prefix, playlist, live| {
+            let n = hls_names(prefix, playlist, live, "room-T").unwrap();
+            (n.dir, n.playlist, n.live_playlist, n.prefix)
+        };
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(names("", "playlist", None), ("".into(), "playlist.m3u8".into(), None, "playlist".into()));
+        assert_eq!(
+            names("", "conf_test/playlist", Some("conf_test/live_playlist")),
+            ("conf_test/".into(), "playlist.m3u8".into(), some("live_playlist.m3u8"), "playlist".into())
+        );
+        assert_eq!(
+            names("filename", "", Some("live_playlist2.m3u8")),
+            ("".into(), "filename.m3u8".into(), some("live_playlist2.m3u8"), "filename".into())
+        );
+        assert_eq!(names("filename", "playlist", None), ("".into(), "playlist.m3u8".into(), None, "filename".into()));
+        assert_eq!(
+            names("filename", "conf_test/", None),
+            ("conf_test/".into(), "filename.m3u8".into(), None, "filename".into())
+        );
+        assert_eq!(
+            names("conf_test/", "playlist", None),
+            ("conf_test/".into(), "playlist.m3u8".into(), None, "playlist".into())
+        );
+        assert_eq!(
+            names("conf_test/filename", "playlist", None),
+            ("conf_test/".into(), "playlist.m3u8".into(), None, "filename".into())
+        );
+        assert_eq!(
+            names("conf_test_2/filename", "conf_test/playlist", None),
+            ("conf_test/".into(), "playlist.m3u8".into(), None, "conf_test_2/filename".into())
+        );
+        assert_eq!(names("", "", None), ("".into(), "room-T.m3u8".into(), None, "room-T".into()));
+        assert!(hls_names("", "a/p", Some("b/live"), "x").is_err());
+        assert!(hls_names("", "a/p.m3u8", Some("a/p.m3u8"), "x").is_err());
     }
 }

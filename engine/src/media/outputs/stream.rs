@@ -1,16 +1,90 @@
-//! Stream output: one RTMP(S) URL per branch, so each URL has its own status and a failing
-//! one is cut off alone. Leaky queues keep a slow server from stalling the other outputs.
+//! Stream output (`stream_outputs`, LiveKit's StreamOutput): one RTMP(S) URL per branch, so
+//! each URL has its own status and a failing one is cut off alone. Leaky queues keep a slow
+//! server from stalling the other outputs.
 
 use anyhow::Result;
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use livekit_protocol as lk;
+use serde_json::Value;
 
-use super::{BranchParts, mux_input};
+use super::{BranchParts, BuildTarget, Output, OutputKind, OutputSnapshot, OutputSpec, OutputState, OutputStatus};
+use super::{ResultContext, mux_input};
 use crate::media::encoder::{Codec, Encoder};
 use crate::media::{MediaKind, make};
-use crate::request::encoding::{AudioCodec, VideoCodec};
+use crate::request::encoding::{AudioCodec, EncodeSettings, VideoCodec};
+use crate::request::fields::{FieldError, FieldResult, Obj};
+use crate::request::outputs::{check_codecs, check_stream_url};
 
-pub fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
+pub static KIND: OutputKind = OutputKind { name: "stream", request_fields: &["stream_outputs"], parse, livekit_result };
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamOutput {
+    pub urls: Vec<String>,
+}
+
+fn parse(request: &mut Obj, settings: &EncodeSettings) -> FieldResult<Vec<Output>> {
+    let mut outputs = Vec::new();
+    for (i, v) in request.array("stream_outputs")?.iter().enumerate() {
+        let field = format!("stream_outputs[{i}]");
+        outputs.push(Output::new(field.clone(), parse_one(v, &field, settings)?));
+    }
+    Ok(outputs)
+}
+
+fn parse_one(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<StreamOutput> {
+    let mut o = Obj::new(v, field)?;
+    if o.enumeration("protocol", &["DEFAULT_PROTOCOL", "RTMP", "SRT"])? == Some(2) {
+        return Err(FieldError::new(o.field_path("protocol"), "SRT is not supported yet; use RTMP"));
+    }
+    let mut urls = Vec::new();
+    for (i, u) in o.array("urls")?.iter().enumerate() {
+        let path = format!("{field}.urls[{i}]");
+        let url = u.as_str().ok_or_else(|| FieldError::new(&path, "must be a string"))?;
+        check_stream_url(url, &path)?;
+        urls.push(url.to_string());
+    }
+    if urls.is_empty() {
+        return Err(FieldError::new(o.field_path("urls"), "at least one rtmp:// or rtmps:// URL is required"));
+    }
+    check_codecs(settings, &[VideoCodec::H264], &[AudioCodec::Aac], field, "RTMP (FLV)")?;
+    o.finish(&[])?;
+    Ok(StreamOutput { urls })
+}
+
+impl OutputSpec for StreamOutput {
+    fn build(&self, field: &str, target: &mut dyn BuildTarget, encoder: usize) -> FieldResult<()> {
+        for (i, url) in self.urls.iter().enumerate() {
+            add_url(target, encoder, &format!("{field}.urls[{i}]"), url)?;
+        }
+        Ok(())
+    }
+}
+
+/// One URL as its own output; also how UpdateStream adds a URL to a running egress.
+pub fn add_url(target: &mut dyn BuildTarget, encoder: usize, field: &str, url: &str) -> FieldResult<()> {
+    let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
+    let parts = build(target.encoder(encoder), url).map_err(fail)?;
+    target.attach(encoder, parts, OutputStatus::new(field.into(), &KIND, url.into()), None).map_err(fail)
+}
+
+fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::EgressInfo) {
+    info.stream_results.push(lk::StreamInfo {
+        url: output.target.clone(),
+        started_at: ctx.started_at,
+        ended_at: ctx.ended_at,
+        duration: output.duration_ns(),
+        status: match output.status {
+            OutputState::Failed => lk::stream_info::Status::Failed,
+            OutputState::Complete => lk::stream_info::Status::Finished,
+            _ => lk::stream_info::Status::Active,
+        } as i32,
+        error: output.error.clone().unwrap_or_default(),
+        ..Default::default()
+    });
+}
+
+fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
     let bin = gst::Bin::new();
     let mux = make("flvmux", None)?;
     mux.set_property("streamable", true);

@@ -11,13 +11,42 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::{BranchParts, Input, ghost_sink};
+use super::{BranchParts, BuildTarget, Input, Output, OutputKind, OutputSpec, OutputStatus, ghost_sink};
 use crate::media::encoder::Encoder;
 use crate::media::{MediaKind, add_chain, capsfilter, make, queue};
+use crate::request::encoding::EncodeSettings;
+use crate::request::fields::{FieldError, FieldResult, Obj};
+
+/// A track's websocket has no result type in LiveKit's EgressInfo.
+pub static KIND: OutputKind =
+    OutputKind { name: "websocket", request_fields: &["websocket_url"], parse, livekit_result: |_, _, _| {} };
 
 pub const PCM_CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=1";
 
-pub fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
+/// Raw PCM (s16le, 48 kHz, mono) in binary websocket messages, as LiveKit's track egress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebsocketOutput {
+    pub url: String,
+}
+
+fn parse(request: &mut Obj, _settings: &EncodeSettings) -> FieldResult<Vec<Output>> {
+    let Some(url) = request.string("websocket_url")?.filter(|u| !u.is_empty()) else { return Ok(Vec::new()) };
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(FieldError::new("websocket_url", format!("`{url}` is not a ws:// or wss:// URL")));
+    }
+    Ok(vec![Output::new("websocket_url".into(), WebsocketOutput { url })])
+}
+
+impl OutputSpec for WebsocketOutput {
+    fn build(&self, field: &str, target: &mut dyn BuildTarget, encoder: usize) -> FieldResult<()> {
+        let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
+        let parts = build(target.encoder(encoder), &self.url).map_err(fail)?;
+        let status = OutputStatus::new(field.into(), &KIND, self.url.clone());
+        target.attach(encoder, parts, status, None).map_err(fail)
+    }
+}
+
+fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
     if encoder.raw_tee(MediaKind::Audio).is_none() {
         bail!("websocket outputs carry decoded audio, and this egress has none");
     }
