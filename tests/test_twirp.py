@@ -173,3 +173,21 @@ def test_js_server_sdk_egress_client(egret, pages, nginx):
     (file_result,) = summary["file"]
     assert file_result["filename"] == "js/web.mp4" and file_result["size"] > 0
     assert {s["codec_name"] for s in probe(file_result["location"])["streams"]} == {"h264", "aac"}
+
+
+def test_removing_the_last_stream_completes_the_egress(egret, nginx):
+    """LiveKit ends a stream-only egress whose last URL is removed, complete; egret does too,
+    whatever the recipe (here the test source, started on egret's own API)."""
+    url = nginx.url("twirp-last")
+    eid = egret.api.start("testsrc", stream_outputs=[{"urls": [url]}])["egress_id"]
+    egret.api.wait(eid, lambda i: i["outputs"][0]["status"] == "active", what="stream active")
+
+    status, _, removed = egret.api.twirp("UpdateStream", {"egressId": eid, "removeOutputUrls": [url]})
+    assert status == 200, removed
+    assert removed["streamResults"][0]["status"] == "FINISHED"
+
+    final = egret.api.wait_status(eid, "complete", "failed", "aborted")
+    assert final["status"] == "complete" and final["reason"] == "all streams stopped", final
+    assert final["outputs"][0]["status"] == "complete" and final["outputs"][0]["bytes"] > 0
+    status, _, again = egret.api.twirp("StopEgress", {"egressId": eid})
+    assert status == 412 and again["code"] == "failed_precondition"
