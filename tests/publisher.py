@@ -1,8 +1,9 @@
 """A LiveKit publisher for the tests: real WebRTC through PyPI `livekit`, synthetic media.
 
 Video is a moving colour pattern, a solid --color, or (--flash) black with a white frame for
-100 ms at every whole second; audio is a --tone, or (--flash) a 1 kHz beep for 100 ms at the same instants. Both
-are paced by one clock so the flash and the beep leave the publisher together.
+100 ms at every whole second; audio is a --tone, or (--flash) a 1 kHz beep for 100 ms at the same
+instants. Both are paced by one clock (each fed by its own task) so the flash and the beep leave
+the publisher together.
 
 Prints one JSON line per event on stdout ({"event": "published", "kind", "sid", ...});
 reads commands on stdin: `unpublish video|audio`, `publish video|audio`, `volume 0..1`, `quit`.
@@ -67,24 +68,38 @@ class Media:
         return rtc.AudioFrame(data.tobytes(), RATE, 1, CHUNK)
 
     async def run(self, state):
-        """Feeds both sources against one clock: audio every 10 ms, video every 1/fps s."""
-        frame_dt = 1.0 / self.args.fps
-        next_video = 0.0
+        """Feeds both sources against one clock, each from its own task: a busy machine must
+        not starve one kind behind the other (a publisher whose video stops looks exactly
+        like an egress bug)."""
+        await asyncio.gather(self.feed_audio(state), self.feed_video(state))
+
+    async def feed_audio(self, state):
+        """10 ms chunks, 20 ms ahead of the clock at most (the source's queue paces it)."""
         while True:
-            t_audio = self.samples / RATE
+            ahead = self.samples / RATE - (time.monotonic() - self.t0)
+            if ahead > 0.02:
+                await asyncio.sleep(ahead - 0.02)
+            if state["audio"]:
+                await self.audio_source.capture_frame(self.audio_chunk())
+            else:
+                self.samples += CHUNK
+                await asyncio.sleep(0)
+
+    async def feed_video(self, state):
+        """One frame per 1/fps s; when late it skips to the current frame rather than burst."""
+        frame_dt = 1.0 / self.args.fps
+        index = 0
+        while True:
             now = time.monotonic() - self.t0
-            if t_audio <= now + 0.02:
-                if state["audio"]:
-                    await self.audio_source.capture_frame(self.audio_chunk())
-                else:
-                    self.samples += CHUNK
-                continue
-            if next_video <= now:
-                if state["video"]:
-                    self.video_source.capture_frame(self.video_frame(next_video))
-                next_video += frame_dt
-                continue
-            await asyncio.sleep(max(0.0, min(t_audio - 0.02, next_video) - now))
+            due = index * frame_dt
+            if due > now:
+                await asyncio.sleep(due - now)
+            elif now - due > frame_dt:
+                index = int(now / frame_dt)  # behind: skip ahead
+                due = index * frame_dt
+            if state["video"]:
+                self.video_source.capture_frame(self.video_frame(due))
+            index += 1
 
 
 async def main():

@@ -87,6 +87,7 @@ function render() {
 }
 
 function onTrackSubscribed(track, publication, participant) {
+  console.log(`egret layout: subscribed ${track.kind} ${publication.trackSid} of ${participant.identity}`);
   if (track.kind === Track.Kind.Audio) {
     const el = track.attach();
     el.classList.add('hidden');
@@ -148,8 +149,12 @@ function firstFrames() {
   return new Promise((resolve) => {
     const started = performance.now();
     const watch = () => {
-      if (showing() >= expected() || performance.now() - started > FIRST_FRAME_TIMEOUT_MS) resolve();
-      else requestAnimationFrame(watch);
+      if (showing() >= expected()) resolve();
+      else if (performance.now() - started > FIRST_FRAME_TIMEOUT_MS) {
+        const states = [...tiles.values()].map((t) => `${t.key}:${t.video ? `${t.video.readyState}/${t.video.videoWidth}` : 'none'}`);
+        console.warn(`egret layout: ${showing()} of ${expected()} videos show a frame after ${FIRST_FRAME_TIMEOUT_MS} ms (${states.join(' ')})`);
+        resolve();
+      } else requestAnimationFrame(watch);
     };
     watch();
   });
@@ -159,6 +164,7 @@ const room = new Room({ adaptiveStream: false, dynacast: false });
 room
   .on(RoomEvent.TrackSubscribed, onTrackSubscribed)
   .on(RoomEvent.TrackUnsubscribed, onTrackUnsubscribed)
+  .on(RoomEvent.TrackSubscriptionFailed, (sid, p, reason) => console.warn(`egret layout: cannot subscribe ${sid} of ${p?.identity}: ${reason}`))
   .on(RoomEvent.ParticipantConnected, (p) => { ensureTile(p, false); render(); })
   .on(RoomEvent.ParticipantDisconnected, onParticipantDisconnected)
   .on(RoomEvent.ActiveSpeakersChanged, onActiveSpeakers)
