@@ -1,8 +1,9 @@
 -- scripts/participant.lua: everything one participant publishes from a camera and microphone
 -- (or, with screen_share, the screen and its audio), transcoded to every output
--- (LiveKit's ParticipantEgressRequest). It may start before the participant arrives: the
--- output is black and silent until tracks appear, and goes on when they are unpublished and
--- published again, or the participant leaves and comes back.
+-- (LiveKit's ParticipantEgressRequest). As LiveKit: the participant must be in the room within
+-- 30 s (else the egress fails "participant X not found"), and the egress completes when it
+-- leaves. Unlike LiveKit, a participant who comes back within `rejoin_grace` seconds
+-- (default 10) is followed into the same file; tracks unpublished and published again are too.
 return recipe {
   name = "participant",
   description = "A participant's camera + mic (or screen share) from a LiveKit room, followed as it comes and goes",
@@ -10,12 +11,14 @@ return recipe {
     room_name    = "string",
     identity     = "string",
     screen_share = "boolean?",
+    rejoin_grace = "number?",
   },
   outputs = true,
 
   start = function(req, egress)
     local room = egress:join(req.room_name)
     egress:set_var("publisher_identity", req.identity)
+    room:wait_participant(req.identity, { timeout = 30 })
     local wanted = req.screen_share and { video = "screen_share", audio = "screen_share_audio" }
       or { video = "camera", audio = "microphone" }
     local slots = { video = egress:slot("video"), audio = egress:slot("audio") }
@@ -27,6 +30,20 @@ return recipe {
     end)
     room:on("track_unpublished", function(t)
       if t.participant == req.identity then slots[t.kind]:detach(t.sid) end
+    end)
+
+    -- Gone for good once it stays away for the grace period: the egress completes.
+    local grace, present, leaves = req.rejoin_grace or 10, true, 0
+    room:on("participant_joined", function(p)
+      if p.identity == req.identity then present = true end
+    end)
+    room:on("participant_left", function(p)
+      if p.identity ~= req.identity then return end
+      present, leaves = false, leaves + 1
+      local this_leave = leaves
+      egress:after(grace, function()
+        if not present and leaves == this_leave then egress:stop("participant left") end
+      end)
     end)
   end,
 }

@@ -129,14 +129,15 @@ def test_track_composite_goes_to_every_output_at_once(lk_egret, publish, room, n
 
 
 def test_participant_is_followed_through_leave_and_rejoin(lk_egret, publish, room):
-    # Started before the participant exists: black and silent until it publishes.
+    # Started before the participant exists: it waits for bob (LiveKit waits 30 s), then records.
     info = lk_egret.api.start("participant", room_name=room, identity="bob", file_outputs=[{"filepath": "p/{room_name}.mp4"}], **SMALL)
     eid = info["egress_id"]
-    lk_egret.api.wait_status(eid, "active")
+    assert info["status"] == "starting", info
     first = publish("--flash", "--dtx", identity="bob")
+    lk_egret.api.wait_status(eid, "active")
     time.sleep(RECORD_S)  # media time
     first.leave()
-    time.sleep(1.5)  # gone for a while: black and silence
+    time.sleep(1.5)  # gone for a while, within the rejoin grace: black and silence
     publish("--flash", "--dtx", identity="bob")
     time.sleep(RECORD_S)
     lk_egret.api.stop(eid)

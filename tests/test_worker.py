@@ -43,7 +43,9 @@ def holder(egress_id, *candidates):
 
 
 def test_livekit_server_dispatches_web_and_participant_egress(livekit, workers, pages, publish, room, nginx):
-    worker = workers("w")
+    # About dispatch, not admission: room for both egresses even while Chrome starts (its
+    # measured CPU and its 15 s reservation both count on a 2-core machine).
+    worker = workers("w", "[worker]\ncpus = 4\n")
     publish("--codec", "h264", identity="pat")
     a, b = nginx.url("worker-a"), nginx.url("worker-b")
     web = livekit.call(lambda lk: lk.egress.start_web_egress(api.WebEgressRequest(

@@ -149,7 +149,7 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
         let storage = config.storage.dir.clone();
         manager.observe(Arc::new(move |record| {
             let storage = storage.clone();
-            webhooks.follow(record.clone(), move |r| egress::livekit::egress_info(&r.snapshot(), &storage));
+            webhooks.follow(record.clone(), move |r| egress::livekit::info_of(r, &storage));
         }));
     }
     // Before anything starts: the worker reports every egress to livekit-server.

@@ -14,14 +14,15 @@ use serde_json::{Value, json};
 use crate::auth::{AuthError, Verifier};
 use crate::egress::EgressRecord;
 use crate::egress::livekit::{self as face, Body};
-use crate::egress::manager::Manager;
+use crate::egress::manager::{Manager, StartOptions};
 use crate::errors::{Error, ErrorKind};
 
 type Reply = Response<Full<Bytes>>;
 
 /// A Twirp error: `{"code": "...", "msg": "..."}` with the code's HTTP status.
 fn error_reply(e: &Error) -> Reply {
-    let msg = e.to_string();
+    // The recipe's file:line is for its author (egret's log and /v1), not LiveKit's clients.
+    let msg = face::without_recipe_location(&e.to_string());
     Response::builder()
         .status(e.kind.twirp_status())
         .header("content-type", "application/json")
@@ -60,12 +61,16 @@ pub async fn handle(
         Err(AuthError::Unauthenticated(m)) => return error_reply(&Error::new(ErrorKind::Unauthenticated, "", m)),
         Err(AuthError::PermissionDenied(m)) => return error_reply(&Error::new(ErrorKind::PermissionDenied, "", m)),
     }
-    let info = |record: &EgressRecord| face::egress_info(&record.snapshot(), &manager.storage_dir());
+    let info = |record: &EgressRecord| face::info_of(record, &manager.storage_dir());
     let result = match method {
         _ if face::by_method(method).is_some() || method == face::UNIFIED_METHOD => {
             match face::start_request(method, body) {
-                Ok((recipe, params)) => {
-                    manager.start(recipe, params).await.map(|r| encode(body, &info(&r))).map_err(|e| e.error)
+                Ok(request) => {
+                    let options = StartOptions { livekit_request: Some(request.original), ..Default::default() };
+                    match manager.start_with(request.recipe, request.params, options).await {
+                        Ok(record) => Ok(encode(body, &info(&record))),
+                        Err(e) => Err(e.error),
+                    }
                 }
                 Err(e) => Err(e),
             }

@@ -51,14 +51,16 @@ impl Notifier {
         Some(Notifier { queue })
     }
 
-    /// Follows one egress: started now, updated on each status change, ended at the end.
+    /// Follows one egress: started now, updated on each change a client can see (status,
+    /// streams added, removed or failed), ended at the end.
     pub fn follow(&self, record: Arc<EgressRecord>, info: impl Fn(&EgressRecord) -> lk::EgressInfo + Send + 'static) {
         let queue = self.queue.clone();
         let _ = queue.send(("egress_started".into(), info(&record)));
-        let mut changes = record.watch_status();
+        let mut changes = record.watch_updates();
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
-                let status: EgressStatus = *changes.borrow_and_update();
+                changes.borrow_and_update();
+                let status: EgressStatus = record.status();
                 let event = if status.is_terminal() { "egress_ended" } else { "egress_updated" };
                 let _ = queue.send((event.into(), info(&record)));
                 if status.is_terminal() {

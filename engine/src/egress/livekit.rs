@@ -46,12 +46,28 @@ pub struct EgressKind {
     pub cost: f64,
     /// The `StartEgress` (v2) source field that selects this kind, if any.
     pub unified_source: Option<&'static str>,
-    /// The request body as recipe params.
-    pub params: fn(Body) -> Result<Value, Error>,
+    /// The request body, decoded.
+    pub decode: fn(Body) -> Result<LiveKitRequest, Error>,
     /// The same, for a request livekit-server dispatched (None: another kind).
-    pub dispatched: fn(&DispatchedRequest) -> Option<Value>,
-    /// The request echoed in EgressInfo, from the params.
-    pub echo: fn(Value) -> Option<lk::egress_info::Request>,
+    pub dispatched: fn(&DispatchedRequest) -> Option<LiveKitRequest>,
+    /// Its field in EgressInfo's `request` (the echo).
+    pub echo_field: &'static str,
+}
+
+/// A LiveKit request as egret runs it: its recipe's params, and the request as it came
+/// (proto3 JSON, echoed in EgressInfo).
+#[derive(Debug)]
+pub struct LiveKitRequest {
+    pub recipe: &'static str,
+    pub params: Value,
+    pub original: Value,
+}
+
+impl LiveKitRequest {
+    fn of<T: Serialize>(recipe: &'static str, request: &T) -> LiveKitRequest {
+        let field = by_recipe(recipe).map_or("web", |k| k.echo_field);
+        LiveKitRequest { recipe, params: params_of(request), original: json!({ field: request }) }
+    }
 }
 
 /// Every LiveKit request type egret serves: the one table all mappings read.
@@ -62,12 +78,12 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Web,
         cost: 1.0,
         unified_source: Some("template"),
-        params: |b| Ok(params_of(&b.decode::<lk::RoomCompositeEgressRequest>()?)),
+        decode: |b| Ok(LiveKitRequest::of("room_composite", &b.decode::<lk::RoomCompositeEgressRequest>()?)),
         dispatched: |r| match r {
-            DispatchedRequest::RoomComposite(r) => Some(params_of(r)),
+            DispatchedRequest::RoomComposite(r) => Some(LiveKitRequest::of("room_composite", r)),
             _ => None,
         },
-        echo: |p| serde_json::from_value(p).ok().map(lk::egress_info::Request::RoomComposite),
+        echo_field: "room_composite",
     },
     EgressKind {
         method: "StartWebEgress",
@@ -75,12 +91,12 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Web,
         cost: 1.0,
         unified_source: Some("web"),
-        params: |b| Ok(params_of(&b.decode::<lk::WebEgressRequest>()?)),
+        decode: |b| Ok(LiveKitRequest::of("web", &b.decode::<lk::WebEgressRequest>()?)),
         dispatched: |r| match r {
-            DispatchedRequest::Web(r) => Some(params_of(r)),
+            DispatchedRequest::Web(r) => Some(LiveKitRequest::of("web", r)),
             _ => None,
         },
-        echo: |p| serde_json::from_value(p).ok().map(lk::egress_info::Request::Web),
+        echo_field: "web",
     },
     EgressKind {
         method: "StartParticipantEgress",
@@ -88,12 +104,12 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Sdk,
         cost: 0.6,
         unified_source: None,
-        params: |b| Ok(params_of(&b.decode::<lk::ParticipantEgressRequest>()?)),
+        decode: |b| Ok(LiveKitRequest::of("participant", &b.decode::<lk::ParticipantEgressRequest>()?)),
         dispatched: |r| match r {
-            DispatchedRequest::Participant(r) => Some(params_of(r)),
+            DispatchedRequest::Participant(r) => Some(LiveKitRequest::of("participant", r)),
             _ => None,
         },
-        echo: |p| serde_json::from_value(p).ok().map(lk::egress_info::Request::Participant),
+        echo_field: "participant",
     },
     EgressKind {
         method: "StartTrackCompositeEgress",
@@ -101,12 +117,12 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Sdk,
         cost: 0.6,
         unified_source: Some("media"),
-        params: |b| Ok(params_of(&b.decode::<lk::TrackCompositeEgressRequest>()?)),
+        decode: |b| Ok(LiveKitRequest::of("track_composite", &b.decode::<lk::TrackCompositeEgressRequest>()?)),
         dispatched: |r| match r {
-            DispatchedRequest::TrackComposite(r) => Some(params_of(r)),
+            DispatchedRequest::TrackComposite(r) => Some(LiveKitRequest::of("track_composite", r)),
             _ => None,
         },
-        echo: |p| serde_json::from_value(p).ok().map(lk::egress_info::Request::TrackComposite),
+        echo_field: "track_composite",
     },
     EgressKind {
         method: "StartTrackEgress",
@@ -114,12 +130,12 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Sdk,
         cost: 0.1,
         unified_source: None,
-        params: |b| Ok(params_of(&b.decode::<lk::TrackEgressRequest>()?)),
+        decode: |b| Ok(LiveKitRequest::of("track", &b.decode::<lk::TrackEgressRequest>()?)),
         dispatched: |r| match r {
-            DispatchedRequest::Track(r) => Some(params_of(r)),
+            DispatchedRequest::Track(r) => Some(LiveKitRequest::of("track", r)),
             _ => None,
         },
-        echo: |p| serde_json::from_value(p).ok().map(lk::egress_info::Request::Track),
+        echo_field: "track",
     },
 ];
 
@@ -134,30 +150,35 @@ pub fn by_recipe(recipe: &str) -> Option<&'static EgressKind> {
     KINDS.iter().find(|k| k.recipe == recipe)
 }
 
-/// The recipe and params of a Start call (any Start method, or the unified StartEgress).
-pub fn start_request(method: &str, body: Body) -> Result<(&'static str, Value), Error> {
+/// A Start call (any Start method, or the unified StartEgress) as egret runs it.
+pub fn start_request(method: &str, body: Body) -> Result<LiveKitRequest, Error> {
     if method == UNIFIED_METHOD {
-        return unified(params_of(&body.decode::<lk::StartEgressRequest>()?));
+        return unified(&body.decode::<lk::StartEgressRequest>()?);
     }
     let kind =
         by_method(method).ok_or_else(|| Error::new(ErrorKind::UnknownRecipe, "", format!("no method {method}")))?;
-    Ok((kind.recipe, (kind.params)(body)?))
+    (kind.decode)(body)
 }
 
-/// The recipe and params of a request livekit-server dispatched to this worker.
-pub fn dispatched_request(request: &DispatchedRequest) -> Result<(&'static str, Value), Error> {
+/// A request livekit-server dispatched to this worker, as egret runs it.
+pub fn dispatched_request(request: &DispatchedRequest) -> Result<LiveKitRequest, Error> {
     if let DispatchedRequest::Egress(unified_request) = request {
-        return unified(params_of(unified_request));
+        return unified(unified_request);
     }
     KINDS
         .iter()
-        .find_map(|k| (k.dispatched)(request).map(|params| (k.recipe, params)))
+        .find_map(|k| (k.dispatched)(request))
         .ok_or_else(|| Error::new(ErrorKind::UnknownRecipe, "", "this kind of egress is not supported"))
+}
+
+fn unified(request: &lk::StartEgressRequest) -> Result<LiveKitRequest, Error> {
+    let (recipe, params) = unified_params(params_of(request))?;
+    Ok(LiveKitRequest { recipe, params, original: json!({ "egress": request }) })
 }
 
 /// The unified StartEgress: its `source` picks the kind, its source's fields become params
 /// and its `outputs` are sorted into the output lists the recipes take.
-fn unified(request: Value) -> Result<(&'static str, Value), Error> {
+fn unified_params(request: Value) -> Result<(&'static str, Value), Error> {
     let invalid = |field: &str, message: &str| Error::new(ErrorKind::InvalidArgument, field, message);
     let Value::Object(mut request) = request else {
         return Err(Error::new(ErrorKind::Malformed, "", "StartEgress body must be an object"));
@@ -244,29 +265,181 @@ pub fn status(snapshot: &EgressSnapshot) -> lk::EgressStatus {
     }
 }
 
+/// An egress as LiveKit's EgressInfo, now.
+pub fn info_of(record: &super::EgressRecord, storage: &Path) -> lk::EgressInfo {
+    egress_info(&record.snapshot(), record.livekit_request.as_ref(), storage)
+}
+
 /// EgressInfo as LiveKit fills it, from egret's view of the egress.
-pub fn egress_info(snapshot: &EgressSnapshot, storage: &Path) -> lk::EgressInfo {
+pub fn egress_info(snapshot: &EgressSnapshot, original: Option<&Value>, storage: &Path) -> lk::EgressInfo {
     let kind = by_recipe(&snapshot.recipe);
     let ctx = ResultContext { started_at: nanos(snapshot.started_at), ended_at: nanos(snapshot.ended_at), storage };
     let param = |name: &str| snapshot.params.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+    let (details, error) = end_reason(snapshot);
+    // As it came through LiveKit's API, else (egret's own API) from the params.
+    let echoed = original.cloned().or_else(|| kind.map(|k| json!({ k.echo_field: snapshot.params })));
+    let echo = echoed.and_then(|r| serde_json::from_value::<lk::EgressInfo>(redact(r)).ok()).and_then(|i| i.request);
     let mut info = lk::EgressInfo {
         egress_id: snapshot.egress_id.clone(),
+        room_id: snapshot.room_id.clone().unwrap_or_default(),
         room_name: param("room_name"),
         source_type: kind.map_or(lk::EgressSourceType::Web, |k| k.source_type) as i32,
         status: status(snapshot) as i32,
         started_at: ctx.started_at,
         ended_at: ctx.ended_at,
         updated_at: nanos(Some(super::now())),
-        error: snapshot.error.clone().unwrap_or_default(),
-        details: snapshot.reason.clone().unwrap_or_default(),
-        request: kind.and_then(|k| (k.echo)(snapshot.params.clone())),
+        error,
+        error_code: error_code(snapshot),
+        details,
+        request: echo,
         ..Default::default()
     };
     for output in &snapshot.outputs {
         info.backup_storage_used |= output.backup.is_some();
         (output.kind.livekit_result)(output, &ctx, &mut info);
     }
+    info.result = legacy_result(&info, snapshot.recipe == "track");
     info
+}
+
+/// The deprecated single result, as LiveKit still fills it: when the egress has exactly one
+/// kind of output besides images (a track egress always).
+#[allow(deprecated)]
+fn legacy_result(info: &lk::EgressInfo, track: bool) -> Option<lk::egress_info::Result> {
+    use lk::egress_info::Result as R;
+    let kinds = [!info.file_results.is_empty(), !info.stream_results.is_empty(), !info.segment_results.is_empty()];
+    let single = kinds.iter().filter(|k| **k).count() == 1 && (info.image_results.is_empty() || track);
+    if !single {
+        return None;
+    }
+    if let Some(file) = info.file_results.first() {
+        Some(R::File(file.clone()))
+    } else if let Some(segments) = info.segment_results.first() {
+        Some(R::Segments(segments.clone()))
+    } else {
+        Some(R::Stream(lk::StreamInfoList { info: info.stream_results.clone() }))
+    }
+}
+
+/// LiveKit's `details` ("End reason: …") and `error` for how an egress ended. egret's own
+/// reasons stay in its API; LiveKit's clients get LiveKit's words, without recipe file:line.
+fn end_reason(snapshot: &EgressSnapshot) -> (String, String) {
+    let reason = snapshot.reason.as_deref().unwrap_or_default();
+    let error = snapshot.error.as_deref().map(without_recipe_location).unwrap_or_default();
+    let named = match reason {
+        "" => return (String::new(), error),
+        "stopped by API" => "StopEgress API",
+        super::LIMIT_REACHED => "Session limit reached",
+        super::supervisor::ALL_STREAMS_STOPPED => "All streams stopped",
+        "engine shutting down" => "Process killed",
+        _ if snapshot.status == EgressStatus::Failed => "Failure",
+        _ => "Source closed",
+    };
+    let error = match snapshot.status {
+        EgressStatus::Complete if snapshot.limit_reached() => "Session limit reached".to_string(),
+        EgressStatus::Aborted if error.is_empty() => "Start signal not received".to_string(),
+        _ => error,
+    };
+    (format!("End reason: {named}"), error)
+}
+
+/// LiveKit's error code for an ended egress (HTTP-like, 0 when none).
+fn error_code(snapshot: &EgressSnapshot) -> i32 {
+    match snapshot.status {
+        EgressStatus::Aborted => 412,
+        EgressStatus::Complete if snapshot.limit_reached() => 413,
+        EgressStatus::Failed => 500,
+        _ => 0,
+    }
+}
+
+/// `scripts/x.lua:12: msg` or `msg (scripts/x.lua:12)` → `msg`: the file:line is for the
+/// recipe's author (egret's log and API), not for LiveKit's clients.
+pub fn without_recipe_location(text: &str) -> String {
+    let mut out = text.lines().next().unwrap_or_default().to_string();
+    while let Some(at) = out.find(".lua:") {
+        let start = out[..at].rfind([' ', '(']).map_or(0, |i| i + 1);
+        let digits = out[at + 5..].chars().take_while(char::is_ascii_digit).count();
+        let mut end = at + 5 + digits;
+        if out[end..].starts_with(": ") {
+            end += 2;
+        }
+        let open = start > 0 && out.as_bytes()[start - 1] == b'(';
+        if open && out[end..].starts_with(')') {
+            end += 1;
+        }
+        let start = if open { start - 1 } else { start };
+        out.replace_range(start..end, "");
+    }
+    out.trim().to_string()
+}
+
+/// The request as LiveKit echoes it: storage secrets replaced by placeholders and RTMP
+/// stream keys shortened (`{abc...xyz}`), so EgressInfo never carries a credential.
+pub fn redact(value: Value) -> Value {
+    const SECRETS: &[(&str, &str)] = &[
+        ("access_key", "{access_key}"),
+        ("accessKey", "{access_key}"),
+        ("secret", "{secret}"),
+        ("session_token", "{session_token}"),
+        ("sessionToken", "{session_token}"),
+        ("assume_role_external_id", "{external_id}"),
+        ("assumeRoleExternalId", "{external_id}"),
+        ("credentials", "{credentials}"),
+        ("account_name", "{account_name}"),
+        ("accountName", "{account_name}"),
+        ("account_key", "{account_key}"),
+        ("accountKey", "{account_key}"),
+    ];
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, v)| {
+                    let secret = SECRETS.iter().find(|(k, _)| *k == key).map(|(_, placeholder)| *placeholder);
+                    let v = match (secret, v) {
+                        (Some(placeholder), Value::String(s)) if !s.is_empty() => Value::String(placeholder.into()),
+                        (_, Value::String(s)) if key == "urls" || key == "url" => Value::String(redact_stream_url(&s)),
+                        (_, Value::Array(items)) if key == "urls" || key == "addOutputUrls" => Value::Array(
+                            items
+                                .into_iter()
+                                .map(|u| u.as_str().map_or(u.clone(), |s| redact_stream_url(s).into()))
+                                .collect(),
+                        ),
+                        (_, v) => redact(v),
+                    };
+                    (key, v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
+        other => other,
+    }
+}
+
+/// `rtmp://host/app/streamkey` → `rtmp://host/app/{str...key}`, as LiveKit shows stream URLs.
+pub fn redact_stream_url(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("rtmp://").or_else(|| url.strip_prefix("rtmps://")) else {
+        return url.to_string();
+    };
+    let scheme = &url[..url.len() - rest.len()];
+    let Some((head, key)) = rest.rsplit_once('/') else { return url.to_string() };
+    if !head.contains('/') || key.is_empty() {
+        return url.to_string();
+    }
+    let chars: Vec<char> = key.chars().collect();
+    let keep = match chars.len() {
+        n if n >= 9 => 3,
+        n if n >= 6 => 2,
+        n if n >= 3 => 1,
+        _ => 0,
+    };
+    let shown = if keep == 0 {
+        "{...}".to_string()
+    } else {
+        let (a, b): (String, String) = (chars[..keep].iter().collect(), chars[chars.len() - keep..].iter().collect());
+        format!("{{{a}...{b}}}")
+    };
+    format!("{scheme}{head}/{shown}")
 }
 
 #[cfg(test)]
@@ -277,8 +450,10 @@ mod tests {
     fn one_output_given_both_ways_is_kept_once() {
         let body = br#"{"roomName":"r","file":{"filepath":"a.mp4"},"fileOutputs":[{"filepath":"a.mp4"}],
                         "streamOutputs":[{"urls":["rtmp://x/y"]}]}"#;
-        let (recipe, params) = start_request("StartTrackCompositeEgress", Body::Json(body)).unwrap();
+        let LiveKitRequest { recipe, params, original } =
+            start_request("StartTrackCompositeEgress", Body::Json(body)).unwrap();
         assert_eq!(recipe, "track_composite");
+        assert_eq!(original["track_composite"]["file"]["filepath"], "a.mp4", "echoed as sent: {original}");
         assert_eq!(params["file_outputs"].as_array().unwrap().len(), 1, "{params}");
         assert_eq!(params["stream_outputs"].as_array().unwrap().len(), 1, "{params}");
         assert!(params.get("file").is_none());
@@ -287,10 +462,8 @@ mod tests {
     #[test]
     fn every_start_method_reaches_its_recipe_in_both_encodings() {
         for kind in KINDS {
-            let (recipe, _) = start_request(kind.method, Body::Json(b"{}")).unwrap();
-            assert_eq!(recipe, kind.recipe);
-            let (recipe, _) = start_request(kind.method, Body::Protobuf(b"")).unwrap();
-            assert_eq!(recipe, kind.recipe);
+            assert_eq!(start_request(kind.method, Body::Json(b"{}")).unwrap().recipe, kind.recipe);
+            assert_eq!(start_request(kind.method, Body::Protobuf(b"")).unwrap().recipe, kind.recipe);
         }
         let unknown = start_request("StartReplayEgress", Body::Json(b"{}")).unwrap_err();
         assert_eq!(unknown.kind, ErrorKind::UnknownRecipe);
@@ -302,18 +475,47 @@ mod tests {
     fn unified_requests_pick_the_kind_by_source() {
         let body = br#"{"web":{"url":"https://x"},"roomName":"r","outputs":[{"file":{"filepath":"a.mp4"}},
                         {"stream":{"urls":["rtmp://h/a/k"]}}]}"#;
-        let (recipe, params) = start_request(UNIFIED_METHOD, Body::Json(body)).unwrap();
+        let LiveKitRequest { recipe, params, original } = start_request(UNIFIED_METHOD, Body::Json(body)).unwrap();
         assert_eq!(recipe, "web");
+        assert_eq!(original["egress"]["web"]["url"], "https://x");
         assert_eq!(params["url"], "https://x");
         assert!(params.get("room_name").is_none(), "{params}");
         assert_eq!(params["file_outputs"][0]["filepath"], "a.mp4");
         assert_eq!(params["stream_outputs"][0]["urls"][0], "rtmp://h/a/k");
-        let (recipe, _) = start_request(UNIFIED_METHOD, Body::Json(br#"{"template":{"layout":"grid"}}"#)).unwrap();
-        assert_eq!(recipe, "room_composite");
+        let template = start_request(UNIFIED_METHOD, Body::Json(br#"{"template":{"layout":"grid"}}"#)).unwrap();
+        assert_eq!(template.recipe, "room_composite");
         let none = start_request(UNIFIED_METHOD, Body::Json(br#"{"roomName":"r"}"#)).unwrap_err();
         assert_eq!((none.kind, none.field.as_str()), (ErrorKind::InvalidArgument, "source"));
         let storage = start_request(UNIFIED_METHOD, Body::Json(br#"{"web":{},"outputs":[{"storage":{}}]}"#));
         assert_eq!(storage.unwrap_err().field, "outputs[0].storage");
+    }
+
+    #[test]
+    fn livekit_clients_get_no_recipe_file_and_line() {
+        assert_eq!(
+            without_recipe_location("scripts/track.lua:17: track `TR_x` is not published"),
+            "track `TR_x` is not published"
+        );
+        assert_eq!(
+            without_recipe_location("layout: unknown layout (scripts/room_composite.lua:40)"),
+            "layout: unknown layout"
+        );
+        assert_eq!(without_recipe_location("plain"), "plain");
+    }
+
+    #[test]
+    fn requests_are_echoed_without_secrets_or_stream_keys() {
+        let request = json!({"track_composite": {"room_name": "r",
+            "stream_outputs": [{"urls": ["rtmp://h/live/abcdefghijkl", "rtmps://h/app/k"]}],
+            "file_outputs": [{"filepath": "x.mp4", "s3": {"access_key": "AK", "secret": "S", "bucket": "b"}}]}});
+        let r = redact(request);
+        let tc = &r["track_composite"];
+        assert_eq!(tc["stream_outputs"][0]["urls"][0], "rtmp://h/live/{abc...jkl}");
+        assert_eq!(tc["stream_outputs"][0]["urls"][1], "rtmps://h/app/{...}");
+        assert_eq!(tc["file_outputs"][0]["s3"]["secret"], "{secret}");
+        assert_eq!(tc["file_outputs"][0]["s3"]["access_key"], "{access_key}");
+        assert_eq!(tc["file_outputs"][0]["s3"]["bucket"], "b");
+        assert_eq!(redact_stream_url("rtmp://h/live/abcdefgh"), "rtmp://h/live/{ab...gh}");
     }
 
     #[test]
@@ -323,9 +525,9 @@ mod tests {
             identity: "alice".into(),
             ..Default::default()
         });
-        let (recipe, params) = dispatched_request(&request).unwrap();
-        assert_eq!(recipe, "participant");
-        assert_eq!(params["identity"], "alice");
+        let started = dispatched_request(&request).unwrap();
+        assert_eq!(started.recipe, "participant");
+        assert_eq!(started.params["identity"], "alice");
     }
 
     #[test]
@@ -338,6 +540,9 @@ mod tests {
             field: "x".into(),
             kind,
             target: target.into(),
+            live_target: None,
+            started_at: Some(2.0),
+            ended_at: Some(4.5),
             status,
             error: None,
             bytes: 1000,
@@ -349,6 +554,7 @@ mod tests {
             recipe: "track_composite".into(),
             recipe_version: 1,
             always_on: None,
+            room_id: Some("RM_1".into()),
             status: EgressStatus::Complete,
             reason: Some(super::super::LIMIT_REACHED.into()),
             error: None,
@@ -363,8 +569,14 @@ mod tests {
                 output(&stream::KIND, "rtmp://h/a/k", OutputState::Failed),
             ],
         };
-        let info = egress_info(&snapshot, Path::new("/s"));
+        let info = egress_info(&snapshot, None, Path::new("/s"));
         assert_eq!(info.status, lk::EgressStatus::EgressLimitReached as i32);
+        assert_eq!(
+            (info.details.as_str(), info.error.as_str()),
+            ("End reason: Session limit reached", "Session limit reached")
+        );
+        assert_eq!((info.room_id.as_str(), info.error_code), ("RM_1", 413));
+        assert!(info.result.is_none(), "a file and a stream: no legacy result");
         assert_eq!(info.room_name, "r");
         assert_eq!(info.source_type, lk::EgressSourceType::Sdk as i32);
         assert_eq!((info.started_at, info.ended_at), (2_000_000_000, 4_500_000_000));

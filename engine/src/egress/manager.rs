@@ -41,6 +41,8 @@ pub struct StartOptions {
     /// Answer once the request is valid and the egress exists, without waiting for the
     /// recipe's start: its outcome shows in the egress status.
     pub detached: bool,
+    /// The LiveKit request it came as (proto3 JSON), echoed in EgressInfo.
+    pub livekit_request: Option<Value>,
 }
 
 /// Called with every new egress, however it was started (webhooks, the worker mode's reports).
@@ -156,6 +158,7 @@ impl Manager {
             version.version,
             request.params.clone(),
             always_on,
+            options.livekit_request,
             command_tx.clone(),
         ));
 
@@ -199,6 +202,7 @@ impl Manager {
             media_tx,
             uploader: self.uploader.clone(),
             upload_task: Some(upload_task),
+            source_error: None,
         };
         let (started_tx, started_rx) = oneshot::channel();
         tokio::spawn(supervisor.run(start, started_tx));

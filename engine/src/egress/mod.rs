@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::media::outputs::{OutputSnapshot, OutputStatus};
+use crate::media::outputs::{self, OutputSnapshot, OutputStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,11 +51,18 @@ pub struct EgressRecord {
     pub params: Value,
     /// The `[[always_on]]` entry this egress runs for, if any.
     pub always_on: Option<String>,
+    /// The LiveKit request as it arrived (proto3 JSON), when it came through LiveKit's API:
+    /// EgressInfo echoes it.
+    pub livekit_request: Option<Value>,
     pub created_at: f64,
     lifecycle: Mutex<Lifecycle>,
     outputs: Mutex<Vec<Arc<OutputStatus>>>,
+    /// The LiveKit room joined, once known.
+    room_id: Mutex<Option<String>>,
     commands: mpsc::UnboundedSender<Command>,
     status_tx: watch::Sender<EgressStatus>,
+    /// Bumped on every change a client can see (status, outputs added, ended or failed).
+    revision: watch::Sender<u64>,
 }
 
 pub use crate::clock::now;
@@ -67,6 +74,7 @@ impl EgressRecord {
         recipe_version: u64,
         params: Value,
         always_on: Option<String>,
+        livekit_request: Option<Value>,
         commands: mpsc::UnboundedSender<Command>,
     ) -> Self {
         EgressRecord {
@@ -75,6 +83,9 @@ impl EgressRecord {
             recipe_version,
             params,
             always_on,
+            livekit_request,
+            room_id: Mutex::new(None),
+            revision: watch::channel(0).0,
             created_at: now(),
             lifecycle: Mutex::new(Lifecycle {
                 status: EgressStatus::Starting,
@@ -118,17 +129,35 @@ impl EgressRecord {
         let reason = l.reason.clone().unwrap_or_default();
         drop(l);
         self.status_tx.send_replace(status);
+        self.revision.send_modify(|r| *r += 1);
         tracing::info!(egress = %self.id, ?status, %reason, "egress status");
         true
     }
 
+    /// The outputs as they are now; a change a client can see (one added, one ended)
+    /// counts as an update.
     fn set_outputs(&self, outputs: Vec<Arc<OutputStatus>>) {
-        *self.outputs.lock().unwrap() = outputs;
+        let shape = |list: &[Arc<OutputStatus>]| -> Vec<(String, String, outputs::OutputState)> {
+            list.iter().map(|o| (o.field.clone(), o.target.clone(), o.state())).collect()
+        };
+        let mut current = self.outputs.lock().unwrap();
+        let changed = shape(&current) != shape(&outputs);
+        *current = outputs;
+        drop(current);
+        if changed {
+            self.revision.send_modify(|r| *r += 1);
+        }
     }
 
-    /// Every status change from now on (webhooks follow them).
-    pub fn watch_status(&self) -> watch::Receiver<EgressStatus> {
-        self.status_tx.subscribe()
+    fn set_room_id(&self, room_id: Option<String>) {
+        if room_id.is_some() {
+            *self.room_id.lock().unwrap() = room_id;
+        }
+    }
+
+    /// Every update a client can see from now on (worker reports, webhooks).
+    pub fn watch_updates(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
     }
 
     /// Waits until the egress is ending or ended.
@@ -157,6 +186,7 @@ impl EgressRecord {
             recipe: self.recipe.clone(),
             recipe_version: self.recipe_version,
             always_on: self.always_on.clone(),
+            room_id: self.room_id.lock().unwrap().clone(),
             status: l.status,
             reason: l.reason.clone(),
             error: l.error.clone(),
@@ -182,6 +212,7 @@ pub struct EgressSnapshot {
     pub recipe: String,
     pub recipe_version: u64,
     pub always_on: Option<String>,
+    pub room_id: Option<String>,
     pub status: EgressStatus,
     /// Why it ended (or is ending): "stopped by API", "source ended", an error text.
     pub reason: Option<String>,

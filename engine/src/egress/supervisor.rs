@@ -26,6 +26,11 @@ pub const LIMIT_REACHED: &str = "limit reached";
 /// The reason of an egress whose last output was removed by UpdateStream.
 pub const ALL_STREAMS_STOPPED: &str = "all streams stopped";
 
+/// How long a source error waits before it fails the egress. A room track that is unpublished
+/// breaks its webrtcbin stream a moment before the room says so; the recipe's clean stop on
+/// that news must win over the error (LiveKit completes such an egress).
+const SOURCE_ERROR_GRACE: Duration = Duration::from_millis(1500);
+
 /// How long outputs get to finalize after EOS before the egress is failed anyway.
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,6 +44,8 @@ pub(super) struct Supervisor {
     pub uploader: Option<Arc<crate::storage::Uploader>>,
     /// The queue of live pieces (segments, playlists, snapshots), drained before the end.
     pub upload_task: Option<crate::media::outputs::uploads::UploadTask>,
+    /// A source failed (text, when the egress fails for it unless it ends cleanly first).
+    pub source_error: Option<(String, Instant)>,
 }
 
 /// How the egress will end once its outputs have finalized.
@@ -120,7 +127,10 @@ impl Supervisor {
                         self.finish(Ending::now(EgressStatus::Failed, reason.clone(), Some(reason.clone()))).await;
                         return reply(&mut answer, Err(FieldError::new("", reason)));
                     }
-                    Command::Stop { reason } => self.begin_ending(&mut ending, None, reason, None, false),
+                    Command::Stop { reason } => {
+                        let broken = self.source_error.is_some();
+                        self.begin_ending(&mut ending, None, reason, None, broken)
+                    }
                     Command::Fail { reason } => {
                         self.begin_ending(&mut ending, Some(EgressStatus::Failed), reason.clone(), Some(reason), false)
                     }
@@ -166,6 +176,10 @@ impl Supervisor {
                     if self.on_message(&message, &mut ending) {
                         break;
                     }
+                }
+                _ = tokio::time::sleep_until(self.source_error.as_ref().map_or(deadline, |e| e.1)), if ending.is_none() && self.source_error.is_some() => {
+                    let (text, _) = self.source_error.take().expect("guarded");
+                    self.begin_ending(&mut ending, Some(EgressStatus::Failed), text.clone(), Some(text), true);
                 }
                 _ = tokio::time::sleep_until(deadline), if ending.is_some() => {
                     let e = ending.as_mut().expect("guarded");
@@ -253,8 +267,13 @@ impl Supervisor {
 
     /// The API reads output statuses from the record; outputs may be added by handlers.
     fn publish_outputs(&self) {
-        let statuses = self.ctx.graph.lock().unwrap().outputs.iter().map(|o| o.status.clone()).collect();
+        let (statuses, room_id) = {
+            let graph = self.ctx.graph.lock().unwrap();
+            let statuses = graph.outputs.iter().map(|o| o.status.clone()).collect();
+            (statuses, graph.template.get("room_id").map(str::to_string))
+        };
         self.record.set_outputs(statuses);
+        self.record.set_room_id(room_id);
     }
 
     fn live_outputs(&self) -> usize {
@@ -356,8 +375,9 @@ impl Supervisor {
                                     .filter(|o| o.attached)
                                     .for_each(|o| o.push_eos());
                             }
-                        } else {
-                            self.begin_ending(ending, Some(EgressStatus::Failed), text.clone(), Some(text), true);
+                        } else if self.source_error.is_none() {
+                            // Failed after a grace, unless the egress ends cleanly meanwhile.
+                            self.source_error = Some((text, Instant::now() + SOURCE_ERROR_GRACE));
                         }
                         false
                     }

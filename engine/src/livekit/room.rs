@@ -111,6 +111,25 @@ impl Room {
         }
     }
 
+    /// Waits until a participant with `identity` is in the room.
+    pub async fn wait_participant(
+        &self,
+        identity: &str,
+        timeout: std::time::Duration,
+    ) -> Option<proto::ParticipantInfo> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            let found = self.participants.lock().unwrap().values().find(|p| p.identity == identity).cloned();
+            if found.is_some() {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
     pub fn tracks_json(&self) -> Vec<Value> {
         let participants = self.participants.lock().unwrap();
         let mut tracks: Vec<Value> =

@@ -48,25 +48,27 @@ fn documented_members() -> BTreeSet<String> {
         .collect()
 }
 
-/// Every `owner:method` and `owner.field` registered on a handle type.
+/// Every `owner:method` and `owner.field` registered on a handle type: each registration call
+/// (however rustfmt wrapped it) belongs to the last `impl UserData for …` above it.
 fn registered_members() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for source in SOURCES {
-        let mut owner = "";
-        for line in source.lines() {
-            if let Some((_, lua_name)) = OWNERS.iter().find(|(rust, _)| line.contains(&format!("UserData for {rust}")))
-            {
-                owner = lua_name;
-            }
-            if line.contains("fn add_egress_methods") {
-                owner = "egress";
-            }
-            for (call, sep) in [("add_method(\"", ':'), ("add_async_method(\"", ':'), ("add_field_method_get(\"", '.')]
-            {
-                if let Some(rest) = line.split(call).nth(1) {
-                    let name = rest.split('"').next().unwrap_or_default();
-                    names.insert(format!("{owner}{sep}{name}"));
-                }
+        let mut owners: Vec<(usize, &str)> = OWNERS
+            .iter()
+            .flat_map(|(rust, lua)| {
+                let marker = format!("UserData for {rust}");
+                source.match_indices(marker.as_str()).map(|(at, _)| (at, *lua)).collect::<Vec<_>>()
+            })
+            .chain(source.match_indices("fn add_egress_methods").map(|(at, _)| (at, "egress")))
+            .collect();
+        owners.sort();
+        for (call, sep) in [("add_method(", ':'), ("add_async_method(", ':'), ("add_field_method_get(", '.')] {
+            for (at, _) in source.match_indices(&format!(".{call}")) {
+                let rest = source[at + call.len() + 1..].trim_start();
+                let Some(rest) = rest.strip_prefix('"') else { continue };
+                let name = rest.split('"').next().unwrap_or_default();
+                let owner = owners.iter().rev().find(|(o, _)| *o < at).map_or("?", |(_, lua)| *lua);
+                names.insert(format!("{owner}{sep}{name}"));
             }
         }
     }

@@ -35,6 +35,9 @@ fn runtime(e: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::runtime(e.to_string())
 }
 
+/// How long `room:wait_participant` waits by default (LiveKit's subscription timeout).
+const PARTICIPANT_TIMEOUT_S: f64 = 30.0;
+
 /// How long `room:track` waits for a track to be published by default.
 const TRACK_TIMEOUT_S: f64 = 5.0;
 
@@ -118,6 +121,8 @@ impl UserData for RoomHandle {
         // room:track(sid) → the track if it is published now, else nil.
         methods.add_method("track", |_, this, sid: String| {
             Ok(this.room.find_track(&sid).map(|(info, participant)| {
+                // Its recipe now knows it: its `track_unpublished` will be told.
+                this.ctx.announce(format!("track:{}", info.sid));
                 let view = track_json(&info, &participant);
                 TrackHandle { room: this.room.clone(), info, participant_sid: participant.sid, view }
             }))
@@ -134,9 +139,31 @@ impl UserData for RoomHandle {
             let (info, participant) = this.room.wait_track(&sid, wait).await.ok_or_else(|| {
                 runtime(format!("track `{sid}` is not published in room `{}` (waited {timeout} s)", this.room.name))
             })?;
+            this.ctx.announce(format!("track:{}", info.sid));
             let view = track_json(&info, &participant);
             Ok(TrackHandle { room: this.room.clone(), info, participant_sid: participant.sid, view })
         });
+
+        // room:wait_participant(identity [, { timeout = 30 }]) → the participant, once it is in
+        // the room; else the error LiveKit gives ("participant X not found"). The caller is
+        // answered meanwhile (the egress shows starting).
+        methods.add_async_method(
+            "wait_participant",
+            |lua, this, (identity, opts): (String, Option<Table>)| async move {
+                let timeout = match opts {
+                    Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(PARTICIPANT_TIMEOUT_S),
+                    None => PARTICIPANT_TIMEOUT_S,
+                };
+                this.ctx.suspended.notify_one();
+                let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+                let participant = this
+                    .room
+                    .wait_participant(&identity, wait)
+                    .await
+                    .ok_or_else(|| runtime(format!("participant {identity} not found")))?;
+                lua.to_value(&crate::livekit::participant_json(&participant))
+            },
+        );
 
         // room:tracks() / room:participants(): what the room holds now, as tables.
         methods.add_method("tracks", |lua, this, ()| lua.to_value(&this.room.tracks_json()));

@@ -112,6 +112,20 @@ impl EncodeSettings {
         if let Some(advanced) = advanced {
             settings.apply_advanced(advanced)?;
         }
+        // HLS segments are cut at keyframes: as LiveKit does, keyframes follow the (shortest)
+        // segment duration unless the request sets its own interval.
+        let explicit =
+            advanced.and_then(|a| a.get("key_frame_interval")).and_then(Value::as_f64).is_some_and(|k| k > 0.0);
+        let segment = request
+            .get("segment_outputs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|s| s.get("segment_duration").and_then(Value::as_f64).filter(|d| *d > 0.0).unwrap_or(4.0))
+            .reduce(f64::min);
+        if let Some(duration) = segment.filter(|_| !explicit) {
+            settings.key_frame_interval = duration.clamp(0.1, 60.0);
+        }
         Ok(settings)
     }
 
@@ -202,6 +216,9 @@ mod tests {
     fn presets_and_advanced() {
         let s = EncodeSettings::from_request(&json!({"preset": "PORTRAIT_H264_1080P_60"})).unwrap();
         assert_eq!((s.width, s.height, s.framerate, s.video_bitrate), (1080, 1920, 60, 6000));
+        let segments = json!({"segment_outputs": [{"segment_duration": 6}, {"segment_duration": 2}]});
+        assert_eq!(EncodeSettings::from_request(&segments).unwrap().key_frame_interval, 2.0);
+        assert_eq!(EncodeSettings::from_request(&json!({"segment_outputs": [{}]})).unwrap().key_frame_interval, 4.0);
         let s = EncodeSettings::from_request(&json!({"advanced": {"width": 640, "height": 360, "video_codec": "H264_HIGH", "audio_codec": "OPUS", "key_frame_interval": 2}})).unwrap();
         assert_eq!(
             (s.width, s.height, s.h264_profile, s.audio_codec),

@@ -170,18 +170,24 @@ impl Worker {
             return;
         }
         let Ok(start) = rpc::StartEgressRequest::decode(request.raw_request.as_slice()) else { return };
-        let Some((recipe, params)) = start.request.as_ref().and_then(|r| face::dispatched_request(r).ok()) else {
+        let Some(started) = start.request.as_ref().and_then(|r| face::dispatched_request(r).ok()) else {
             return; // a kind of egress egret does not run: leave it to others
         };
-        let cost = self.admission.cost(recipe, &params);
+        let recipe = started.recipe;
+        let cost = self.admission.cost(recipe, &started.params);
         let Some(affinity) = self.admission.affinity(cost) else { return };
         if !self.claim("EgressInternal", &request, affinity).await {
             return;
         }
         self.admission.reserve(&start.egress_id, cost);
         self.dispatched.lock().unwrap().insert(start.egress_id.clone());
-        let options = StartOptions { egress_id: Some(start.egress_id.clone()), detached: true, ..Default::default() };
-        let result = match self.manager.start_with(recipe, params, options).await {
+        let options = StartOptions {
+            egress_id: Some(start.egress_id.clone()),
+            detached: true,
+            livekit_request: Some(started.original),
+            ..Default::default()
+        };
+        let result = match self.manager.start_with(recipe, started.params, options).await {
             Ok(record) => Ok(self.info(&record).encode_to_vec()),
             Err(e) => {
                 self.admission.release(&start.egress_id);
@@ -241,7 +247,7 @@ impl Worker {
     }
 
     fn info(&self, record: &EgressRecord) -> lk::EgressInfo {
-        face::egress_info(&record.snapshot(), &self.manager.storage_dir())
+        face::info_of(record, &self.manager.storage_dir())
     }
 
     /// Reports one egress to livekit-server for as long as it runs, and records it for the
@@ -255,14 +261,17 @@ impl Worker {
             self.admission.reserve(&record.id, self.admission.cost(&record.recipe, &record.params));
         }
         tokio::spawn(async move {
-            let mut changes = record.watch_status();
+            // Every update a client can see (status, a stream added, removed or failed), so
+            // livekit-server's ListEgress and webhooks follow UpdateStream too.
+            let mut changes = record.watch_updates();
             let info = worker.info(&record);
             worker.reaper.track(&info).await;
             if !dispatched && let Err(e) = worker.io.create_egress(&info).await {
                 tracing::warn!(egress = %record.id, "livekit-server not told of the egress: {e:#}");
             }
             while changes.changed().await.is_ok() {
-                let terminal = changes.borrow_and_update().is_terminal();
+                changes.borrow_and_update();
+                let terminal = record.status().is_terminal();
                 let info = worker.info(&record);
                 if let Err(e) = worker.io.update_egress(&info).await {
                     tracing::warn!(egress = %record.id, "status not reported to livekit-server: {e:#}");

@@ -154,6 +154,11 @@ pub struct OutputSnapshot {
     pub field: String,
     pub kind: &'static OutputKind,
     pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_target: Option<String>,
+    /// Unix seconds: first byte written, and the end.
+    pub started_at: Option<f64>,
+    pub ended_at: Option<f64>,
     pub status: OutputState,
     pub error: Option<String>,
     pub bytes: u64,
@@ -165,6 +170,12 @@ pub struct OutputSnapshot {
 impl OutputSnapshot {
     pub fn duration_ns(&self) -> i64 {
         (self.duration * 1e9) as i64
+    }
+
+    /// This output's own start and end (ns), falling back to the egress's.
+    pub fn times_ns(&self, ctx: &ResultContext) -> (i64, i64) {
+        let ns = |s: Option<f64>| s.map(|s| (s * 1e9) as i64);
+        (ns(self.started_at).unwrap_or(ctx.started_at), ns(self.ended_at).unwrap_or(ctx.ended_at))
     }
 }
 
@@ -187,6 +198,10 @@ pub struct OutputStatus {
     pub bytes: AtomicU64,
     /// Segments or images written.
     pub count: AtomicU64,
+    /// A second location some kinds have (the HLS live playlist), relative like `target`.
+    pub live_target: Mutex<Option<String>>,
+    /// Unix seconds: first byte written, and the end (finalized, removed or failed).
+    times: Mutex<(Option<f64>, Option<f64>)>,
     first_pts: AtomicU64,
     last_pts: AtomicU64,
     state: Mutex<(OutputState, Option<String>)>,
@@ -203,6 +218,8 @@ impl OutputStatus {
             target,
             bytes: AtomicU64::new(0),
             count: AtomicU64::new(0),
+            live_target: Mutex::new(None),
+            times: Mutex::new((None, None)),
             first_pts: AtomicU64::new(NO_PTS),
             last_pts: AtomicU64::new(0),
             state: Mutex::new((OutputState::Starting, None)),
@@ -214,11 +231,17 @@ impl OutputStatus {
         self.state.lock().unwrap().0
     }
 
-    /// Marks the end; a failure is never overwritten by a later completion.
+    /// Moves to `state`; a failure is never overwritten by a later completion.
     pub fn set_state(&self, state: OutputState, error: Option<String>) {
         let mut s = self.state.lock().unwrap();
         if s.0 != OutputState::Failed {
             *s = (state, error);
+            let mut times = self.times.lock().unwrap();
+            match state {
+                OutputState::Active => times.0 = times.0.or(Some(crate::clock::now())),
+                OutputState::Complete | OutputState::Failed => times.1 = times.1.or(Some(crate::clock::now())),
+                OutputState::Starting => {}
+            }
         }
     }
 
@@ -260,6 +283,7 @@ impl OutputStatus {
             }
             None => (None, None, None),
         };
+        let (started_at, ended_at) = *self.times.lock().unwrap();
         OutputSnapshot {
             location,
             backup,
@@ -267,6 +291,9 @@ impl OutputStatus {
             field: self.field.clone(),
             kind: self.kind,
             target: self.target.clone(),
+            live_target: self.live_target.lock().unwrap().clone(),
+            started_at,
+            ended_at,
             status,
             error,
             bytes: self.bytes.load(Ordering::Relaxed),
@@ -342,6 +369,11 @@ impl OutputBranch {
             });
         }
         parts.bin.set_property("name", format!("out{index}"));
+        // A sink that prerolls (splitmuxsink's filesink, an appsink) added to a playing
+        // pipeline would make the whole pipeline lose its state and wait for every sink to
+        // preroll again; webrtcbin's own sinks (a room joined for signalling) never do, and
+        // nothing would flow any more. The branch handles its state changes itself.
+        parts.bin.set_property("async-handling", true);
         pipeline.add(&parts.bin)?;
         // Running before it is linked: a tee pushing into a stopped branch gets FLUSHING back
         // and would stop the encoder with it (outputs added to a playing pipeline).

@@ -78,6 +78,7 @@ impl OutputSpec for SegmentOutput {
         let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
         let paths = self.paths(target, field)?;
         let status = OutputStatus::new(field.into(), &KIND, target.relative(&paths.playlist));
+        *status.live_target.lock().unwrap() = paths.live_playlist.as_deref().map(|p| target.relative(p));
         let parts =
             build(target.encoder(encoder), paths, status.clone(), target.queue_for(&self.upload)).map_err(fail)?;
         target.attach(encoder, parts, status, None).map_err(fail)
@@ -169,10 +170,15 @@ fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::E
         duration: output.duration_ns(),
         size: output.bytes as i64,
         playlist_location: ctx.location(output),
+        live_playlist_name: output.live_target.clone().unwrap_or_default(),
+        live_playlist_location: output
+            .live_target
+            .as_ref()
+            .map(|live| ctx.storage.join(live).to_string_lossy().to_string())
+            .unwrap_or_default(),
         segment_count: output.count as i64,
         started_at: ctx.started_at,
         ended_at: ctx.ended_at,
-        ..Default::default()
     });
 }
 

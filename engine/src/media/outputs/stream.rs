@@ -69,11 +69,12 @@ pub fn add_url(target: &mut dyn BuildTarget, encoder: usize, field: &str, url: &
 }
 
 fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::EgressInfo) {
+    let (started_at, ended_at) = output.times_ns(ctx);
     info.stream_results.push(lk::StreamInfo {
         url: output.target.clone(),
-        started_at: ctx.started_at,
-        ended_at: ctx.ended_at,
-        duration: output.duration_ns(),
+        started_at,
+        ended_at,
+        duration: if ended_at > 0 { ended_at - started_at } else { output.duration_ns() },
         status: match output.status {
             OutputState::Failed => lk::stream_info::Status::Failed,
             OutputState::Complete => lk::stream_info::Status::Finished,
