@@ -18,11 +18,11 @@ return recipe {
   start = function(req, egress)
     local room = egress:join(req.room_name)
     egress:set_var("publisher_identity", req.identity)
-    room:wait_participant(req.identity, { timeout = 30 })
     local wanted = req.screen_share and { video = "screen_share", audio = "screen_share_audio" }
       or { video = "camera", audio = "microphone" }
     local slots = { video = egress:slot("video"), audio = egress:slot("audio") }
-    egress:encode(slots):output(req)
+    egress:encode(slots):output(req)   -- black and silent until its tracks come
+    room:wait_participant(req.identity, { timeout = 30 })
 
     room:on("track_published", function(t)
       local track = t.participant == req.identity and wanted[t.kind] == t.source and room:track(t.sid)

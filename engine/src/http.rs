@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::auth::{AuthError, Verifier};
 use crate::egress::manager::Manager;
+use crate::errors::{Error, ErrorKind};
 
 const MAX_BODY: usize = 1 << 20;
 
@@ -82,8 +83,12 @@ impl Api {
         let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
         match self.verifier.check_header(auth) {
             Ok(_) => {}
-            Err(AuthError::Unauthenticated(m)) => return error(401, m, Some("authorization")),
-            Err(AuthError::PermissionDenied(m)) => return error(403, m, Some("authorization")),
+            Err(AuthError::Unauthenticated(m)) => {
+                return error(ErrorKind::Unauthenticated.http_status(), m, Some("authorization"));
+            }
+            Err(AuthError::PermissionDenied(m)) => {
+                return error(ErrorKind::PermissionDenied.http_status(), m, Some("authorization"));
+            }
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (&method, segments.as_slice()) {
@@ -95,10 +100,12 @@ impl Api {
                 Some(e) => reply(200, e.to_json()),
                 None => error(404, format!("no egress `{id}`"), Some("egress_id")),
             },
-            (&Method::POST, ["v1", "egress", id, "stop"]) => match self.manager.stop(id, "stopped by API").await {
-                Ok(e) => reply(200, e.to_json()),
-                Err(e) => error(e.kind.http_status(), e.message, Some("egress_id")),
-            },
+            (&Method::POST, ["v1", "egress", id, "stop"]) => {
+                match self.manager.stop(id, crate::egress::reason::STOPPED_BY_API).await {
+                    Ok(e) => reply(200, e.to_json()),
+                    Err(e) => error(e.kind.http_status(), e.message, Some("egress_id")),
+                }
+            }
             (&Method::GET, ["v1", "recipes"]) => reply(200, json!({ "recipes": self.manager.recipes().to_json() })),
             (_, ["v1", "egress"] | ["v1", "egress", _] | ["v1", "egress", _, "stop"] | ["v1", "recipes"]) => {
                 error(405, format!("{method} is not allowed on {path}"), None)
@@ -112,7 +119,10 @@ impl Api {
         let (content_type, auth) = (header("content-type").unwrap_or_default(), header("authorization"));
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => return error(413, format!("body larger than {MAX_BODY} bytes"), None),
+            Err(_) => {
+                let e = Error::new(ErrorKind::Malformed, "", format!("body larger than {MAX_BODY} bytes"));
+                return crate::twirp::error_reply(&e);
+            }
         };
         crate::twirp::handle(&self.manager, &self.verifier, &method, &content_type, auth.as_deref(), &body).await
     }
@@ -124,16 +134,20 @@ impl Api {
         };
         let body: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
-            Err(e) => return error(400, format!("malformed JSON: {e}"), Some("body")),
+            Err(e) => return error(ErrorKind::Malformed.http_status(), format!("malformed JSON: {e}"), Some("body")),
         };
         let Some(object) = body.as_object() else {
-            return error(400, "body must be a JSON object", Some("body"));
+            return error(ErrorKind::Malformed.http_status(), "body must be a JSON object", Some("body"));
         };
         if let Some(unknown) = object.keys().find(|k| !["recipe", "params"].contains(&k.as_str())) {
-            return error(400, "unknown field (expected `recipe` and `params`)", Some(unknown));
+            return error(
+                ErrorKind::InvalidArgument.http_status(),
+                "unknown field (expected `recipe` and `params`)",
+                Some(unknown),
+            );
         }
         let Some(recipe) = object.get("recipe").and_then(Value::as_str) else {
-            return error(400, "required: the name of a recipe", Some("recipe"));
+            return error(ErrorKind::InvalidArgument.http_status(), "required: the name of a recipe", Some("recipe"));
         };
         let params = object.get("params").cloned().unwrap_or(json!({}));
         match self.manager.start(recipe, params).await {

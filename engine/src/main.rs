@@ -154,7 +154,11 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     }
     // Before anything starts: the worker reports every egress to livekit-server.
     let worker = match &config.worker {
-        Some(w) => Some(worker::Worker::start(w, manager.clone()).await.context("worker mode (redis)")?),
+        Some(w) => {
+            let worker = worker::Worker::start(w, manager.clone()).await.context("worker mode (redis)")?;
+            manager.observe(worker.observer());
+            Some(worker)
+        }
         None => None,
     };
     let always_on = always_on::AlwaysOn::new(manager.clone());

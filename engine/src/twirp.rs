@@ -20,7 +20,7 @@ use crate::errors::{Error, ErrorKind};
 type Reply = Response<Full<Bytes>>;
 
 /// A Twirp error: `{"code": "...", "msg": "..."}` with the code's HTTP status.
-fn error_reply(e: &Error) -> Reply {
+pub fn error_reply(e: &Error) -> Reply {
     // The recipe's file:line is for its author (egret's log and /v1), not LiveKit's clients.
     let msg = face::without_recipe_location(&e.to_string());
     Response::builder()
@@ -90,7 +90,10 @@ pub async fn handle(
             encode(body, &lk::ListEgressResponse { items, next_page_token: None })
         }),
         "StopEgress" => match body.decode::<lk::StopEgressRequest>() {
-            Ok(req) => manager.stop(&req.egress_id, "stopped by API").await.map(|e| encode(body, &info(&e))),
+            Ok(req) => manager
+                .stop(&req.egress_id, crate::egress::reason::STOPPED_BY_API)
+                .await
+                .map(|e| encode(body, &info(&e))),
             Err(e) => Err(e),
         },
         "UpdateStream" => match body.decode::<lk::UpdateStreamRequest>() {

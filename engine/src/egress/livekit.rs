@@ -50,8 +50,6 @@ pub struct EgressKind {
     pub decode: fn(Body) -> Result<LiveKitRequest, Error>,
     /// The same, for a request livekit-server dispatched (None: another kind).
     pub dispatched: fn(&DispatchedRequest) -> Option<LiveKitRequest>,
-    /// Its field in EgressInfo's `request` (the echo).
-    pub echo_field: &'static str,
 }
 
 /// A LiveKit request as egret runs it: its recipe's params, and the request as it came
@@ -65,8 +63,8 @@ pub struct LiveKitRequest {
 
 impl LiveKitRequest {
     fn of<T: Serialize>(recipe: &'static str, request: &T) -> LiveKitRequest {
-        let field = by_recipe(recipe).map_or("web", |k| k.echo_field);
-        LiveKitRequest { recipe, params: params_of(request), original: json!({ field: request }) }
+        // Keyed by its field in EgressInfo's `request` oneof, which is the recipe's name.
+        LiveKitRequest { recipe, params: params_of(request), original: json!({ recipe: request }) }
     }
 }
 
@@ -83,7 +81,6 @@ pub static KINDS: &[EgressKind] = &[
             DispatchedRequest::RoomComposite(r) => Some(LiveKitRequest::of("room_composite", r)),
             _ => None,
         },
-        echo_field: "room_composite",
     },
     EgressKind {
         method: "StartWebEgress",
@@ -96,7 +93,6 @@ pub static KINDS: &[EgressKind] = &[
             DispatchedRequest::Web(r) => Some(LiveKitRequest::of("web", r)),
             _ => None,
         },
-        echo_field: "web",
     },
     EgressKind {
         method: "StartParticipantEgress",
@@ -109,7 +105,6 @@ pub static KINDS: &[EgressKind] = &[
             DispatchedRequest::Participant(r) => Some(LiveKitRequest::of("participant", r)),
             _ => None,
         },
-        echo_field: "participant",
     },
     EgressKind {
         method: "StartTrackCompositeEgress",
@@ -122,7 +117,6 @@ pub static KINDS: &[EgressKind] = &[
             DispatchedRequest::TrackComposite(r) => Some(LiveKitRequest::of("track_composite", r)),
             _ => None,
         },
-        echo_field: "track_composite",
     },
     EgressKind {
         method: "StartTrackEgress",
@@ -135,7 +129,6 @@ pub static KINDS: &[EgressKind] = &[
             DispatchedRequest::Track(r) => Some(LiveKitRequest::of("track", r)),
             _ => None,
         },
-        echo_field: "track",
     },
 ];
 
@@ -199,15 +192,10 @@ fn unified_params(request: Value) -> Result<(&'static str, Value), Error> {
                     if output.get("storage").is_some() {
                         return Err(invalid(&format!("outputs[{i}].storage"), "uploads are not supported yet"));
                     }
-                    let (list, config) = [
-                        ("file", "file_outputs"),
-                        ("stream", "stream_outputs"),
-                        ("segments", "segment_outputs"),
-                        ("images", "image_outputs"),
-                    ]
-                    .into_iter()
-                    .find_map(|(k, list)| output.get(k).map(|c| (list, c.clone())))
-                    .ok_or_else(|| invalid(&format!("outputs[{i}]"), "file, stream, segments or images"))?;
+                    let (list, config) = crate::media::outputs::KINDS
+                        .iter()
+                        .find_map(|k| Some((k.request_fields[0], output.get(k.unified_key?)?.clone())))
+                        .ok_or_else(|| invalid(&format!("outputs[{i}]"), "file, stream, segments or images"))?;
                     if let Some(list) = params.entry(list).or_insert_with(|| json!([])).as_array_mut() {
                         list.push(config);
                     }
@@ -277,7 +265,7 @@ pub fn egress_info(snapshot: &EgressSnapshot, original: Option<&Value>, storage:
     let param = |name: &str| snapshot.params.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
     let (details, error) = end_reason(snapshot);
     // As it came through LiveKit's API, else (egret's own API) from the params.
-    let echoed = original.cloned().or_else(|| kind.map(|k| json!({ k.echo_field: snapshot.params })));
+    let echoed = original.cloned().or_else(|| kind.map(|k| json!({ k.recipe: snapshot.params })));
     let echo = echoed.and_then(|r| serde_json::from_value::<lk::EgressInfo>(redact(r)).ok()).and_then(|i| i.request);
     let mut info = lk::EgressInfo {
         egress_id: snapshot.egress_id.clone(),
@@ -328,10 +316,10 @@ fn end_reason(snapshot: &EgressSnapshot) -> (String, String) {
     let error = snapshot.error.as_deref().map(without_recipe_location).unwrap_or_default();
     let named = match reason {
         "" => return (String::new(), error),
-        "stopped by API" => "StopEgress API",
-        super::LIMIT_REACHED => "Session limit reached",
-        super::supervisor::ALL_STREAMS_STOPPED => "All streams stopped",
-        "engine shutting down" => "Process killed",
+        super::reason::STOPPED_BY_API => "StopEgress API",
+        super::reason::LIMIT_REACHED => "Session limit reached",
+        super::reason::ALL_STREAMS_STOPPED => "All streams stopped",
+        super::reason::SHUTDOWN => "Process killed",
         _ if snapshot.status == EgressStatus::Failed => "Failure",
         _ => "Source closed",
     };

@@ -253,7 +253,7 @@ impl Manager {
         for (i, url) in add.iter().enumerate() {
             crate::request::outputs::check_stream_url(url, &format!("add_output_urls[{i}]"))?;
         }
-        let ended = || Error::new(ErrorKind::FailedPrecondition, "", format!("egress {id} already ended"));
+        let ended = || Error::already_ended(id, record.status());
         if record.status().is_terminal() {
             return Err(ended());
         }
@@ -271,7 +271,7 @@ impl Manager {
         if layout.is_empty() {
             return Err(Error::new(ErrorKind::InvalidArgument, "layout", "must not be empty"));
         }
-        let ended = || Error::new(ErrorKind::FailedPrecondition, "", format!("egress {id} already ended"));
+        let ended = || Error::already_ended(id, record.status());
         if record.status().is_terminal() {
             return Err(ended());
         }
@@ -289,7 +289,7 @@ impl Manager {
         let running: Vec<_> = self.list().into_iter().filter(|e| !e.status().is_terminal()).collect();
         tracing::info!(count = running.len(), "draining: stopping running egresses");
         for record in &running {
-            record.send(Command::Stop { reason: "engine shutting down".into() });
+            record.send(Command::Stop { reason: super::reason::SHUTDOWN.into() });
         }
         for record in running {
             record.finished().await;

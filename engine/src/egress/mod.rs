@@ -5,7 +5,21 @@ pub mod livekit;
 pub mod manager;
 mod supervisor;
 
-pub use supervisor::LIMIT_REACHED;
+pub use reason::LIMIT_REACHED;
+
+/// The end reasons the engine itself gives (recipes add their own with `egress:stop(reason)`);
+/// the LiveKit face turns them into LiveKit's "End reason: …".
+pub mod reason {
+    pub const STOPPED_BY_API: &str = "stopped by API";
+    /// `max_duration` reached (LiveKit's EGRESS_LIMIT_REACHED).
+    pub const LIMIT_REACHED: &str = "limit reached";
+    /// The last output was removed by UpdateStream.
+    pub const ALL_STREAMS_STOPPED: &str = "all streams stopped";
+    /// SIGTERM: egret drains.
+    pub const SHUTDOWN: &str = "engine shutting down";
+    /// The pipeline ended by itself.
+    pub const SOURCE_ENDED: &str = "source ended";
+}
 
 use std::sync::{Arc, Mutex};
 

@@ -13,18 +13,12 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Command, EgressRecord, EgressStatus};
+use super::{Command, EgressRecord, EgressStatus, reason};
 use crate::errors::{Error, ErrorKind};
 use crate::lua::api::{EgressCtx, EgressHandle, find_field_error};
 use crate::lua::error_text;
 use crate::media::outputs::{MediaEvent, OutputState};
 use crate::request::FieldError;
-
-/// The reason of an egress ended by its `max_duration` (LiveKit's EGRESS_LIMIT_REACHED).
-pub const LIMIT_REACHED: &str = "limit reached";
-
-/// The reason of an egress whose last output was removed by UpdateStream.
-pub const ALL_STREAMS_STOPPED: &str = "all streams stopped";
 
 /// How long a source error waits before it fails the egress. A room track that is unpublished
 /// breaks its webrtcbin stream a moment before the room says so; the recipe's clean stop on
@@ -154,7 +148,7 @@ impl Supervisor {
                         let _ = reply.send(result);
                         if none_left {
                             // LiveKit ends an egress whose last stream was removed, complete.
-                            self.begin_ending(&mut ending, Some(EgressStatus::Complete), ALL_STREAMS_STOPPED.into(), None, false);
+                            self.begin_ending(&mut ending, Some(EgressStatus::Complete), reason::ALL_STREAMS_STOPPED.into(), None, false);
                             if self.all_outputs_ended() {
                                 break;
                             }
@@ -189,7 +183,7 @@ impl Supervisor {
                 }
             }
         }
-        let end = ending.unwrap_or_else(|| Ending::now(EgressStatus::Complete, "source ended".into(), None));
+        let end = ending.unwrap_or_else(|| Ending::now(EgressStatus::Complete, reason::SOURCE_ENDED.into(), None));
         self.finish(end).await;
     }
 
@@ -294,7 +288,7 @@ impl Supervisor {
                         let commands = self.ctx.commands.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(Duration::from_secs_f64(limit)).await;
-                            let _ = commands.send(Command::Stop { reason: LIMIT_REACHED.into() });
+                            let _ = commands.send(Command::Stop { reason: reason::LIMIT_REACHED.into() });
                         });
                     }
                     self.ctx.fire(&self.lua, "active", mlua::Value::Nil);

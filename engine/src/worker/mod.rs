@@ -88,16 +88,21 @@ impl Worker {
             claims: Mutex::new(HashMap::new()),
             following: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWED as usize)),
         });
-        let observer = Arc::downgrade(&worker);
-        manager.observe(Arc::new(move |record| {
-            if let Some(worker) = observer.upgrade() {
-                worker.follow(record.clone());
-            }
-        }));
         tokio::spawn(worker.clone().dispatch(messages));
         tokio::spawn(worker.clone().reaper.clone().run(worker.io.clone()));
         tracing::info!(worker = %worker.id, redis = %config.redis_url, cpus = config.cpus, "worker mode: serving livekit-server's egress dispatch");
         Ok(worker)
+    }
+
+    /// Follows every egress the manager starts (wired in main.rs, before any starts): its
+    /// updates go to livekit-server.
+    pub fn observer(self: &Arc<Self>) -> crate::egress::manager::Observer {
+        let worker = Arc::downgrade(self);
+        Arc::new(move |record| {
+            if let Some(worker) = worker.upgrade() {
+                worker.follow(record.clone());
+            }
+        })
     }
 
     /// Waits (bounded) until every egress's last status reached livekit-server.
@@ -201,7 +206,7 @@ impl Worker {
 
     async fn handle(&self, method: &str, egress_id: &str, raw: &[u8]) -> Result<Vec<u8>, Error> {
         let record = if method == "StopEgress" {
-            self.manager.stop(egress_id, "stopped by API").await?
+            self.manager.stop(egress_id, crate::egress::reason::STOPPED_BY_API).await?
         } else {
             let update = face::Body::Protobuf(raw).decode::<lk::UpdateStreamRequest>()?;
             self.manager.update_stream(egress_id, update.add_output_urls, update.remove_output_urls).await?

@@ -22,7 +22,13 @@ use crate::request::filepath::{check_relative, inside};
 use crate::request::outputs::upload_target;
 use crate::storage::S3Config;
 
-pub static KIND: OutputKind = OutputKind { name: "images", request_fields: &["image_outputs"], parse, livekit_result };
+pub static KIND: OutputKind = OutputKind {
+    name: "images",
+    request_fields: &["image_outputs"],
+    unified_key: Some("images"),
+    parse,
+    livekit_result,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageSuffix {

@@ -39,6 +39,8 @@ pub struct OutputKind {
     /// The request fields it reads (`file_outputs`): only requests of recipes that take
     /// outputs may carry them.
     pub request_fields: &'static [&'static str],
+    /// Its key in a StartEgress (v2) `outputs[]` entry (`file`), if LiveKit has one.
+    pub unified_key: Option<&'static str>,
     /// Reads this kind's outputs from a request, each error naming its field.
     pub parse: fn(&mut Obj, &EncodeSettings) -> FieldResult<Vec<Output>>,
     /// Adds what one output of this kind reached to LiveKit's EgressInfo.

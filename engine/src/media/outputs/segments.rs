@@ -24,8 +24,13 @@ use crate::request::filepath::{check_relative, inside};
 use crate::request::outputs::{check_codecs, upload_target};
 use crate::storage::S3Config;
 
-pub static KIND: OutputKind =
-    OutputKind { name: "segments", request_fields: &["segment_outputs"], parse, livekit_result };
+pub static KIND: OutputKind = OutputKind {
+    name: "segments",
+    request_fields: &["segment_outputs"],
+    unified_key: Some("segments"),
+    parse,
+    livekit_result,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SegmentOutput {

@@ -16,7 +16,13 @@ use crate::request::encoding::{AudioCodec, EncodeSettings, VideoCodec};
 use crate::request::fields::{FieldError, FieldResult, Obj};
 use crate::request::outputs::{check_codecs, check_stream_url};
 
-pub static KIND: OutputKind = OutputKind { name: "stream", request_fields: &["stream_outputs"], parse, livekit_result };
+pub static KIND: OutputKind = OutputKind {
+    name: "stream",
+    request_fields: &["stream_outputs"],
+    unified_key: Some("stream"),
+    parse,
+    livekit_result,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamOutput {

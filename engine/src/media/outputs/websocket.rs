@@ -18,8 +18,13 @@ use crate::request::encoding::EncodeSettings;
 use crate::request::fields::{FieldError, FieldResult, Obj};
 
 /// A track's websocket has no result type in LiveKit's EgressInfo.
-pub static KIND: OutputKind =
-    OutputKind { name: "websocket", request_fields: &["websocket_url"], parse, livekit_result: |_, _, _| {} };
+pub static KIND: OutputKind = OutputKind {
+    name: "websocket",
+    request_fields: &["websocket_url"],
+    unified_key: None,
+    parse,
+    livekit_result: |_, _, _| {},
+};
 
 pub const PCM_CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=1";
 
