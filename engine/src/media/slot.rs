@@ -144,3 +144,66 @@ impl Slot {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::encoding::AudioCodec;
+    use gstreamer_app as gst_app;
+
+    /// A track attached to a running audio slot joins its one unbroken stream: every output
+    /// buffer follows the previous one exactly (no gap, no overlap), silence before the track
+    /// and its tone after. The track is real Opus RTP (audiotestsrc → opusenc → rtpopuspay),
+    /// as webrtcbin would hand it over.
+    #[test]
+    fn a_track_joins_the_audio_slot_without_a_gap() {
+        gst::init().unwrap();
+        let pipeline = gst::Pipeline::new();
+        let mut slot = Slot::audio(&pipeline).unwrap();
+        let sink = gst_app::AppSink::builder().sync(false).build();
+        pipeline.add(&sink).unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        slot.output.pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+
+        let pull = |n: usize| -> Vec<(u64, u64, i16)> {
+            (0..n)
+                .map(|_| {
+                    let sample = sink.pull_sample().expect("the slot keeps flowing");
+                    let buffer = sample.buffer().unwrap();
+                    let map = buffer.map_readable().unwrap();
+                    let peak = map.chunks_exact(2).map(|s| i16::from_le_bytes([s[0], s[1]]).saturating_abs()).max();
+                    (buffer.pts().unwrap().nseconds(), buffer.duration().unwrap().nseconds(), peak.unwrap_or(0))
+                })
+                .collect()
+        };
+        let before = pull(20);
+        assert!(before.iter().all(|b| b.2 == 0), "silent while empty");
+
+        let track_sink = slot.attach(&pipeline, "TR_tone", Codec::Audio(AudioCodec::Opus)).unwrap();
+        let source: Vec<gst::Element> =
+            [("audiotestsrc", true), ("audioconvert", false), ("opusenc", false), ("rtpopuspay", false)]
+                .iter()
+                .map(|(name, live)| {
+                    let e = make(name, None).unwrap();
+                    if *live {
+                        e.set_property("is-live", true);
+                        e.set_property("volume", 0.5f64);
+                    }
+                    e
+                })
+                .collect();
+        let refs: Vec<&gst::Element> = source.iter().collect();
+        add_chain(&pipeline, &refs).unwrap();
+        source.last().unwrap().static_pad("src").unwrap().link(&track_sink).unwrap();
+        sync_states(&refs);
+
+        let after = pull(150);
+        let all: Vec<_> = before.iter().chain(&after).collect();
+        for pair in all.windows(2) {
+            let (pts, duration, _) = *pair[0];
+            assert_eq!(pair[1].0, pts + duration, "the stream is unbroken: {:?} then {:?}", pair[0], pair[1]);
+        }
+        assert!(after.iter().rev().take(30).all(|b| b.2 > 1000), "the track's tone is mixed in");
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+}

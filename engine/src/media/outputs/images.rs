@@ -137,6 +137,8 @@ fn build(
     ))?;
     let (scale, convert, jpeg) = (make("videoscale", None)?, make("videoconvert", None)?, make("jpegenc", None)?);
     let sink = gst_app::AppSink::builder().sync(false).build();
+    // Never prerolls: see segments.rs (a prerolling sink stalls a playing pipeline).
+    sink.set_property("async", false);
     let suffix = spec.suffix;
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()

@@ -371,11 +371,6 @@ impl OutputBranch {
             });
         }
         parts.bin.set_property("name", format!("out{index}"));
-        // A sink that prerolls (splitmuxsink's filesink, an appsink) added to a playing
-        // pipeline would make the whole pipeline lose its state and wait for every sink to
-        // preroll again; webrtcbin's own sinks (a room joined for signalling) never do, and
-        // nothing would flow any more. The branch handles its state changes itself.
-        parts.bin.set_property("async-handling", true);
         pipeline.add(&parts.bin)?;
         // Running before it is linked: a tee pushing into a stopped branch gets FLUSHING back
         // and would stop the encoder with it (outputs added to a playing pipeline).

@@ -208,6 +208,14 @@ pub fn build(
     let bin = gst::Bin::new();
     let split = make("splitmuxsink", None)?;
     split.set_property("muxer", make("mpegtsmux", None)?);
+    // A sink that prerolls, added to a playing pipeline, makes the whole pipeline lose its
+    // state and wait for every sink to preroll again; webrtcbin's own sinks (a room joined
+    // for signalling) never do, and nothing would flow any more. No output sink prerolls.
+    let file = make("filesink", None)?;
+    file.set_property("async", false);
+    split.set_property("sink", &file);
+    // splitmuxsink itself still goes through an async state change: keep it inside the branch.
+    bin.set_property("async-handling", true);
     split.set_property("max-size-time", paths.segment_duration as u64 * 1_000_000_000);
     split.set_property("send-keyframe-requests", true);
     let prefix = paths.prefix.to_string_lossy().to_string();

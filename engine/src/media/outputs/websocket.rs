@@ -58,6 +58,7 @@ fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
     let bin = gst::Bin::new();
     let q = queue(2, true)?;
     let sink = gst_app::AppSink::builder().sync(false).build();
+    sink.set_property("async", false); // see segments.rs: no sink of an output prerolls
     let elements = [&q, &make("audioconvert", None)?, &make("audioresample", None)?, &capsfilter(PCM_CAPS)?];
     add_chain(&bin, &elements)?;
     bin.add(&sink)?;
