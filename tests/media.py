@@ -17,9 +17,11 @@ def probe(path_or_url, timeout=30):
     return json.loads(out.stdout)
 
 
-def probe_live(url, deadline_s=45):
+def probe_live(url, deadline_s=45, want=("video", "audio")):
     """ffprobe of a live stream (RTMP from nginx): a reader that joins between keyframes or
-    while the publisher reconnects may time out, so try again until the deadline."""
+    while the publisher reconnects may time out, or see only the audio until the next
+    keyframe (as a player would), so try again until the `want`ed kinds show or the deadline.
+    Pass want=() to take whatever streams show first."""
     import time
 
     deadline = time.monotonic() + deadline_s
@@ -32,7 +34,8 @@ def probe_live(url, deadline_s=45):
                 capture_output=True, text=True, timeout=20)
             if out.returncode == 0:
                 info = json.loads(out.stdout)
-                if info.get("streams"):
+                kinds = {s.get("codec_type") for s in info.get("streams", [])}
+                if info.get("streams") and all(k in kinds for k in want):
                     return info
         except subprocess.TimeoutExpired:
             pass

@@ -393,6 +393,10 @@ impl OutputBranch {
         parts.bin.set_property("message-forward", true);
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let bytes_status = status.clone();
+        // Once the first bytes are out (a network sink has connected), ask for a keyframe
+        // again: the one asked for at attach may have been dropped by a leaky queue while
+        // the connection was made, and the next would be a whole GOP away.
+        let key_pads: Vec<gst::Pad> = links.iter().map(|(_, src)| src.clone()).collect();
         parts.measure.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |_, info| {
             let size = match &info.data {
                 Some(gst::PadProbeData::Buffer(b)) => b.size(),
@@ -402,6 +406,9 @@ impl OutputBranch {
             if bytes_status.bytes.fetch_add(size as u64, Ordering::Relaxed) == 0 && size > 0 {
                 bytes_status.set_state(OutputState::Active, None);
                 let _ = events.send(MediaEvent::Active);
+                for pad in &key_pads {
+                    pad.send_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
+                }
             }
             gst::PadProbeReturn::Ok
         });
