@@ -25,7 +25,11 @@ def test_flash_and_beep_in_sync(egret, pages):
     egret.api.record("web", 5, url=pages.url("flash.html"), file_outputs=[{"filepath": "web/sync.mp4"}])
     offset, pairs = av_offset(egret.storage / "web/sync.mp4")
     print(f"web A/V offset {offset * 1000:.1f} ms over {pairs} flash/beep pairs")
-    assert abs(offset) <= 0.060, f"A/V offset {offset * 1000:.1f} ms"
+    # This offset includes chromium's own paint-to-screen delay (the flash reaches the X screen one to a few
+    # frames after the page drew it), which grows on a slower or busier machine: -6 to -60 ms here, -125 ms
+    # once on CI. The capture path egret owns is held to 40 ms by test_outputs' test-source sync test; here
+    # the bound is ITU-R BT.1359's acceptability threshold for sound ahead of picture plus two 30 fps frames.
+    assert abs(offset) <= 0.150, f"A/V offset {offset * 1000:.1f} ms"
 
 
 def test_hls_and_rtmp_from_a_page(egret, pages, nginx):

@@ -20,6 +20,7 @@ mod twirp;
 mod webhooks;
 mod worker;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -47,7 +48,8 @@ fn main() -> ExitCode {
             "--ttl" => ttl = args.next().and_then(|v| v.parse().ok()).unwrap_or(ttl),
             "serve" | "token" | "check" => command = arg,
             "-h" | "--help" => {
-                println!("{USAGE}");
+                // A reader that closes early (`egret --help | head -1`) is not an error.
+                let _ = writeln!(std::io::stdout(), "{USAGE}");
                 return ExitCode::SUCCESS;
             }
             other => {
