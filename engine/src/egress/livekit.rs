@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::{EgressSnapshot, EgressStatus};
 use crate::errors::{Error, ErrorKind};
 use crate::media::outputs::ResultContext;
+use crate::media::outputs::stream::redact_stream_url;
 
 /// A request body as it arrived: LiveKit's clients send protobuf or proto3 JSON.
 #[derive(Clone, Copy)]
@@ -336,7 +337,11 @@ fn error_code(snapshot: &EgressSnapshot) -> i32 {
     match snapshot.status {
         EgressStatus::Aborted => 412,
         EgressStatus::Complete if snapshot.limit_reached() => 413,
-        EgressStatus::Failed => 500,
+        EgressStatus::Failed => match snapshot.failure {
+            Some(ErrorKind::NotFound) => 404,
+            Some(ErrorKind::InvalidArgument) => 400,
+            _ => 500,
+        },
         _ => 0,
     }
 }
@@ -402,32 +407,6 @@ pub fn redact(value: Value) -> Value {
         Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
         other => other,
     }
-}
-
-/// `rtmp://host/app/streamkey` → `rtmp://host/app/{str...key}`, as LiveKit shows stream URLs.
-pub fn redact_stream_url(url: &str) -> String {
-    let Some(rest) = url.strip_prefix("rtmp://").or_else(|| url.strip_prefix("rtmps://")) else {
-        return url.to_string();
-    };
-    let scheme = &url[..url.len() - rest.len()];
-    let Some((head, key)) = rest.rsplit_once('/') else { return url.to_string() };
-    if !head.contains('/') || key.is_empty() {
-        return url.to_string();
-    }
-    let chars: Vec<char> = key.chars().collect();
-    let keep = match chars.len() {
-        n if n >= 9 => 3,
-        n if n >= 6 => 2,
-        n if n >= 3 => 1,
-        _ => 0,
-    };
-    let shown = if keep == 0 {
-        "{...}".to_string()
-    } else {
-        let (a, b): (String, String) = (chars[..keep].iter().collect(), chars[chars.len() - keep..].iter().collect());
-        format!("{{{a}...{b}}}")
-    };
-    format!("{scheme}{head}/{shown}")
 }
 
 #[cfg(test)]
@@ -546,6 +525,7 @@ mod tests {
             status: EgressStatus::Complete,
             reason: Some(super::super::LIMIT_REACHED.into()),
             error: None,
+            failure: None,
             created_at: 1.0,
             started_at: Some(2.0),
             ended_at: Some(4.5),
@@ -554,7 +534,7 @@ mod tests {
             params: json!({"room_name": "r", "audio_track_id": "TR_a"}),
             outputs: vec![
                 output(&file::KIND, "r/a.mp4", OutputState::Complete),
-                output(&stream::KIND, "rtmp://h/a/k", OutputState::Failed),
+                output(&stream::KIND, "rtmp://h/app/streamkey", OutputState::Failed),
             ],
         };
         let info = egress_info(&snapshot, None, Path::new("/s"));
@@ -571,6 +551,10 @@ mod tests {
         assert_eq!(info.file_results[0].location, "/s/r/a.mp4");
         assert_eq!(info.file_results[0].duration, 2_500_000_000);
         assert_eq!(info.stream_results[0].status, lk::stream_info::Status::Failed as i32);
+        assert_eq!(info.stream_results[0].url, "rtmp://h/app/{str...key}", "stream keys are not shown");
+        let mut failed = snapshot.clone();
+        (failed.status, failed.failure) = (EgressStatus::Failed, Some(ErrorKind::NotFound));
+        assert_eq!(egress_info(&failed, None, Path::new("/s")).error_code, 404, "participant/track not found");
         match info.request {
             Some(lk::egress_info::Request::TrackComposite(r)) => assert_eq!(r.audio_track_id, "TR_a"),
             other => panic!("request echo: {other:?}"),

@@ -211,10 +211,7 @@ impl Manager {
         }
         match started_rx.await {
             Ok(Ok(())) => Ok(record),
-            Ok(Err(error)) => Err(StartError {
-                error: Error::new(ErrorKind::RecipeFailed, error.field, error.message),
-                egress: Some(record.to_json()),
-            }),
+            Ok(Err(error)) => Err(StartError { error, egress: Some(record.to_json()) }),
             Err(_) => Err(StartError::new(ErrorKind::Internal, "", "egress task ended during start")),
         }
     }

@@ -53,6 +53,8 @@ struct Lifecycle {
     /// Why it ended (or is ending): "stopped by API", "source ended", an error text.
     reason: Option<String>,
     error: Option<String>,
+    /// The catalogue's kind of a failure that has one (a room, participant or track not found).
+    failure: Option<crate::errors::ErrorKind>,
     started_at: Option<f64>,
     ended_at: Option<f64>,
 }
@@ -105,6 +107,7 @@ impl EgressRecord {
                 status: EgressStatus::Starting,
                 reason: None,
                 error: None,
+                failure: None,
                 started_at: None,
                 ended_at: None,
             }),
@@ -146,6 +149,11 @@ impl EgressRecord {
         self.revision.send_modify(|r| *r += 1);
         tracing::info!(egress = %self.id, ?status, %reason, "egress status");
         true
+    }
+
+    /// Records the kind of the failure about to end the egress (LiveKit's error_code shows it).
+    pub(super) fn set_failure(&self, kind: crate::errors::ErrorKind) {
+        self.lifecycle.lock().unwrap().failure = Some(kind);
     }
 
     /// The outputs as they are now; a change a client can see (one added, one ended)
@@ -204,6 +212,7 @@ impl EgressRecord {
             status: l.status,
             reason: l.reason.clone(),
             error: l.error.clone(),
+            failure: l.failure,
             created_at: self.created_at,
             started_at: l.started_at,
             ended_at: l.ended_at,
@@ -231,6 +240,8 @@ pub struct EgressSnapshot {
     /// Why it ended (or is ending): "stopped by API", "source ended", an error text.
     pub reason: Option<String>,
     pub error: Option<String>,
+    #[serde(skip)]
+    pub failure: Option<crate::errors::ErrorKind>,
     /// Unix seconds.
     pub created_at: f64,
     pub started_at: Option<f64>,

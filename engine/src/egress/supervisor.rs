@@ -18,7 +18,6 @@ use crate::errors::{Error, ErrorKind};
 use crate::lua::api::{EgressCtx, EgressHandle, find_field_error};
 use crate::lua::error_text;
 use crate::media::outputs::{MediaEvent, OutputState};
-use crate::request::FieldError;
 
 /// How long a source error waits before it fails the egress. A room track that is unpublished
 /// breaks its webrtcbin stream a moment before the room says so; the recipe's clean stop on
@@ -56,15 +55,19 @@ impl Ending {
     }
 }
 
-fn reply(answer: &mut Option<oneshot::Sender<Result<(), FieldError>>>, result: Result<(), FieldError>) {
+fn reply(answer: &mut Option<oneshot::Sender<Result<(), Error>>>, result: Result<(), Error>) {
     if let Some(tx) = answer.take() {
         let _ = tx.send(result);
     }
 }
 
-/// A failed `start` as the caller sees it: the request field when a primitive named one,
-/// and the recipe's file:line.
-fn start_error(e: &mlua::Error) -> FieldError {
+/// A failed `start` as the caller sees it: a typed error a primitive raised (a room that does
+/// not exist: NotFound), else the recipe's failure with the request field when a primitive
+/// named one, and the recipe's file:line.
+fn start_error(e: &mlua::Error) -> Error {
+    if let Some(typed) = find_typed_error(e) {
+        return typed;
+    }
     let text = error_text(e);
     match find_field_error(e) {
         Some(fe) => {
@@ -74,16 +77,24 @@ fn start_error(e: &mlua::Error) -> FieldError {
                 let digits = first[i + 5..].chars().take_while(char::is_ascii_digit).count();
                 &first[..i + 5 + digits]
             });
-            FieldError::new(fe.field, format!("{} ({})", fe.message, at.unwrap_or(first)))
+            Error::new(ErrorKind::RecipeFailed, fe.field, format!("{} ({})", fe.message, at.unwrap_or(first)))
         }
-        None => FieldError::new("", text),
+        None => Error::new(ErrorKind::RecipeFailed, "", text),
+    }
+}
+
+fn find_typed_error(err: &mlua::Error) -> Option<Error> {
+    match err {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => find_typed_error(cause),
+        mlua::Error::ExternalError(inner) => inner.downcast_ref::<Error>().cloned(),
+        _ => None,
     }
 }
 
 impl Supervisor {
     /// Runs the egress to its end. `started` is answered when `start` returned and the
     /// pipeline plays, or as soon as `start` waits on the outside world (a page loading).
-    pub async fn run(mut self, start: Function, started: oneshot::Sender<Result<(), FieldError>>) {
+    pub async fn run(mut self, start: Function, started: oneshot::Sender<Result<(), Error>>) {
         let mut answer = Some(started);
         let request = self.lua.to_value(&self.ctx.request.params);
         let handle = EgressHandle(self.ctx.clone());
@@ -100,8 +111,12 @@ impl Supervisor {
                 result = &mut start_call, if starting => {
                     starting = false;
                     match result.map_err(|e| start_error(&e)).and_then(|()| self.play()) {
-                        Ok(()) => reply(&mut answer, Ok(())),
+                        Ok(()) => {
+                            self.ctx.expect("its first media", crate::lua::ctx::START_TIMEOUT);
+                            reply(&mut answer, Ok(()))
+                        }
                         Err(e) => {
+                            self.record.set_failure(e.kind);
                             let end = Ending::now(EgressStatus::Failed, e.message.clone(), Some(e.to_string()));
                             // Ended first: the caller's answer shows the egress failed.
                             self.finish(end).await;
@@ -119,7 +134,7 @@ impl Supervisor {
                     }
                     Command::Fail { reason } if starting => {
                         self.finish(Ending::now(EgressStatus::Failed, reason.clone(), Some(reason.clone()))).await;
-                        return reply(&mut answer, Err(FieldError::new("", reason)));
+                        return reply(&mut answer, Err(Error::new(ErrorKind::RecipeFailed, "", reason)));
                     }
                     Command::Stop { reason } => {
                         let broken = self.source_error.is_some();
@@ -175,6 +190,21 @@ impl Supervisor {
                     let (text, _) = self.source_error.take().expect("guarded");
                     self.begin_ending(&mut ending, Some(EgressStatus::Failed), text.clone(), Some(text), true);
                 }
+                _ = tokio::time::sleep_until(self.ctx.start_wait().until), if ending.is_none() && self.record.status() == EgressStatus::Starting => {
+                    // Woken by a bound that a later wait may have pushed back: check it again.
+                    let wait = self.ctx.start_wait();
+                    if Instant::now() < wait.until {
+                        continue;
+                    }
+                    let text = self.start_timeout_text(&wait.what, starting);
+                    tracing::warn!(egress = %self.record.id, "{text}");
+                    if starting {
+                        // `start` never came back: it is dropped with this task.
+                        self.finish(Ending::now(EgressStatus::Failed, text.clone(), Some(text.clone()))).await;
+                        return reply(&mut answer, Err(Error::new(ErrorKind::RecipeFailed, "", text)));
+                    }
+                    self.begin_ending(&mut ending, Some(EgressStatus::Failed), text.clone(), Some(text), false);
+                }
                 _ = tokio::time::sleep_until(deadline), if ending.is_some() => {
                     let e = ending.as_mut().expect("guarded");
                     e.status = EgressStatus::Failed;
@@ -187,14 +217,35 @@ impl Supervisor {
         self.finish(end).await;
     }
 
+    /// Why a starting egress failed its start bound, naming what it waited for (and, once
+    /// playing, which outputs never got media).
+    fn start_timeout_text(&self, what: &str, starting: bool) -> String {
+        let mut what = what.to_string();
+        if !starting {
+            let graph = self.ctx.graph.lock().unwrap();
+            let silent: Vec<_> = graph
+                .outputs
+                .iter()
+                .filter(|o| o.attached && o.status.state() != OutputState::Active)
+                .map(|o| o.status.field.clone())
+                .collect();
+            if !silent.is_empty() {
+                what = format!("{what} on {}", silent.join(", "));
+            }
+        }
+        let waited = (crate::clock::now() - self.record.created_at).max(0.0);
+        format!("not active after {waited:.0} s: still waiting for {what}")
+    }
+
     fn pipeline(&self) -> gst::Pipeline {
         self.ctx.graph.lock().unwrap().pipeline.clone()
     }
 
     /// After `start` returned: the recipe built its outputs, so the pipeline may play.
-    fn play(&mut self) -> Result<(), FieldError> {
+    fn play(&mut self) -> Result<(), Error> {
         if self.ctx.graph.lock().unwrap().outputs.is_empty() {
-            return Err(FieldError::new("", format!("recipe `{}` built no output", self.ctx.recipe)));
+            let text = format!("recipe `{}` built no output", self.ctx.recipe);
+            return Err(Error::new(ErrorKind::RecipeFailed, "", text));
         }
         self.publish_outputs();
         let pipeline = self.pipeline();
@@ -207,7 +258,7 @@ impl Supervisor {
                     _ => None,
                 })
                 .unwrap_or_else(|| "pipeline refused to play".into());
-            return Err(FieldError::new("", detail));
+            return Err(Error::new(ErrorKind::RecipeFailed, "", detail));
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! LiveKit's RoomService (Twirp, JSON) for what signalling cannot do: changing another
-//! participant's metadata, which is how a layout page learns its new layout.
+//! participant's metadata, which is how a layout page learns its new layout, and whether a
+//! room exists before joining it (a join would create it).
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -27,9 +28,17 @@ pub async fn update_metadata(config: &LiveKitConfig, room: &str, identity: &str,
     call(config, room, "UpdateParticipant", body).await.map(|_| ())
 }
 
+/// RoomService.ListRooms for one name: the room's sid, or None when it does not exist.
+pub async fn room_sid(config: &LiveKitConfig, room: &str) -> Result<Option<String>> {
+    let answer = call(config, room, "ListRooms", json!({ "names": [room] })).await?;
+    let rooms = answer["rooms"].as_array().cloned().unwrap_or_default();
+    Ok(rooms.iter().find(|r| r["name"] == room).map(|r| r["sid"].as_str().unwrap_or_default().to_string()))
+}
+
 async fn call(config: &LiveKitConfig, room: &str, method: &str, body: Value) -> Result<Value> {
     let url = format!("{}/twirp/livekit.RoomService/{method}", http_base(&config.url)?);
-    let token = super::token(&config.api_key, &config.api_secret, "egret", json!({ "room": room, "roomAdmin": true }));
+    let grant = json!({ "room": room, "roomAdmin": true, "roomList": true });
+    let token = super::token(&config.api_key, &config.api_secret, "egret", grant);
     let request = hyper::Request::post(&url)
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {token}"))

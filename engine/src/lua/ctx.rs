@@ -67,6 +67,8 @@ pub struct EgressCtx {
     /// Told when `start` waits on the outside world (a page loading, a start signal): the
     /// HTTP call is answered then rather than when `start` returns.
     pub suspended: Notify,
+    /// What a starting egress waits on, and the latest it may still be starting.
+    start_wait: Mutex<StartWait>,
     /// What lives as long as the egress (a chrome session); released when it ends.
     resources: Mutex<Vec<Box<dyn Any + Send>>>,
     /// The `[livekit]` server that `egress:join` connects to.
@@ -79,6 +81,20 @@ pub struct EgressCtx {
     announced: Mutex<std::collections::HashSet<String>>,
     /// Sources that do not end on the pipeline's EOS (room tracks) end through these.
     enders: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+}
+
+/// How long an egress may take to become active, beyond the bounded waits of its recipe
+/// (each `wait_*` and page load extends the bound by its own timeout).
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Slack over a wait's own timeout, so the recipe's own error (naming the wait) comes first.
+const START_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a starting egress is waiting on (named in its failure if it never becomes active).
+#[derive(Debug, Clone)]
+pub struct StartWait {
+    pub what: String,
+    pub until: tokio::time::Instant,
 }
 
 /// Events a recipe can subscribe to with `egress:on(name, fn)`; pages add `console`.
@@ -104,6 +120,10 @@ impl EgressCtx {
             timers: Mutex::new(HashMap::new()),
             next_timer: AtomicU64::new(1),
             suspended: Notify::new(),
+            start_wait: Mutex::new(StartWait {
+                what: "the recipe's start".into(),
+                until: tokio::time::Instant::now() + START_TIMEOUT,
+            }),
             resources: Mutex::new(Vec::new()),
             livekit: config.livekit.clone(),
             layouts_url: config.recipes.layouts_url.clone(),
@@ -111,6 +131,24 @@ impl EgressCtx {
             announced: Mutex::new(Default::default()),
             enders: Mutex::new(Vec::new()),
         })
+    }
+
+    /// `start` waits on the outside world for up to `timeout`: the caller is answered now
+    /// (the egress shows starting), and the start bound makes room for the wait.
+    pub fn waiting_for(&self, what: impl Into<String>, timeout: std::time::Duration) {
+        self.suspended.notify_one();
+        self.expect(what, timeout);
+    }
+
+    /// Names what the egress waits on next and extends the start bound to `timeout` from now.
+    pub fn expect(&self, what: impl Into<String>, timeout: std::time::Duration) {
+        let mut wait = self.start_wait.lock().unwrap();
+        wait.what = what.into();
+        wait.until = wait.until.max(tokio::time::Instant::now() + timeout + START_MARGIN);
+    }
+
+    pub fn start_wait(&self) -> StartWait {
+        self.start_wait.lock().unwrap().clone()
     }
 
     pub fn keep(&self, resource: Box<dyn Any + Send>) {

@@ -35,7 +35,10 @@ pub async fn open(ctx: Arc<EgressCtx>, opts: Table) -> mlua::Result<PageHandle> 
     if !(options.url.starts_with("http://") || options.url.starts_with("https://")) {
         return Err(mlua::Error::runtime(format!("chrome: `{}` is not an http(s) URL", options.url)));
     }
-    ctx.suspended.notify_one();
+    // Launching chromium takes a few seconds on top of the page's own load time.
+    // (Named without its query: a layout page's carries an access token.)
+    let page = options.url.split(['?', '#']).next().unwrap_or_default();
+    ctx.waiting_for(format!("the page {page} to load"), options.load_timeout + Duration::from_secs(15));
     let (console_commands, crash_commands) = (ctx.commands.clone(), ctx.commands.clone());
     let events = PageEvents {
         on_console: Box::new(move |text| {
@@ -73,8 +76,9 @@ impl UserData for PageHandle {
                 Some(o) => o.get::<Option<f64>>("timeout")?.unwrap_or(30.0),
                 None => 30.0,
             };
-            this.ctx.suspended.notify_one();
-            Ok(this.console.wait_for(&pattern, Duration::from_secs_f64(timeout.max(0.0))).await)
+            let wait = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+            this.ctx.waiting_for(format!("the page's console message `{pattern}`"), wait);
+            Ok(this.console.wait_for(&pattern, wait).await)
         });
 
         // page:on_console("END_RECORDING", fn): fn(text) for each matching console message

@@ -12,6 +12,7 @@ use mlua::{Function, LuaSerdeExt, MetaMethod, Table, UserData, UserDataFields, U
 
 use super::ctx::Command;
 use super::ctx::{EgressCtx, EgressHandle, EncoderHandle, MediaHandle};
+use crate::errors::{Error, ErrorKind};
 use crate::livekit::room::{Room, RoomEvent, RoomEvents};
 use crate::livekit::{codec_of, track_json};
 use crate::media::MediaKind;
@@ -34,6 +35,15 @@ pub const ROOM_EVENTS: &[&str] = &[
 fn runtime(e: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::runtime(e.to_string())
 }
+
+/// LiveKit's NotFound (404) for a room, participant or track that is not there.
+/// (No field: the message is LiveKit's own, word for word.)
+fn not_found(message: String) -> mlua::Error {
+    mlua::Error::external(Error::new(ErrorKind::NotFound, "", message))
+}
+
+/// How long joining a room may take (signalling, then the server's answer).
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How long `room:wait_participant` waits by default (LiveKit's subscription timeout).
 const PARTICIPANT_TIMEOUT_S: f64 = 30.0;
@@ -80,6 +90,16 @@ pub async fn join(ctx: Arc<EgressCtx>, name: String, identity: Option<String>) -
         .ok_or_else(|| runtime("join: egress.toml has no [livekit] section (url, api_key, api_secret)"))?;
     if name.is_empty() {
         return Err(runtime("join: the room name is empty"));
+    }
+    ctx.expect(format!("room `{name}` to be joined"), JOIN_TIMEOUT);
+    // Joining creates a room that does not exist; LiveKit refuses such an egress instead.
+    match crate::livekit::room_service::room_sid(&config, &name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(not_found("requested room does not exist".into()));
+        }
+        // The join itself reports an unreachable server, with its cause.
+        Err(e) => tracing::warn!(egress = %ctx.id, room = %name, "could not look the room up: {e:#}"),
     }
     let pipeline = ctx.graph.lock().unwrap().pipeline.clone();
     let identity = identity.filter(|i| !i.is_empty()).unwrap_or_else(|| ctx.id.clone());
@@ -136,8 +156,10 @@ impl UserData for RoomHandle {
                 None => TRACK_TIMEOUT_S,
             };
             let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+            this.ctx.expect(format!("track {sid} in room `{}`", this.room.name), wait);
             let (info, participant) = this.room.wait_track(&sid, wait).await.ok_or_else(|| {
-                runtime(format!("track `{sid}` is not published in room `{}` (waited {timeout} s)", this.room.name))
+                let text = format!("track {sid} not found (not published in room `{}` within {timeout} s)", this.room.name);
+                not_found(text)
             })?;
             this.ctx.announce(format!("track:{}", info.sid));
             let view = track_json(&info, &participant);
@@ -154,13 +176,13 @@ impl UserData for RoomHandle {
                     Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(PARTICIPANT_TIMEOUT_S),
                     None => PARTICIPANT_TIMEOUT_S,
                 };
-                this.ctx.suspended.notify_one();
                 let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+                this.ctx.waiting_for(format!("participant {identity} in room `{}`", this.room.name), wait);
                 let participant = this
                     .room
                     .wait_participant(&identity, wait)
                     .await
-                    .ok_or_else(|| runtime(format!("participant {identity} not found")))?;
+                    .ok_or_else(|| not_found(format!("participant {identity} not found")))?;
                 lua.to_value(&crate::livekit::participant_json(&participant))
             },
         );

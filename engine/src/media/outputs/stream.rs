@@ -77,7 +77,7 @@ pub fn add_url(target: &mut dyn BuildTarget, encoder: usize, field: &str, url: &
 fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::EgressInfo) {
     let (started_at, ended_at) = output.times_ns(ctx);
     info.stream_results.push(lk::StreamInfo {
-        url: output.target.clone(),
+        url: redact_stream_url(&output.target),
         started_at,
         ended_at,
         duration: if ended_at > 0 { ended_at - started_at } else { output.duration_ns() },
@@ -89,6 +89,32 @@ fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::E
         error: output.error.clone().unwrap_or_default(),
         ..Default::default()
     });
+}
+
+/// `rtmp://host/app/streamkey` → `rtmp://host/app/{str...key}`, as LiveKit shows stream URLs.
+pub fn redact_stream_url(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("rtmp://").or_else(|| url.strip_prefix("rtmps://")) else {
+        return url.to_string();
+    };
+    let scheme = &url[..url.len() - rest.len()];
+    let Some((head, key)) = rest.rsplit_once('/') else { return url.to_string() };
+    if !head.contains('/') || key.is_empty() {
+        return url.to_string();
+    }
+    let chars: Vec<char> = key.chars().collect();
+    let keep = match chars.len() {
+        n if n >= 9 => 3,
+        n if n >= 6 => 2,
+        n if n >= 3 => 1,
+        _ => 0,
+    };
+    let shown = if keep == 0 {
+        "{...}".to_string()
+    } else {
+        let (a, b): (String, String) = (chars[..keep].iter().collect(), chars[chars.len() - keep..].iter().collect());
+        format!("{{{a}...{b}}}")
+    };
+    format!("{scheme}{head}/{shown}")
 }
 
 fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
