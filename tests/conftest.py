@@ -40,8 +40,9 @@ def wait_for_port(port, proc, timeout=20.0):
 class EgretProcess:
     """egret with its own config, storage and a private copy of the recipes."""
 
-    def __init__(self, workdir: Path, extra_config: str = "", layouts: Path = ROOT / "layouts"):
+    def __init__(self, workdir: Path, extra_config: str = "", layouts: Path = ROOT / "layouts", server: str = ""):
         self.workdir = workdir
+        self.server_extra = server
         self.layouts = layouts
         self.storage = workdir / "out"
         self.recipes = workdir / "scripts"
@@ -66,6 +67,7 @@ class EgretProcess:
 listen = "127.0.0.1:{self.port}"
 api_key = "{API_KEY}"
 api_secret = "{API_SECRET}"
+{self.server_extra}
 [storage]
 dir = "out"
 [recipes]

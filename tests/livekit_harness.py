@@ -22,6 +22,17 @@ HERE = Path(__file__).resolve().parent
 SERVER = Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin" / "livekit-server"
 
 
+def redacted(url):
+    """A stream URL as LiveKit shows it in EgressInfo: the RTMP stream key cut to its ends."""
+    scheme, sep, rest = url.partition("://")
+    head, _, key = rest.rpartition("/")
+    if scheme not in ("rtmp", "rtmps") or "/" not in head or not key:
+        return url
+    keep = 3 if len(key) >= 9 else 2 if len(key) >= 6 else 1 if len(key) >= 3 else 0
+    shown = f"{{{key[:keep]}...{key[-keep:]}}}" if keep else "{...}"
+    return f"{scheme}{sep}{head}/{shown}"
+
+
 def free_udp_port():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((NODE_IP, 0))

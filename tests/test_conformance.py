@@ -11,7 +11,7 @@ import pytest
 from livekit import api
 
 from conftest import API_KEY, API_SECRET
-from livekit_harness import SMALL, recorded
+from livekit_harness import SMALL, recorded, redacted
 from media import duration, probe
 
 
@@ -78,7 +78,7 @@ def test_participant_egress_fails_when_the_participant_never_comes(lk_egret, roo
     assert time.monotonic() - started < 5, "the start is answered while it waits"
     final = wait_info(lk_egret, info.egress_id, lambda i: i.status in ENDED, timeout=60)
     assert final.status == api.EGRESS_FAILED, final
-    assert final.error == "participant nobody not found", final
+    assert final.error == "participant nobody not found" and final.error_code == 404, final
     assert final.details == "End reason: Failure", final
     assert 25 <= (time.monotonic() - started) <= 50
 
@@ -127,6 +127,7 @@ def test_egress_info_reads_as_livekit_fills_it(lk_egret, room, publish, nginx):
     assert segments.live_playlist_name == "conf/hls/live.m3u8", segments
     assert (lk_egret.storage / "conf/hls/live.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
     (result,) = final.stream_results
+    assert result.url == redacted(stream), "stream results show the key redacted, as LiveKit does"
     assert result.started_at >= final.started_at - 1e9 and result.ended_at >= result.started_at, result
     assert result.duration > 1e9, result
 
@@ -148,3 +149,68 @@ def test_room_composite_to_segments_and_images_starts(lk_egret, room, publish, o
     assert final["status"] == "complete", final
     for output in final["outputs"]:
         assert output["bytes"] > 0 and output["status"] == "complete", output
+
+
+MISSING_ROOM_REQUESTS = {
+    "room_composite": lambda lk, room: lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+        room_name=room, layout="grid", file_outputs=[api.EncodedFileOutput(filepath="conf/missing.mp4")])),
+    "participant": lambda lk, room: lk.egress.start_participant_egress(api.ParticipantEgressRequest(
+        room_name=room, identity="x", file_outputs=[api.EncodedFileOutput(filepath="conf/missing.mp4")])),
+    "track_composite": lambda lk, room: lk.egress.start_track_composite_egress(api.TrackCompositeEgressRequest(
+        room_name=room, audio_track_id="TR_a", file_outputs=[api.EncodedFileOutput(filepath="conf/missing.ogg")])),
+    "track": lambda lk, room: lk.egress.start_track_egress(api.TrackEgressRequest(
+        room_name=room, track_id="TR_a", file=api.DirectFileOutput(filepath="conf/missing"))),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MISSING_ROOM_REQUESTS))
+def test_egress_for_a_room_that_does_not_exist_is_not_found(lk_egret, livekit, room, kind):
+    """LiveKit refuses it at once (NotFound "requested room does not exist"); joining would
+    have created the room and recorded it empty."""
+    async def start(lk):
+        with pytest.raises(api.TwirpError) as failure:
+            await MISSING_ROOM_REQUESTS[kind](lk, room)
+        return failure.value
+
+    error = lk_call(lk_egret, start)
+    assert (error.code, error.status, error.message) == ("not_found", 404, "requested room does not exist"), error
+    rooms = livekit.room_service(lambda rooms: rooms.list_rooms(api.ListRoomsRequest(names=[room])))
+    assert not rooms.rooms, "the room was not created"
+
+
+def wait_published(livekit, room, sid, timeout=15.0):
+    """Until the server lists the track (its first packets reached it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = livekit.room_service(lambda rooms: rooms.list_participants(api.ListParticipantsRequest(room=room)))
+        if any(t.sid == sid for p in answer.participants for t in p.tracks):
+            return
+        assert time.monotonic() < deadline, f"track {sid} not listed"
+        time.sleep(0.1)
+
+
+def test_an_egress_that_never_gets_media_fails_naming_what_it_waited_for(tmp_path, livekit, publish, room):
+    """The start bound ([server] start_timeout): a publisher frozen right after publishing leaves
+    its track in the room with no media; the egress does not stay starting for ever but fails in
+    bounded time, naming what it waited for."""
+    import signal
+
+    from conftest import EgretProcess
+
+    egret = EgretProcess(tmp_path, livekit.config_toml(), server="start_timeout = 2")
+    pub = publish("--codec", "vp8")
+    wait_published(livekit, room, pub.tracks["video"])
+    pub.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        info = egret.api.start("track", room_name=room, track_id=pub.tracks["video"],
+                               file_outputs=[{"filepath": "conf/frozen"}])
+        final = egret.api.wait_status(info["egress_id"], "failed", "complete", "aborted", timeout=40)
+        took = time.monotonic() - started
+    finally:
+        pub.proc.send_signal(signal.SIGCONT)
+        egret.stop()
+    summary = {k: final[k] for k in ("status", "reason", "error")}
+    assert final["status"] == "failed", summary
+    assert final["reason"].startswith("not active after") and "file_outputs[0]" in final["reason"], summary
+    assert took < 20, f"failed after {took:.1f} s"

@@ -10,6 +10,7 @@ from livekit import api
 
 from conftest import API_KEY, API_SECRET
 from egret_client import livekit_token
+from livekit_harness import redacted
 from media import duration, probe, probe_live, streams
 
 
@@ -53,18 +54,18 @@ def test_python_client_start_list_update_stream_stop(egret, pages, nginx):
         active = await wait_info(lk, eid, lambda i: i.status == api.EGRESS_ACTIVE)
         listed = (await lk.egress.list_egress(api.ListEgressRequest(active=True))).items
         assert eid in [i.egress_id for i in listed]
-        assert active.started_at > 0 and [s.url for s in active.stream_results] == [first]
+        assert active.started_at > 0 and [s.url for s in active.stream_results] == [redacted(first)]
 
         updated = await lk.egress.update_stream(api.UpdateStreamRequest(egress_id=eid, add_output_urls=[second]))
-        assert sorted(s.url for s in updated.stream_results) == sorted([first, second])
+        assert sorted(s.url for s in updated.stream_results) == sorted([redacted(first), redacted(second)])
         await wait_info(lk, eid, lambda i: all(s.status == api.StreamInfo.ACTIVE and s.duration > 0 for s in i.stream_results))
         live = probe_live(second)
         assert {s["codec_name"] for s in live["streams"]} == {"h264", "aac"}
 
         removed = await lk.egress.update_stream(api.UpdateStreamRequest(egress_id=eid, remove_output_urls=[first]))
         by_url = {s.url: s for s in removed.stream_results}
-        assert by_url[first].status == api.StreamInfo.FINISHED
-        assert by_url[second].status == api.StreamInfo.ACTIVE
+        assert by_url[redacted(first)].status == api.StreamInfo.FINISHED
+        assert by_url[redacted(second)].status == api.StreamInfo.ACTIVE
 
         stopped = await lk.egress.stop_egress(api.StopEgressRequest(egress_id=eid))
         assert stopped.status in (api.EGRESS_ENDING, api.EGRESS_COMPLETE)

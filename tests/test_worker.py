@@ -8,6 +8,7 @@ import pytest
 from livekit import api
 
 from conftest import EgretProcess
+from livekit_harness import redacted
 from media import duration, frame_rgb, near, probe, probe_live, region_color, streams
 
 
@@ -64,7 +65,7 @@ def test_livekit_server_dispatches_web_and_participant_egress(livekit, workers, 
     updated = livekit.call(lambda lk: lk.egress.update_stream(api.UpdateStreamRequest(
         egress_id=web.egress_id, add_output_urls=[b], remove_output_urls=[a])))
     assert {s.url: s.status for s in updated.stream_results} == {
-        a: api.StreamInfo.Status.FINISHED, b: api.StreamInfo.Status.ACTIVE}, updated.stream_results
+        redacted(a): api.StreamInfo.Status.FINISHED, redacted(b): api.StreamInfo.Status.ACTIVE}, updated.stream_results
     assert streams(probe_live(b), "video"), "the added stream plays"
 
     for info in (web, participant):

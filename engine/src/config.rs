@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub api_key: String,
     pub api_secret: String,
+    /// How long an egress may take to become active beyond its recipe's own bounded waits
+    /// (`start_timeout`, seconds; default 30).
+    pub start_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +127,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("server.listen", Kind::Str, true),
     ("server.api_key", Kind::Str, true),
     ("server.api_secret", Kind::Str, true),
+    ("server.start_timeout", Kind::Number, false),
     ("storage", Kind::Section, true),
     ("storage.dir", Kind::Str, true),
     ("storage.crash_safe_mp4", Kind::Bool, false),
@@ -184,6 +188,10 @@ impl Config {
                 errors.push(format!("{key}: must not be empty (auth is always on)"));
             }
         }
+        let start_timeout = lookup(&root, "server.start_timeout").and_then(number).unwrap_or(30.0);
+        if !(1.0..=3600.0).contains(&start_timeout) {
+            errors.push(format!("server.start_timeout: {start_timeout} is not between 1 and 3600 seconds"));
+        }
         let livekit = root.get("livekit").map(|_| LiveKitConfig {
             url: reader.str("livekit.url"),
             api_key: reader.str("livekit.api_key"),
@@ -238,6 +246,7 @@ impl Config {
                 listen: listen.expect("checked above"),
                 api_key: reader.str("server.api_key"),
                 api_secret: reader.str("server.api_secret"),
+                start_timeout: std::time::Duration::from_secs_f64(start_timeout),
             },
             storage: StorageConfig {
                 dir: base.join(reader.str("storage.dir")),

@@ -112,7 +112,7 @@ impl Supervisor {
                     starting = false;
                     match result.map_err(|e| start_error(&e)).and_then(|()| self.play()) {
                         Ok(()) => {
-                            self.ctx.expect("its first media", crate::lua::ctx::START_TIMEOUT);
+                            self.ctx.expect("its first media", self.ctx.start_timeout);
                             reply(&mut answer, Ok(()))
                         }
                         Err(e) => {

@@ -69,6 +69,9 @@ pub struct EgressCtx {
     pub suspended: Notify,
     /// What a starting egress waits on, and the latest it may still be starting.
     start_wait: Mutex<StartWait>,
+    /// How long it may take to become active beyond its recipe's bounded waits (each
+    /// `wait_*` and page load extends the bound by its own timeout): `[server] start_timeout`.
+    pub start_timeout: std::time::Duration,
     /// What lives as long as the egress (a chrome session); released when it ends.
     resources: Mutex<Vec<Box<dyn Any + Send>>>,
     /// The `[livekit]` server that `egress:join` connects to.
@@ -82,10 +85,6 @@ pub struct EgressCtx {
     /// Sources that do not end on the pipeline's EOS (room tracks) end through these.
     enders: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
-
-/// How long an egress may take to become active, beyond the bounded waits of its recipe
-/// (each `wait_*` and page load extends the bound by its own timeout).
-pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Slack over a wait's own timeout, so the recipe's own error (naming the wait) comes first.
 const START_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -122,8 +121,9 @@ impl EgressCtx {
             suspended: Notify::new(),
             start_wait: Mutex::new(StartWait {
                 what: "the recipe's start".into(),
-                until: tokio::time::Instant::now() + START_TIMEOUT,
+                until: tokio::time::Instant::now() + config.server.start_timeout,
             }),
+            start_timeout: config.server.start_timeout,
             resources: Mutex::new(Vec::new()),
             livekit: config.livekit.clone(),
             layouts_url: config.recipes.layouts_url.clone(),
@@ -140,11 +140,12 @@ impl EgressCtx {
         self.expect(what, timeout);
     }
 
-    /// Names what the egress waits on next and extends the start bound to `timeout` from now.
+    /// Names what the egress waits on next, and moves the start bound to `timeout` from now:
+    /// each step of a start is bounded by its own wait, not by the sum of all.
     pub fn expect(&self, what: impl Into<String>, timeout: std::time::Duration) {
         let mut wait = self.start_wait.lock().unwrap();
         wait.what = what.into();
-        wait.until = wait.until.max(tokio::time::Instant::now() + timeout + START_MARGIN);
+        wait.until = tokio::time::Instant::now() + timeout + START_MARGIN;
     }
 
     pub fn start_wait(&self) -> StartWait {
