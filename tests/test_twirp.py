@@ -168,7 +168,7 @@ def test_js_server_sdk_egress_client(egret, pages, nginx):
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["requestCase"] == "web" and summary["listedActive"]
     streams_after = {s["url"]: s["status"] for s in summary["streamsAfterUpdate"]}
-    assert streams_after == {a: 1, b: 0}, streams_after  # StreamInfo.Status: ACTIVE=0, FINISHED=1
+    assert streams_after == {redacted(a): 1, redacted(b): 0}, streams_after  # StreamInfo.Status: ACTIVE=0, FINISHED=1
     assert summary["stoppedStatus"] in ("EGRESS_ENDING", "EGRESS_COMPLETE")
     assert summary["finalStatus"] == "EGRESS_COMPLETE"
     (file_result,) = summary["file"]
