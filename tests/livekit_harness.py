@@ -194,6 +194,7 @@ class Publisher:
     """tests/publisher.py in its own process; its JSON events are read by a thread."""
 
     def __init__(self, server: LiveKitServer, room: str, identity: str, *args: str):
+        self.identity = identity
         self.events = queue.Queue()
         self.tracks = {}
         self.proc = subprocess.Popen(

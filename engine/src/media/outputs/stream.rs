@@ -74,7 +74,8 @@ pub fn add_url(target: &mut dyn BuildTarget, encoder: usize, field: &str, url: &
     target.attach(encoder, parts, OutputStatus::new(field.into(), &KIND, url.into()), None).map_err(fail)
 }
 
-fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::EgressInfo) {
+/// A StreamInfo per URL (RTMP with its key redacted; websocket and SRT URLs verbatim, as LiveKit).
+pub(super) fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::EgressInfo) {
     let (started_at, ended_at) = output.times_ns(ctx);
     info.stream_results.push(lk::StreamInfo {
         url: redact_stream_url(&output.target),

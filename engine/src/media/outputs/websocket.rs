@@ -23,7 +23,8 @@ pub static KIND: OutputKind = OutputKind {
     request_fields: &["websocket_url"],
     unified_key: None,
     parse,
-    livekit_result: |_, _, _| {},
+    // LiveKit reports a websocket as a stream (StreamInfo with the URL as given).
+    livekit_result: super::stream::livekit_result,
 };
 
 pub const PCM_CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=1";
