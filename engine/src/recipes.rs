@@ -62,16 +62,20 @@ impl Recipes {
         let Some(name) = path.file_stem().map(|s| s.to_string_lossy().to_string()) else {
             return;
         };
-        let mut entries = self.entries.write().unwrap();
         if !path.exists() {
-            if entries.remove(&name).is_some() {
+            if self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(&name).is_some() {
                 tracing::info!(recipe = %name, "recipe removed");
             }
             return;
         }
         let chunk = lua::chunk_name(&self.dir, path);
+        // The recipe's top level runs with no lock held (it is user code, under its budget), and
+        // a panic in it is a load error like any other, not a crash.
+        let loaded = std::panic::catch_unwind(|| load_declaration(&self.dir, path, &name, &chunk))
+            .unwrap_or_else(|_| Err(format!("{chunk}: the recipe made egret panic while loading")));
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let entry = entries.entry(name.clone()).or_default();
-        match load_declaration(&self.dir, path, &name, &chunk) {
+        match loaded {
             Ok((source, decl)) => {
                 if entry.current.as_ref().is_some_and(|c| *c.source == *source) && entry.last_error.is_none() {
                     return; // saved without change
@@ -92,7 +96,7 @@ impl Recipes {
 
     /// The live version of a recipe, or why there is none.
     pub fn get(&self, name: &str) -> Result<RecipeVersion, RecipeLookupError> {
-        let entries = self.entries.read().unwrap();
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         match entries.get(name) {
             None => Err(RecipeLookupError::Unknown(entries.keys().cloned().collect())),
             Some(Entry { current: Some(v), .. }) => Ok(v.clone()),
@@ -101,7 +105,7 @@ impl Recipes {
     }
 
     pub fn to_json(&self) -> Value {
-        let entries = self.entries.read().unwrap();
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         Value::Array(
             entries
                 .iter()

@@ -225,8 +225,17 @@ impl EgressCtx {
     fn fire_matching(&self, lua: &Lua, event: &str, matches: impl Fn(&str) -> bool, arg: Value) {
         for f in self.handlers_for(lua, event, matches) {
             if let Err(e) = f.call::<()>(arg.clone()) {
-                tracing::error!(egress = %self.id, event, "recipe handler failed: {}", super::error_text(&e));
+                self.handler_failed(event, &e);
             }
+        }
+    }
+
+    /// A handler's error is logged; a runaway handler (over its CPU or memory budget) fails
+    /// the egress: its outputs are finalized, and it cannot keep burning a runtime thread.
+    fn handler_failed(&self, what: &str, e: &mlua::Error) {
+        tracing::error!(egress = %self.id, what, "recipe handler failed: {}", super::error_text(e));
+        if let Some(reason) = super::budget::runaway(e) {
+            let _ = self.commands.send(Command::Fail { reason });
         }
     }
 
@@ -235,7 +244,12 @@ impl EgressCtx {
     pub async fn fire_update(&self, lua: &Lua, event: &str, value: &str) -> Result<bool, String> {
         let handlers = self.handlers_for(lua, event, |_| true);
         for f in &handlers {
-            f.call_async::<()>(value).await.map_err(|e| super::error_text(&e))?;
+            f.call_async::<()>(value).await.map_err(|e| {
+                if let Some(reason) = super::budget::runaway(&e) {
+                    let _ = self.commands.send(Command::Fail { reason });
+                }
+                super::error_text(&e)
+            })?;
         }
         Ok(!handlers.is_empty())
     }
@@ -246,7 +260,7 @@ impl EgressCtx {
         if let Some(f) = key.and_then(|k| lua.registry_value::<Function>(&k).ok())
             && let Err(e) = f.call::<()>(())
         {
-            tracing::error!(egress = %self.id, "recipe timer failed: {}", super::error_text(&e));
+            self.handler_failed("timer", &e);
         }
     }
 }

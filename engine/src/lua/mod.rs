@@ -2,6 +2,7 @@
 //! (`return recipe { name, params, outputs, start }`) read out of a recipe file.
 
 pub mod api;
+pub mod budget;
 pub mod ctx;
 mod page;
 pub mod room;
@@ -43,7 +44,13 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
     os.set(
         "date",
         lua.create_function(|_, fmt: Option<String>| {
-            Ok(chrono::Utc::now().format(&fmt.unwrap_or("%Y-%m-%dT%H:%M:%SZ".into())).to_string())
+            use chrono::format::{Item, StrftimeItems};
+            let fmt = fmt.unwrap_or("%Y-%m-%dT%H:%M:%SZ".into());
+            // chrono panics on a bad specifier while formatting: refuse it first.
+            if StrftimeItems::new(&fmt).any(|item| matches!(item, Item::Error)) || fmt.len() > 256 {
+                return Err(mlua::Error::runtime(format!("os.date: `{fmt}` is not a valid strftime format")));
+            }
+            Ok(chrono::Utc::now().format(&fmt).to_string())
         })?,
     )?;
     globals.set("os", os)?;
@@ -76,6 +83,7 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
     json.set(
         "encode",
         lua.create_function(|lua, value: Value| {
+            check_depth(&value, JSON_DEPTH)?;
             let value: serde_json::Value = lua.from_value(value)?;
             Ok(value.to_string())
         })?,
@@ -112,7 +120,39 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
     )
     .set_name("=egret")
     .exec()?;
+    budget::install(&lua)?;
     Ok(lua)
+}
+
+/// How deep `json.encode` goes (json.decode's parser stops at 128): deeper nesting would
+/// overflow the engine's stack, taking every egress down with it.
+const JSON_DEPTH: usize = 100;
+
+/// Refuses tables nested deeper than `max`, walking them without recursion.
+fn check_depth(value: &Value, max: usize) -> mlua::Result<()> {
+    let mut stack: Vec<(Table, usize)> = match value {
+        Value::Table(t) => vec![(t.clone(), 1)],
+        _ => return Ok(()),
+    };
+    // The deepest each table was reached at: a table shared by two paths is walked again only
+    // from a deeper one (and a cycle ends as too deep).
+    let mut deepest = std::collections::HashMap::new();
+    while let Some((table, depth)) = stack.pop() {
+        if depth > max {
+            return Err(mlua::Error::runtime(format!("json.encode: nested deeper than {max} levels")));
+        }
+        let seen = deepest.entry(table.to_pointer() as usize).or_insert(0);
+        if *seen >= depth {
+            continue;
+        }
+        *seen = depth;
+        for pair in table.pairs::<Value, Value>() {
+            if let (_, Value::Table(inner)) = pair? {
+                stack.push((inner, depth + 1));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `require "lib.util"` → `<recipes>/lib/util.lua`; nothing outside the recipes directory.
@@ -193,6 +233,25 @@ pub fn error_text(err: &mlua::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn os_date_refuses_a_bad_format_instead_of_panicking() {
+        let lua = sandbox(Path::new("scripts")).unwrap();
+        let err = lua.load("return os.date('%Q')").exec().unwrap_err().to_string();
+        assert!(err.contains("not a valid strftime format"), "{err}");
+        let year: String = lua.load("return os.date('%Y')").eval().unwrap();
+        assert_eq!(year.len(), 4);
+    }
+
+    #[test]
+    fn json_encode_refuses_what_would_overflow_the_stack() {
+        let lua = sandbox(Path::new("scripts")).unwrap();
+        let deep = "local t = {} for i = 1, 200000 do t = { t } end return json.encode(t)";
+        let err = lua.load(deep).exec().unwrap_err().to_string();
+        assert!(err.contains("nested deeper than 100 levels"), "{err}");
+        let ok: String = lua.load("local t = {} for i = 1, 50 do t = { t } end return json.encode(t)").eval().unwrap();
+        assert!(ok.starts_with("[[[["));
+    }
 
     #[test]
     fn sandbox_has_no_io_or_os_execute() {
