@@ -112,7 +112,8 @@ impl Error {
     }
 
     pub fn already_ended(id: &str, status: impl fmt::Debug) -> Self {
-        Error::new(ErrorKind::AlreadyEnded, "", format!("egress {id} already ended ({status:?})").to_lowercase())
+        let status = format!("{status:?}").to_lowercase();
+        Error::new(ErrorKind::AlreadyEnded, "", format!("egress {id} already ended ({status})"))
     }
 
     pub fn field_error(&self) -> FieldError {

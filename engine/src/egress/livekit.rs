@@ -274,9 +274,10 @@ pub fn egress_info(snapshot: &EgressSnapshot, original: Option<&Value>, storage:
         room_name: param("room_name"),
         source_type: kind.map_or(lk::EgressSourceType::Web, |k| k.source_type) as i32,
         status: status(snapshot) as i32,
-        started_at: ctx.started_at,
+        // LiveKit: when the request was taken, never changed (outputs carry media times).
+        started_at: nanos(Some(snapshot.created_at)),
         ended_at: ctx.ended_at,
-        updated_at: nanos(Some(super::now())),
+        updated_at: nanos(Some(snapshot.updated_at)),
         error,
         error_code: error_code(snapshot),
         details,
@@ -527,6 +528,7 @@ mod tests {
             error: None,
             failure: None,
             created_at: 1.0,
+            updated_at: 4.5,
             started_at: Some(2.0),
             ended_at: Some(4.5),
             duration: 2.5,
@@ -547,7 +549,7 @@ mod tests {
         assert!(info.result.is_none(), "a file and a stream: no legacy result");
         assert_eq!(info.room_name, "r");
         assert_eq!(info.source_type, lk::EgressSourceType::Sdk as i32);
-        assert_eq!((info.started_at, info.ended_at), (2_000_000_000, 4_500_000_000));
+        assert_eq!((info.started_at, info.ended_at), (1_000_000_000, 4_500_000_000), "started_at: the request's time");
         assert_eq!(info.file_results[0].location, "/s/r/a.mp4");
         assert_eq!(info.file_results[0].duration, 2_500_000_000);
         assert_eq!(info.stream_results[0].status, lk::stream_info::Status::Failed as i32);

@@ -189,9 +189,11 @@ impl Manager {
         );
         let ctx = EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx, &self.config);
         self.egresses.write().unwrap().push(record.clone());
-        for observe in self.observers.read().unwrap().iter() {
-            observe(&record);
-        }
+        let tell_observers = |record: &Arc<EgressRecord>| {
+            for observe in self.observers.read().unwrap().iter() {
+                observe(record);
+            }
+        };
 
         let supervisor = Supervisor {
             record: record.clone(),
@@ -205,14 +207,26 @@ impl Manager {
             source_error: None,
         };
         let (started_tx, started_rx) = oneshot::channel();
-        tokio::spawn(supervisor.run(start, started_tx));
         if options.detached {
+            // Answered at once (livekit-server dispatch): whatever happens next is the egress's.
+            tell_observers(&record);
+            tokio::spawn(supervisor.run(start, started_tx));
             return Ok(record);
         }
+        tokio::spawn(supervisor.run(start, started_tx));
+        let refused = |error| {
+            // The caller has its answer: like LiveKit, a refused start leaves no egress behind
+            // (nothing listed, no webhook, nothing told to livekit-server).
+            self.egresses.write().unwrap().retain(|e| e.id != id);
+            Err(StartError { error, egress: Some(record.to_json()) })
+        };
         match started_rx.await {
-            Ok(Ok(())) => Ok(record),
-            Ok(Err(error)) => Err(StartError { error, egress: Some(record.to_json()) }),
-            Err(_) => Err(StartError::new(ErrorKind::Internal, "", "egress task ended during start")),
+            Ok(Ok(())) => {
+                tell_observers(&record);
+                Ok(record.clone())
+            }
+            Ok(Err(error)) => refused(error),
+            Err(_) => refused(Error::new(ErrorKind::Internal, "", "egress task ended during start")),
         }
     }
 

@@ -79,6 +79,11 @@ pub struct EgressRecord {
     status_tx: watch::Sender<EgressStatus>,
     /// Bumped on every change a client can see (status, outputs added, ended or failed).
     revision: watch::Sender<u64>,
+    /// The outputs as last published (field, target, state): what a change is measured against
+    /// (the statuses themselves are shared with the pipeline and change in place).
+    published: Mutex<Vec<(String, String, outputs::OutputState)>>,
+    /// Unix seconds of the last change a client can see (LiveKit's updated_at).
+    updated_at: Mutex<f64>,
 }
 
 pub use crate::clock::now;
@@ -102,6 +107,8 @@ impl EgressRecord {
             livekit_request,
             room_id: Mutex::new(None),
             revision: watch::channel(0).0,
+            published: Mutex::new(Vec::new()),
+            updated_at: Mutex::new(now()),
             created_at: now(),
             lifecycle: Mutex::new(Lifecycle {
                 status: EgressStatus::Starting,
@@ -146,7 +153,7 @@ impl EgressRecord {
         let reason = l.reason.clone().unwrap_or_default();
         drop(l);
         self.status_tx.send_replace(status);
-        self.revision.send_modify(|r| *r += 1);
+        self.bump();
         tracing::info!(egress = %self.id, ?status, %reason, "egress status");
         true
     }
@@ -159,16 +166,23 @@ impl EgressRecord {
     /// The outputs as they are now; a change a client can see (one added, one ended)
     /// counts as an update.
     fn set_outputs(&self, outputs: Vec<Arc<OutputStatus>>) {
-        let shape = |list: &[Arc<OutputStatus>]| -> Vec<(String, String, outputs::OutputState)> {
-            list.iter().map(|o| (o.field.clone(), o.target.clone(), o.state())).collect()
+        let shape: Vec<_> = outputs.iter().map(|o| (o.field.clone(), o.target.clone(), o.state())).collect();
+        *self.outputs.lock().unwrap() = outputs;
+        let changed = {
+            let mut published = self.published.lock().unwrap();
+            let changed = *published != shape;
+            *published = shape;
+            changed
         };
-        let mut current = self.outputs.lock().unwrap();
-        let changed = shape(&current) != shape(&outputs);
-        *current = outputs;
-        drop(current);
         if changed {
-            self.revision.send_modify(|r| *r += 1);
+            self.bump();
         }
+    }
+
+    /// A change a client can see: observers (worker, webhooks) are told, updated_at moves.
+    fn bump(&self) {
+        *self.updated_at.lock().unwrap() = now();
+        self.revision.send_modify(|r| *r += 1);
     }
 
     fn set_room_id(&self, room_id: Option<String>) {
@@ -214,6 +228,7 @@ impl EgressRecord {
             error: l.error.clone(),
             failure: l.failure,
             created_at: self.created_at,
+            updated_at: *self.updated_at.lock().unwrap(),
             started_at: l.started_at,
             ended_at: l.ended_at,
             duration: (duration * 1000.0).round() / 1000.0,
@@ -244,6 +259,8 @@ pub struct EgressSnapshot {
     pub failure: Option<crate::errors::ErrorKind>,
     /// Unix seconds.
     pub created_at: f64,
+    /// The last change a client can see (status, an output added, ended or failed).
+    pub updated_at: f64,
     pub started_at: Option<f64>,
     pub ended_at: Option<f64>,
     /// Seconds active, to the millisecond.

@@ -156,7 +156,7 @@ impl UserData for RoomHandle {
                 None => TRACK_TIMEOUT_S,
             };
             let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
-            this.ctx.expect(format!("track {sid} in room `{}`", this.room.name), wait);
+            this.ctx.waiting_for(format!("track {sid} in room `{}`", this.room.name), wait);
             let (info, participant) = this.room.wait_track(&sid, wait).await.ok_or_else(|| {
                 let text =
                     format!("track {sid} not found (not published in room `{}` within {timeout} s)", this.room.name);

@@ -211,6 +211,8 @@ impl ChromeSession {
         let session =
             ChromeSession { xvfb, pulse, _browser: browser, _kill_chromium: kill_tx, tasks, dir, console, pid };
         let navigate_ms = began.elapsed().as_millis();
+        // Named without its query in errors: a layout page's query carries a room access token.
+        let shown = opts.url.split(['?', '#']).next().unwrap_or_default();
         match tokio::time::timeout(opts.load_timeout, page.goto(opts.url.as_str())).await {
             Ok(Ok(_)) => {
                 let loaded_ms = began.elapsed().as_millis();
@@ -218,10 +220,10 @@ impl ChromeSession {
                 Ok(session)
             }
             Ok(Err(chromiumoxide::error::CdpError::ChromeMessage(text))) => {
-                Err(anyhow!("navigation to {} failed: {text}", opts.url))
+                Err(anyhow!("navigation to {shown} failed: {text}"))
             }
-            Ok(Err(e)) => Err(anyhow!("navigation to {} failed: {e}", opts.url)),
-            Err(_) => Err(anyhow!("{} did not load within {} s", opts.url, opts.load_timeout.as_secs())),
+            Ok(Err(e)) => Err(anyhow!("navigation to {shown} failed: {e}")),
+            Err(_) => Err(anyhow!("{shown} did not load within {} s", opts.load_timeout.as_secs())),
         }
     }
 

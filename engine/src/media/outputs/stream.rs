@@ -76,7 +76,13 @@ pub fn add_url(target: &mut dyn BuildTarget, encoder: usize, field: &str, url: &
 
 /// A StreamInfo per URL (RTMP with its key redacted; websocket and SRT URLs verbatim, as LiveKit).
 pub(super) fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::EgressInfo) {
-    let (started_at, ended_at) = output.times_ns(ctx);
+    let (_, ended_at) = output.times_ns(ctx);
+    // LiveKit: 0 until this URL's first bytes go out; one that never started, its end.
+    let started_at = match output.started_at {
+        Some(s) => (s * 1e9) as i64,
+        None if ended_at > 0 => ended_at,
+        None => 0,
+    };
     info.stream_results.push(lk::StreamInfo {
         url: redact_stream_url(&output.target),
         started_at,
