@@ -128,8 +128,10 @@ def test_track_composite_goes_to_every_output_at_once(lk_egret, publish, room, n
     assert sorted((lk_egret.storage / "tc-all").glob("img*.jpeg"))
 
 
-def test_participant_is_followed_through_leave_and_rejoin(lk_egret, publish, room):
-    # Started before the participant exists: it waits for bob (LiveKit waits 30 s), then records.
+def test_participant_is_followed_through_leave_and_rejoin(lk_egret, livekit, publish, room):
+    # Started before the participant is in the (existing) room: it waits for bob (LiveKit waits
+    # 30 s), then records.
+    livekit.create_room(room, departure_timeout=20)
     info = lk_egret.api.start("participant", room_name=room, identity="bob", file_outputs=[{"filepath": "p/{room_name}.mp4"}], **SMALL)
     eid = info["egress_id"]
     assert info["status"] == "starting", info

@@ -158,6 +158,7 @@ def test_js_server_sdk_track_and_room_composite(lk_egret, publish, room):
 
 def test_unbuilt_layouts_fail_with_a_clear_error(tmp_path, livekit, room):
     egret = EgretProcess(tmp_path, livekit.config_toml(), layouts=tmp_path / "no-layouts")
+    livekit.create_room(room, departure_timeout=5)
     try:
         with pytest.raises(ApiError) as e:
             egret.api.start("room_composite", room_name=room, file_outputs=[{"filepath": "x.mp4"}])
