@@ -149,7 +149,12 @@ logging:
         """This server's view of an egress (its ListEgress)."""
         from livekit import api
 
-        items = self.call(lambda lk: lk.egress.list_egress(api.ListEgressRequest(egress_id=egress_id))).items
+        try:
+            items = self.call(lambda lk: lk.egress.list_egress(api.ListEgressRequest(egress_id=egress_id))).items
+        except api.TwirpError as e:
+            if e.code != "not_found":
+                raise
+            return None  # started on egret's own API: the server hears of it a moment later
         return items[0] if items else None
 
     def wait_egress(self, egress_id, *statuses, timeout=30.0):

@@ -181,6 +181,8 @@ def test_egress_for_a_room_that_does_not_exist_is_not_found(lk_egret, livekit, r
     assert (error.code, error.status, error.message) == ("not_found", 404, "requested room does not exist"), error
     rooms = livekit.room_service(lambda rooms: rooms.list_rooms(api.ListRoomsRequest(names=[room])))
     assert not rooms.rooms, "the room was not created"
+    listed = lk_call(lk_egret, lambda lk: lk.egress.list_egress(api.ListEgressRequest(room_name=room))).items
+    assert not listed, "a refused start leaves no egress behind"
 
 
 def wait_published(livekit, room, sid, timeout=15.0):

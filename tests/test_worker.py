@@ -67,6 +67,12 @@ def test_livekit_server_dispatches_web_and_participant_egress(livekit, workers, 
     assert {s.url: s.status for s in updated.stream_results} == {
         redacted(a): api.StreamInfo.Status.FINISHED, redacted(b): api.StreamInfo.Status.ACTIVE}, updated.stream_results
     assert streams(probe_live(b), "video"), "the added stream plays"
+    # The server's own view follows (LiveKit sends an update after every UpdateStream).
+    deadline = time.monotonic() + 10
+    while {s.url: s.status for s in livekit.egress_status(web.egress_id).stream_results} != {
+            redacted(a): api.StreamInfo.Status.FINISHED, redacted(b): api.StreamInfo.Status.ACTIVE}:
+        assert time.monotonic() < deadline, livekit.egress_status(web.egress_id).stream_results
+        time.sleep(0.2)
 
     for info in (web, participant):
         livekit.call(lambda lk, i=info: lk.egress.stop_egress(api.StopEgressRequest(egress_id=i.egress_id)))
