@@ -11,7 +11,7 @@ return recipe {
     room_name    = "string",
     identity     = "string",
     screen_share = "boolean?",
-    rejoin_grace = "number?",
+    rejoin_grace = "number(0..3600)?",
   },
   outputs = true,
 

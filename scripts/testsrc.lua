@@ -8,8 +8,8 @@ return recipe {
     audio_only = "boolean?",     -- no video at all (OGG needs this)
     video_only = "boolean?",
     av_sync    = "boolean?",     -- flash + 1 kHz beep on every whole second
-    tone       = "number?",      -- tone frequency in Hz (default 440)
-    duration   = "number?",      -- stop by itself after this many seconds of recording
+    tone       = "number(20..20000)?",   -- tone frequency in Hz (default 440)
+    duration   = "number(0.1..604800)?", -- stop by itself after this many seconds of recording
   },
   outputs = true,                -- file/segment/stream/image outputs + preset/advanced
 

@@ -7,7 +7,7 @@ return recipe {
     audio_only           = "boolean?",   -- no Xvfb capture at all
     video_only           = "boolean?",   -- no PulseAudio capture at all
     await_start_signal   = "boolean?",   -- record from the page's console.log("START_RECORDING")
-    start_signal_timeout = "number?",    -- seconds to wait for it (default 30)
+    start_signal_timeout = "number(0..3600)?", -- seconds to wait for it (default 30)
   },
   outputs = true,
 

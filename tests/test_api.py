@@ -31,6 +31,17 @@ GOOD_FILE = [{"filepath": "api/x.mp4"}]
         ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "advanced": {"width": 1281}}}, 400,
          "params.advanced.width", "even"),
         ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "tone": "loud"}}, 400, "params.tone", "number"),
+        # Absurd numbers are refused before anything starts (the recipe declares each number's range).
+        ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "duration": -1}}, 400, "params.duration",
+         "must be between"),
+        ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "duration": 1e308}}, 400, "params.duration",
+         "must be between"),
+        ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "tone": 2 ** 70}}, 400, "params.tone",
+         "must be between"),
+        ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "max_duration": 1e308}}, 400,
+         "params.max_duration", "positive number of seconds"),
+        ({"recipe": "web", "params": {"url": "http://127.0.0.1:9/", "start_signal_timeout": 1e308,
+                                      "file_outputs": GOOD_FILE}}, 400, "params.start_signal_timeout", "must be between"),
         ({"recipe": "testsrc", "params": {"file_outputs": GOOD_FILE, "colour": "red"}}, 400, "params.colour",
          "unknown parameter"),
         # OGG holds audio only: known once the recipe built its video source, so 422 from start.

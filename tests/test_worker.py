@@ -195,3 +195,16 @@ def test_worker_serves_again_after_a_redis_restart(tmp_path, pages):
     finally:
         worker.stop()
         server.stop()
+
+
+def test_a_request_the_recipe_refuses_is_an_error_through_the_server(livekit, workers, publish, room):
+    """A bad layout reaches the worker's recipe: the caller gets invalid_argument and no egress
+    is left in the server's list (LiveKit validates before it answers)."""
+    workers("w")
+    publish(identity="lay")
+    with pytest.raises(api.TwirpError) as failure:
+        livekit.call(lambda lk: lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+            room_name=room, layout="nosuchlayout", file_outputs=[api.EncodedFileOutput(filepath="wk/bad.mp4")])))
+    assert failure.value.code == "invalid_argument" and "unknown layout" in failure.value.message, failure.value
+    listed = livekit.call(lambda lk: lk.egress.list_egress(api.ListEgressRequest(room_name=room))).items
+    assert not listed, listed

@@ -4,7 +4,7 @@
 --   * when the last stream URL fails, stop instead of recording on without a stream.
 return recipe {
   name = "guarded_restream",
-  params = { max_seconds = "number?" },
+  params = { max_seconds = "number(1..604800)?" },
   outputs = true,
 
   start = function(req, egress)

@@ -38,9 +38,6 @@ pub struct StartOptions {
     pub always_on: Option<String>,
     /// An id chosen by the caller (livekit-server picks it for the workers it dispatches to).
     pub egress_id: Option<String>,
-    /// Answer once the request is valid and the egress exists, without waiting for the
-    /// recipe's start: its outcome shows in the egress status.
-    pub detached: bool,
     /// The LiveKit request it came as (proto3 JSON), echoed in EgressInfo.
     pub livekit_request: Option<Value>,
 }
@@ -207,12 +204,6 @@ impl Manager {
             source_error: None,
         };
         let (started_tx, started_rx) = oneshot::channel();
-        if options.detached {
-            // Answered at once (livekit-server dispatch): whatever happens next is the egress's.
-            tell_observers(&record);
-            tokio::spawn(supervisor.run(start, started_tx));
-            return Ok(record);
-        }
         tokio::spawn(supervisor.run(start, started_tx));
         let refused = |error| {
             // The caller has its answer: like LiveKit, a refused start leaves no egress behind

@@ -338,7 +338,7 @@ impl Supervisor {
                     if let Some(limit) = self.ctx.request.max_duration {
                         let commands = self.ctx.commands.clone();
                         tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_secs_f64(limit)).await;
+                            tokio::time::sleep(crate::clock::seconds(limit)).await;
                             let _ = commands.send(Command::Stop { reason: reason::LIMIT_REACHED.into() });
                         });
                     }

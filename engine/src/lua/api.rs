@@ -1,8 +1,6 @@
 //! What a recipe's `start(req, egress)` can call. Every method builds or drives GStreamer
 //! pieces in Rust; Lua holds only handles (`egress`, sources' `video`/`audio`, encoders).
 
-use std::time::Duration;
-
 use mlua::{Function, LuaSerdeExt, Table, UserData, UserDataFields, UserDataMethods, Value};
 
 use super::ctx::Command;
@@ -134,7 +132,7 @@ impl UserData for EgressHandle {
             let id = this.0.add_timer(lua, f)?;
             let commands = this.0.commands.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                tokio::time::sleep(crate::clock::seconds(seconds)).await;
                 let _ = commands.send(Command::Timer { id });
             });
             Ok(id)

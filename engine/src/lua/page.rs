@@ -27,7 +27,7 @@ pub async fn open(ctx: Arc<EgressCtx>, opts: Table) -> mlua::Result<PageHandle> 
         framerate: opts.get::<Option<u32>>("framerate")?.unwrap_or(settings.framerate),
         video: opts.get::<Option<bool>>("video")?.unwrap_or(true),
         audio: opts.get::<Option<bool>>("audio")?.unwrap_or(true),
-        load_timeout: Duration::from_secs_f64(opts.get::<Option<f64>>("load_timeout")?.unwrap_or(30.0)),
+        load_timeout: crate::clock::seconds(opts.get::<Option<f64>>("load_timeout")?.unwrap_or(30.0)),
     };
     if !options.video && !options.audio {
         return Err(mlua::Error::runtime("chrome: video and audio are both off"));
@@ -76,7 +76,7 @@ impl UserData for PageHandle {
                 Some(o) => o.get::<Option<f64>>("timeout")?.unwrap_or(30.0),
                 None => 30.0,
             };
-            let wait = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+            let wait = crate::clock::seconds(timeout.min(3600.0));
             this.ctx.waiting_for(format!("the page's console message `{pattern}`"), wait);
             Ok(this.console.wait_for(&pattern, wait).await)
         });

@@ -155,7 +155,7 @@ impl UserData for RoomHandle {
                 Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(TRACK_TIMEOUT_S),
                 None => TRACK_TIMEOUT_S,
             };
-            let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+            let wait = crate::clock::seconds(timeout.min(3600.0));
             this.ctx.waiting_for(format!("track {sid} in room `{}`", this.room.name), wait);
             let (info, participant) = this.room.wait_track(&sid, wait).await.ok_or_else(|| {
                 let text =
@@ -177,7 +177,7 @@ impl UserData for RoomHandle {
                     Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(PARTICIPANT_TIMEOUT_S),
                     None => PARTICIPANT_TIMEOUT_S,
                 };
-                let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+                let wait = crate::clock::seconds(timeout.min(3600.0));
                 this.ctx.waiting_for(format!("participant {identity} in room `{}`", this.room.name), wait);
                 let participant = this
                     .room

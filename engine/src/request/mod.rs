@@ -31,6 +31,9 @@ pub struct ParamSpec {
     #[serde(rename = "type")]
     pub kind: ParamType,
     pub optional: bool,
+    /// `number(lo..hi)` / `integer(lo..hi)`: the inclusive bounds of a numeric param.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<(f64, f64)>,
 }
 
 impl ParamSpec {
@@ -39,6 +42,20 @@ impl ParamSpec {
         let (base, optional) = match decl.strip_suffix('?') {
             Some(b) => (b, true),
             None => (decl, false),
+        };
+        // `number(0..3600)`: a numeric type with inclusive bounds.
+        let (base, range) = match base.split_once('(') {
+            Some((kind @ ("number" | "integer"), bounds)) => {
+                let bad = || format!("param `{name}`: `{decl}`: bounds are written `{kind}(low..high)`");
+                let (lo, hi) = bounds.strip_suffix(')').and_then(|b| b.split_once("..")).ok_or_else(bad)?;
+                let (lo, hi) =
+                    (lo.trim().parse::<f64>().map_err(|_| bad())?, hi.trim().parse::<f64>().map_err(|_| bad())?);
+                if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+                    return Err(bad());
+                }
+                (kind, Some((lo, hi)))
+            }
+            _ => (base, None),
         };
         let kind = match base {
             "string" => ParamType::String,
@@ -54,7 +71,7 @@ impl ParamSpec {
                 ));
             }
         };
-        Ok(ParamSpec { name: name.to_string(), kind, optional })
+        Ok(ParamSpec { name: name.to_string(), kind, optional, range })
     }
 
     fn check(&self, value: &Value) -> FieldResult<()> {
@@ -73,6 +90,11 @@ impl ParamSpec {
             ParamType::Table => value.is_object() || value.is_array(),
             ParamType::Any => true,
         };
+        if let (true, Some((lo, hi)), Some(x)) = (ok, self.range, value.as_f64())
+            && !(lo..=hi).contains(&x)
+        {
+            return Err(FieldError::new(&self.name, format!("must be between {lo} and {hi}")));
+        }
         if ok {
             Ok(())
         } else {
@@ -94,6 +116,9 @@ pub struct ValidRequest {
 /// Output fields of LiveKit's requests, for the hint when a recipe without outputs gets one.
 const KNOWN_OUTPUT_FIELDS: &[&str] =
     &["file_outputs", "segment_outputs", "stream_outputs", "image_outputs", "websocket_url"];
+
+/// The longest `max_duration` taken (a year): beyond it, a number is a mistake.
+const MAX_DURATION_S: f64 = 365.0 * 86400.0;
 
 /// Params the engine itself reads, for every recipe that does not declare them itself.
 pub const ENGINE_FIELDS: &[&str] = &["max_duration"];
@@ -136,8 +161,11 @@ pub fn validate(params: Value, specs: &[ParamSpec], output_fields: Option<&[&str
     let max_duration = match map.get("max_duration").filter(|_| !declared_max) {
         None => None,
         Some(v) => match v.as_f64() {
-            Some(s) if s > 0.0 && s.is_finite() => Some(s),
-            _ => return Err(FieldError::new("max_duration", "must be a positive number of seconds")),
+            Some(s) if s > 0.0 && s <= MAX_DURATION_S => Some(s),
+            _ => {
+                let text = format!("must be a positive number of seconds, at most {MAX_DURATION_S}");
+                return Err(FieldError::new("max_duration", text));
+            }
         },
     };
     Ok(ValidRequest { params, settings, max_duration })
@@ -151,6 +179,15 @@ mod tests {
     #[test]
     fn params_are_checked_by_name() {
         let specs = vec![ParamSpec::parse("url", "url").unwrap(), ParamSpec::parse("n", "integer?").unwrap()];
+        let ranged = vec![ParamSpec::parse("tone", "number(1..20000)?").unwrap()];
+        for bad in [json!(-1), json!(1e308), json!(0)] {
+            let err = validate(json!({ "tone": bad }), &ranged, None).unwrap_err();
+            assert_eq!((err.field.as_str(), err.message.as_str()), ("tone", "must be between 1 and 20000"));
+        }
+        assert!(validate(json!({ "tone": 440 }), &ranged, None).is_ok());
+        assert!(ParamSpec::parse("x", "number(5..1)").is_err() && ParamSpec::parse("x", "string(1..2)").is_err());
+        let err = validate(json!({ "max_duration": 1e308 }), &[], None).unwrap_err();
+        assert_eq!(err.field, "max_duration");
         let outputs = Some(&["file_outputs"][..]);
         let ok = json!({"url": "http://x", "fileOutputs": [{"filepath": "a.mp4"}]});
         assert!(validate(ok, &specs, outputs).is_ok());

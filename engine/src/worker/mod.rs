@@ -186,9 +186,11 @@ impl Worker {
         }
         self.admission.reserve(&start.egress_id, cost);
         self.dispatched.lock().unwrap().insert(start.egress_id.clone());
+        // Answered as egret's own API answers: once the recipe's start returned or waits on the
+        // outside world. A request the recipe refuses (a bad layout) is an error to the caller
+        // and leaves no egress, as LiveKit validates before it answers.
         let options = StartOptions {
             egress_id: Some(start.egress_id.clone()),
-            detached: true,
             livekit_request: Some(started.original),
             ..Default::default()
         };
