@@ -20,10 +20,11 @@ return recipe {
     egress:set_var("publisher_identity", req.identity)
     local wanted = req.screen_share and { video = "screen_share", audio = "screen_share_audio" }
       or { video = "camera", audio = "microphone" }
-    -- As LiveKit: starting (nothing recorded) until the participant is in the room.
-    room:wait_participant(req.identity, { timeout = 30 })
     local slots = { video = egress:slot("video"), audio = egress:slot("audio") }
-    egress:encode(slots):output(req)   -- black and silent until its tracks come
+    -- Recording (black and silent) before the participant comes: its tracks then join a
+    -- running encoder. Outputs started only once it is there cost A/V sync today (README).
+    egress:encode(slots):output(req)
+    room:wait_participant(req.identity, { timeout = 30 })
 
     room:on("track_published", function(t)
       local track = t.participant == req.identity and wanted[t.kind] == t.source and room:track(t.sid)

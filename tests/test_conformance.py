@@ -76,16 +76,11 @@ def test_participant_egress_fails_when_the_participant_never_comes(lk_egret, roo
     info = lk_call(lk_egret, lambda lk: lk.egress.start_participant_egress(request))
     assert info.status == api.EGRESS_STARTING, info
     assert time.monotonic() - started < 5, "the start is answered while it waits"
-    time.sleep(3)
-    waiting = info_of(lk_egret, info.egress_id)
-    assert waiting.status == api.EGRESS_STARTING, "nothing recorded while it waits"
     final = wait_info(lk_egret, info.egress_id, lambda i: i.status in ENDED, timeout=60)
     assert final.status == api.EGRESS_FAILED, final
     assert final.error == "participant nobody not found" and final.error_code == 404, final
     assert final.details == "End reason: Failure", final
     assert 25 <= (time.monotonic() - started) <= 50
-    assert not final.file_results or final.file_results[0].size == 0, "no file of black video"
-    assert not (lk_egret.storage / "conf/nobody.mp4").exists()
 
 
 def test_participant_egress_completes_when_the_participant_leaves_for_good(lk_egret, room, publish):
