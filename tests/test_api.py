@@ -1,5 +1,7 @@
 """Every bad input gets its 4xx with a JSON message naming the field; auth as LiveKit does it."""
 
+import time
+
 import jwt
 import pytest
 
@@ -115,3 +117,22 @@ def test_max_duration_limit_reached(egret):
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
         "max_duration": -1, "file_outputs": [{"filepath": "api/x.mp4"}]}})
     assert status == 400 and reply["field"] == "params.max_duration"
+
+
+def test_a_half_sent_request_does_not_hold_its_connection(egret):
+    """A client that never finishes its header is cut off (header timeout), and the API still
+    answers everyone else meanwhile."""
+    import socket
+
+    slow = socket.create_connection(("127.0.0.1", egret.port))
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    slow.settimeout(30)
+    assert egret.api.request("GET", "/healthz")[0] == 200
+    started = time.monotonic()
+    answer = b""
+    while chunk := slow.recv(1024):  # until egret closes it (a socket timeout fails the test)
+        answer += chunk
+    closed_after = time.monotonic() - started
+    slow.close()
+    assert closed_after < 20, f"held for {closed_after:.1f} s"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer

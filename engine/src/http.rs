@@ -44,15 +44,27 @@ fn error(status: u16, message: impl Into<String>, field: Option<&str>) -> Reply 
     reply(status, json!({ "error": message.into(), "field": field.filter(|f| !f.is_empty()) }))
 }
 
+/// A client must send a request's whole header within this (slow or half-sent requests
+/// would otherwise hold a connection and its task for ever).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections served at once; more are closed as they come, before anything is read.
+const MAX_CONNECTIONS: usize = 512;
+
 /// Serves until `shutdown` turns true; then stops accepting connections.
 pub async fn serve(api: Arc<Api>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => { tracing::warn!("accept failed: {e}"); continue; }
             },
             _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "{MAX_CONNECTIONS} connections open already: closing a new one");
+            continue;
         };
         let api = api.clone();
         tokio::spawn(async move {
@@ -60,9 +72,14 @@ pub async fn serve(api: Arc<Api>, listener: TcpListener, mut shutdown: watch::Re
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(api.handle(req).await) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            let connection = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
                 tracing::debug!("connection ended: {e}");
             }
+            drop(slot);
         });
     }
 }
