@@ -164,9 +164,8 @@ impl Supervisor {
                         if none_left {
                             // LiveKit ends an egress whose last stream was removed, complete.
                             self.begin_ending(&mut ending, Some(EgressStatus::Complete), reason::ALL_STREAMS_STOPPED.into(), None, false);
-                            if self.all_outputs_ended() {
-                                break;
-                            }
+                            // Done once the removed branch is out of the pipeline (below): tearing
+                            // the pipeline down while its unlink is under way crashes GStreamer.
                         }
                     }
                     Command::UpdateLayout { layout, reply } => {
@@ -180,9 +179,15 @@ impl Supervisor {
                         let _ = reply.send(result);
                     }
                 },
-                Some(event) = self.media.recv() => self.on_media_event(event),
+                Some(event) = self.media.recv() => {
+                    self.on_media_event(event);
+                    if ending.is_some() && self.all_outputs_ended() && !self.unlinking() {
+                        break; // nothing left that an EOS could finalize
+                    }
+                }
                 Some(message) = messages.next(), if !starting => {
-                    if self.on_message(&message, &mut ending) {
+                    // (A branch still leaving the pipeline finishes first: see Unlinked above.)
+                    if self.on_message(&message, &mut ending) && !self.unlinking() {
                         break;
                     }
                 }
@@ -323,6 +328,11 @@ impl Supervisor {
 
     fn live_outputs(&self) -> usize {
         self.ctx.graph.lock().unwrap().live_outputs()
+    }
+
+    /// A removed output is still leaving the pipeline (its pads not yet released).
+    fn unlinking(&self) -> bool {
+        self.ctx.graph.lock().unwrap().outputs.iter().any(|o| o.unlinking())
     }
 
     fn all_outputs_ended(&self) -> bool {

@@ -458,6 +458,11 @@ impl OutputBranch {
         }
     }
 
+    /// Unlinked from the encoder but not yet removed from the pipeline.
+    pub fn unlinking(&self) -> bool {
+        !self.attached && !self.links.is_empty()
+    }
+
     /// After `unlink` completed: releases tee pads and drops the bin, telling it the stream
     /// ended first (an RTMP server sees a clean unpublish).
     pub fn remove(&mut self, pipeline: &gst::Pipeline) {
