@@ -22,6 +22,39 @@ HERE = Path(__file__).resolve().parent
 SERVER = Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin" / "livekit-server"
 
 
+class PcmReceiver:
+    """A websocket server on 127.0.0.1 that keeps what a track egress sends it (binary messages)
+    and the request's headers; `with PcmReceiver() as rx:` gives `rx.url(path)`."""
+
+    def __enter__(self):
+        from websockets.sync.server import serve
+
+        self.received = bytearray()
+        self.headers = {}  # lower-cased names
+        self.closed = threading.Event()
+
+        def handler(ws):
+            self.headers.update({k.lower(): v for k, v in ws.request.headers.items()})
+            for message in ws:
+                if isinstance(message, bytes):
+                    self.received.extend(message)
+            self.closed.set()
+
+        self.server = serve(handler, "127.0.0.1", 0)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def url(self, path):
+        return f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}{path}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+    def seconds(self):
+        """Seconds of s16le mono 48 kHz received."""
+        return len(self.received) / 96000
+
+
 def redacted(url):
     """A stream URL as LiveKit shows it in EgressInfo: the RTMP stream key cut to its ends."""
     scheme, sep, rest = url.partition("://")

@@ -2,17 +2,15 @@
 real WebRTC publishers (PyPI `livekit`) sending synthetic video and audio."""
 
 import asyncio
-import threading
 import time
 
 import numpy as np
 import pytest
 from livekit import api
-from websockets.sync.server import serve
 
 from conftest import API_KEY, API_SECRET
 from egret_client import ApiError
-from livekit_harness import SMALL, recorded
+from livekit_harness import SMALL, PcmReceiver, recorded
 from media import av_offset, duration, fps, frames_differ, mean_volume_db, onsets, probe, probe_live, streams, video_luma
 
 RECORD_S = 4
@@ -44,29 +42,17 @@ def test_track_is_copied_without_transcoding(lk_egret, publish, room, codec, kin
 
 def test_track_audio_goes_to_a_websocket_as_pcm(lk_egret, publish, room):
     pub = publish("--no-video")
-    received = bytearray()
-    headers = {}  # lower-cased names
-    done = threading.Event()
-
-    def handler(ws):
-        headers.update({k.lower(): v for k, v in ws.request.headers.items()})
-        for message in ws:
-            if isinstance(message, bytes):
-                received.extend(message)
-        done.set()
-
-    with serve(handler, "127.0.0.1", 0) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/egress?track={pub.tracks['audio']}"
+    with PcmReceiver() as rx:
+        url = rx.url(f"/egress?track={pub.tracks['audio']}")
         info = lk_egret.api.record("track", RECORD_S, room_name=room, track_id=pub.tracks["audio"], websocket_url=url)
         assert info["status"] == "complete", info
-        assert done.wait(10), "the websocket was not closed at the end"
-        server.shutdown()
-    assert headers.get("content-type") == "audio/x-raw"
+        assert rx.closed.wait(10), "the websocket was not closed at the end"
+    assert rx.headers.get("content-type") == "audio/x-raw"
+    received = rx.received
     (out,) = info["outputs"]
     assert out["kind"] == "websocket" and out["status"] == "complete"
     # s16le mono 48 kHz: 96000 bytes a second, as long as the egress says it ran.
-    seconds = len(received) / 96000
+    seconds = rx.seconds()
     assert abs(seconds - out["duration"]) < 0.3 and seconds > RECORD_S - 0.5, (seconds, out)
     pcm = np.frombuffer(bytes(received), np.int16).astype(np.float32) / 32768
     spectrum = np.abs(np.fft.rfft(pcm)) ** 2

@@ -5,16 +5,14 @@ what was written. Each request type asks for all its output kinds at once (LiveK
 case), so one egress covers one row. The whole matrix runs twice in a row (`round`): a second
 pass over the same worker catches state left behind by the first."""
 
-import threading
 import time
 
 import numpy as np
 import pytest
 from livekit import api
-from websockets.sync.server import serve
 
 from conftest import EgretProcess
-from livekit_harness import redacted
+from livekit_harness import PcmReceiver, redacted
 from media import duration, probe, probe_live, streams
 
 SIZE = {"width": 640, "height": 360}
@@ -137,18 +135,8 @@ def test_track_request_to_file_and_websocket(matrix_worker, livekit, publish, ro
     pub = publish("--codec", "h264", identity=f"matrix-track-{round}")
     file_request = api.TrackEgressRequest(room_name=room, track_id=pub.tracks["video"],
                                           file=api.DirectFileOutput(filepath=f"matrix/track-{round}/{{track_id}}"))
-    received = bytearray()
-    closed = threading.Event()
-
-    def handler(ws):
-        for message in ws:
-            if isinstance(message, bytes):
-                received.extend(message)
-        closed.set()
-
-    with serve(handler, "127.0.0.1", 0) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        ws_url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/pcm"
+    with PcmReceiver() as rx:
+        ws_url = rx.url("/pcm")
         ws_request = api.TrackEgressRequest(room_name=room, track_id=pub.tracks["audio"], websocket_url=ws_url)
         started = [livekit.call(lambda lk, r=r: lk.egress.start_track_egress(r)) for r in (file_request, ws_request)]
         for info in started:
@@ -158,8 +146,7 @@ def test_track_request_to_file_and_websocket(matrix_worker, livekit, publish, ro
         for info in started:
             livekit.call(lambda lk, i=info: lk.egress.stop_egress(api.StopEgressRequest(egress_id=i.egress_id)))
         finals = [livekit.wait_egress(i.egress_id, "EGRESS_COMPLETE", "EGRESS_FAILED", timeout=60) for i in started]
-        assert closed.wait(10), "the websocket was not closed at the end"
-        server.shutdown()
+        assert rx.closed.wait(10), "the websocket was not closed at the end"
     for final in finals:
         check_ended(final, "track", room)
     file_final, ws_final = finals
@@ -170,5 +157,5 @@ def test_track_request_to_file_and_websocket(matrix_worker, livekit, publish, ro
     assert duration(media) > MEDIA_S - 1, media["format"]
     (stream,) = ws_final.stream_results
     assert stream.url == ws_url and stream.status == api.StreamInfo.FINISHED, stream
-    seconds = len(received) / 96000  # s16le mono 48 kHz
+    seconds = rx.seconds()
     assert abs(seconds - stream.duration / 1e9) < 4.1 and seconds > MEDIA_S - 1, (seconds, stream)
