@@ -68,7 +68,7 @@ pub async fn handle(
                 Ok(request) => {
                     let options = StartOptions { livekit_request: Some(request.original), ..Default::default() };
                     match manager.start_with(request.recipe, request.params, options).await {
-                        Ok(record) => Ok(encode(body, &info(&record))),
+                        Ok(record) => Ok(encode(body, &face::start_answer(&record, &manager.storage_dir()))),
                         Err(e) => Err(e.error),
                     }
                 }

@@ -259,6 +259,17 @@ pub fn info_of(record: &super::EgressRecord, storage: &Path) -> lk::EgressInfo {
     egress_info(&record.snapshot(), record.livekit_request.as_ref(), storage)
 }
 
+/// The EgressInfo a start request is answered with. LiveKit answers every start STARTING (its
+/// handler has only launched the pipeline then); egret answers once the recipe's start returned,
+/// when media may already flow, so a client that checks the answer sees the same status.
+pub fn start_answer(record: &super::EgressRecord, storage: &Path) -> lk::EgressInfo {
+    let mut info = info_of(record, storage);
+    if !record.status().is_terminal() {
+        info.status = lk::EgressStatus::EgressStarting as i32;
+    }
+    info
+}
+
 /// EgressInfo as LiveKit fills it, from egret's view of the egress.
 pub fn egress_info(snapshot: &EgressSnapshot, original: Option<&Value>, storage: &Path) -> lk::EgressInfo {
     let kind = by_recipe(&snapshot.recipe);

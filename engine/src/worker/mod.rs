@@ -194,16 +194,24 @@ impl Worker {
             livekit_request: Some(started.original),
             ..Default::default()
         };
-        let result = match self.manager.start_with(recipe, started.params, options).await {
-            Ok(record) => Ok(self.info(&record).encode_to_vec()),
+        let (result, record) = match self.manager.start_with(recipe, started.params, options).await {
+            Ok(record) => (Ok(face::start_answer(&record, &self.manager.storage_dir()).encode_to_vec()), Some(record)),
             Err(e) => {
                 self.admission.release(&start.egress_id);
                 self.dispatched.lock().unwrap().remove(&start.egress_id);
-                Err(e.error)
+                (Err(e.error), None)
             }
         };
         tracing::info!(worker = %self.id, egress = %start.egress_id, recipe, cost, ok = result.is_ok(), "dispatched egress");
         self.respond("EgressInternal", &request, result).await;
+        // The start was answered STARTING, as LiveKit does, and livekit-server records it so;
+        // an egress already past that is reported now rather than at its next change.
+        if let Some(record) = record
+            && record.status() != crate::egress::EgressStatus::Starting
+            && let Err(e) = self.io.update_egress(&self.info(&record)).await
+        {
+            tracing::warn!(egress = %record.id, "status not reported to livekit-server: {e:#}");
+        }
     }
 
     async fn handle(&self, method: &str, egress_id: &str, raw: &[u8]) -> Result<Vec<u8>, Error> {
@@ -276,6 +284,7 @@ impl Worker {
             if !dispatched && let Err(e) = worker.io.create_egress(&info).await {
                 tracing::warn!(egress = %record.id, "livekit-server not told of the egress: {e:#}");
             }
+
             while changes.changed().await.is_ok() {
                 changes.borrow_and_update();
                 let terminal = record.status().is_terminal();
