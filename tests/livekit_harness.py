@@ -55,6 +55,76 @@ class PcmReceiver:
         return len(self.received) / 96000
 
 
+class SignalProxy:
+    """A TCP proxy on 127.0.0.1 in front of livekit-server's signalling port: egret's
+    websocket (and RoomService calls) go through it, media does not. `cut(seconds)` drops every
+    connection and refuses new ones for that long, as a network blip would."""
+
+    def __init__(self, server):
+        self.upstream = ("127.0.0.1", server.port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.open_until = 0.0  # monotonic time the cut ends
+        self.lock = threading.Lock()
+        self.connections = []
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.open_until:
+                client.close()  # refused while cut
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self.lock:
+                self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self, seconds):
+        """Drops every connection now; refuses new ones for `seconds`."""
+        self.open_until = time.monotonic() + seconds
+        self.cuts += 1
+        with self.lock:
+            dropped, self.connections = self.connections, []
+        for s in dropped:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def config_toml(self, extra=""):
+        return f'[livekit]\nurl = "{self.url}"\napi_key = "{LK_KEY}"\napi_secret = "{LK_SECRET}"\n{extra}'
+
+    def close(self):
+        self.listener.close()
+        self.cut(0)
+
+
 def redacted(url):
     """A stream URL as LiveKit shows it in EgressInfo: the RTMP stream key cut to its ends."""
     scheme, sep, rest = url.partition("://")

@@ -118,6 +118,12 @@ def onsets(times, values, threshold, min_gap):
 
 def av_offset(path):
     """Median (audio onset - video onset) in seconds over the flash/beep pairs of a file."""
+    pairs = av_offsets(path)
+    return float(np.median([offset for _, offset in pairs])), len(pairs)
+
+
+def av_offsets(path):
+    """(flash time, audio onset - video onset) in seconds for each flash/beep pair of a file."""
     vt, luma = video_luma(path)
     flashes = onsets(vt, luma, 128, 0.5)
     samples, a_start = audio_samples(path)
@@ -127,10 +133,10 @@ def av_offset(path):
     at = a_start + np.arange(n) * window / 48000.0
     beeps = onsets(at, energy, 0.2, 0.5)
     assert len(flashes) >= 3 and len(beeps) >= 3, f"flashes {flashes}, beeps {beeps}"
-    pairs = [min(beeps, key=lambda b: abs(b - f)) - f for f in flashes]
-    pairs = [p for p in pairs if abs(p) < 0.5]
+    pairs = [(f, min(beeps, key=lambda b: abs(b - f)) - f) for f in flashes]
+    pairs = [(f, p) for f, p in pairs if abs(p) < 0.5]
     assert len(pairs) >= 3, f"unpaired flashes {flashes} and beeps {beeps}"
-    return float(np.median(pairs)), len(pairs)
+    return pairs
 
 
 def tone_levels(path, freqs, rate=48000):

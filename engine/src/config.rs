@@ -71,6 +71,9 @@ pub struct LiveKitConfig {
     pub url: String,
     pub api_key: String,
     pub api_secret: String,
+    /// How long a room egress keeps trying to rejoin after losing its connection
+    /// (`[livekit] reconnect_timeout`, seconds, default 60; 0 fails at once).
+    pub reconnect_timeout: std::time::Duration,
 }
 
 /// One `[[always_on]]` entry: a named egress of `recipe` with `params`, kept running.
@@ -192,10 +195,15 @@ impl Config {
         if !(1.0..=3600.0).contains(&start_timeout) {
             errors.push(format!("server.start_timeout: {start_timeout} is not between 1 and 3600 seconds"));
         }
+        let reconnect_timeout = lookup(&root, "livekit.reconnect_timeout").and_then(number).unwrap_or(60.0);
+        if !(0.0..=86400.0).contains(&reconnect_timeout) {
+            errors.push(format!("livekit.reconnect_timeout: {reconnect_timeout} is not between 0 and 86400 seconds"));
+        }
         let livekit = root.get("livekit").map(|_| LiveKitConfig {
             url: reader.str("livekit.url"),
             api_key: reader.str("livekit.api_key"),
             api_secret: reader.str("livekit.api_secret"),
+            reconnect_timeout: std::time::Duration::from_secs_f64(reconnect_timeout.clamp(0.0, 86400.0)),
         });
         if let Some(lk) = &livekit
             && !lk.url.is_empty()

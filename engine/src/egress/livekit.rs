@@ -328,7 +328,8 @@ fn end_reason(snapshot: &EgressSnapshot) -> (String, String) {
     let reason = snapshot.reason.as_deref().unwrap_or_default();
     let error = snapshot.error.as_deref().map(without_recipe_location).unwrap_or_default();
     let named = match reason {
-        "" => return (String::new(), error),
+        // Still running: what it is going through (a reconnect), if anything.
+        "" => return (snapshot.details.clone().unwrap_or_default(), error),
         super::reason::STOPPED_BY_API => "StopEgress API",
         super::reason::LIMIT_REACHED => "Session limit reached",
         super::reason::ALL_STREAMS_STOPPED => "All streams stopped",
@@ -543,6 +544,7 @@ mod tests {
             started_at: Some(2.0),
             ended_at: Some(4.5),
             duration: 2.5,
+            details: None,
             bytes: 1000,
             params: json!({"room_name": "r", "audio_track_id": "TR_a"}),
             outputs: vec![

@@ -84,6 +84,9 @@ pub struct EgressRecord {
     published: Mutex<Vec<(String, String, outputs::OutputState)>>,
     /// Unix seconds of the last change a client can see (LiveKit's updated_at).
     updated_at: Mutex<f64>,
+    /// What a client should know while it runs ("reconnecting to LiveKit: ..."): EgressInfo's
+    /// details until it ends.
+    details: Mutex<Option<String>>,
 }
 
 pub use crate::clock::now;
@@ -109,6 +112,7 @@ impl EgressRecord {
             revision: watch::channel(0).0,
             published: Mutex::new(Vec::new()),
             updated_at: Mutex::new(now()),
+            details: Mutex::new(None),
             created_at: now(),
             lifecycle: Mutex::new(Lifecycle {
                 status: EgressStatus::Starting,
@@ -179,6 +183,12 @@ impl EgressRecord {
         }
     }
 
+    /// Tells clients what is going on while it runs (a reconnect): a visible change.
+    pub fn set_details(&self, details: String) {
+        *self.details.lock().unwrap() = Some(details);
+        self.bump();
+    }
+
     /// A change a client can see: observers (worker, webhooks) are told, updated_at moves.
     fn bump(&self) {
         *self.updated_at.lock().unwrap() = now();
@@ -232,6 +242,7 @@ impl EgressRecord {
             started_at: l.started_at,
             ended_at: l.ended_at,
             duration: (duration * 1000.0).round() / 1000.0,
+            details: self.details.lock().unwrap().clone(),
             bytes: outputs.iter().map(|o| o.bytes).sum(),
             params: self.params.clone(),
             outputs,
@@ -265,6 +276,8 @@ pub struct EgressSnapshot {
     pub ended_at: Option<f64>,
     /// Seconds active, to the millisecond.
     pub duration: f64,
+    /// News while it runs (a LiveKit reconnect), see `EgressRecord::set_details`.
+    pub details: Option<String>,
     pub bytes: u64,
     pub params: Value,
     pub outputs: Vec<OutputSnapshot>,

@@ -152,6 +152,19 @@ impl Supervisor {
                         self.publish_outputs();
                     }
                     Command::Room { event, data } => {
+                        match event.as_str() {
+                            "reconnecting" => self.record.set_details(format!(
+                                "reconnecting to LiveKit since {}: {}",
+                                chrono::Utc::now().format("%H:%M:%S UTC"),
+                                data["reason"].as_str().unwrap_or_default()
+                            )),
+                            "reconnected" => self.record.set_details(format!(
+                                "reconnected to LiveKit at {} after {:.1} s",
+                                chrono::Utc::now().format("%H:%M:%S UTC"),
+                                data["seconds"].as_f64().unwrap_or_default()
+                            )),
+                            _ => {}
+                        }
                         self.ctx.fire_room(&self.lua, &event, data);
                         self.publish_outputs();
                     }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Result;
 use gstreamer as gst;
@@ -34,13 +35,44 @@ pub type RoomEvents = Arc<dyn Fn(RoomEvent) + Send + Sync>;
 pub struct Room {
     pub name: String,
     pub sid: String,
-    signal: SignalSender,
-    subscriber: Arc<Subscriber>,
+    link: Arc<Mutex<Link>>,
     participants: Arc<Mutex<Participants>>,
     /// Woken on every participant update.
     changed: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
     left: std::sync::atomic::AtomicBool,
+}
+
+/// One connection to the room: its signalling and the webrtcbin it negotiates. A rejoin
+/// replaces both; the consumers of the tracks stay.
+struct Link {
+    signal: SignalSender,
+    subscriber: Arc<Subscriber>,
+}
+
+/// What it takes to (re)join: a fresh token each time, so a rejoin hours later still works.
+struct Joiner {
+    config: LiveKitConfig,
+    name: String,
+    identity: String,
+    pipeline: gst::Pipeline,
+}
+
+impl Joiner {
+    async fn connect(&self) -> Result<(proto::JoinResponse, Link, UnboundedReceiver<SignalEvent>)> {
+        let token = recorder_token(&self.config.api_key, &self.config.api_secret, &self.name, &self.identity);
+        let (join, signal, events) = signal::connect(&self.config.url, &token).await?;
+        let candidate_signal = signal.clone();
+        let subscriber = Arc::new(Subscriber::new(&self.pipeline, move |mline, mid, candidate| {
+            let init = json!({ "candidate": candidate, "sdpMLineIndex": mline, "sdpMid": mid });
+            candidate_signal.send(proto::signal_request::Message::Trickle(proto::TrickleRequest {
+                candidate_init: init.to_string(),
+                target: proto::SignalTarget::Subscriber as i32,
+                r#final: false,
+            }));
+        })?);
+        Ok((join, Link { signal, subscriber }, events))
+    }
 }
 
 impl Room {
@@ -52,38 +84,18 @@ impl Room {
         pipeline: &gst::Pipeline,
         events_to: RoomEvents,
     ) -> Result<Room> {
-        let token = recorder_token(&config.api_key, &config.api_secret, name, identity);
-        let (join, signal, events) = signal::connect(&config.url, &token).await?;
-        let candidate_signal = signal.clone();
-        let subscriber = Arc::new(Subscriber::new(pipeline, move |mline, mid, candidate| {
-            let init = json!({ "candidate": candidate, "sdpMLineIndex": mline, "sdpMid": mid });
-            candidate_signal.send(proto::signal_request::Message::Trickle(proto::TrickleRequest {
-                candidate_init: init.to_string(),
-                target: proto::SignalTarget::Subscriber as i32,
-                r#final: false,
-            }));
-        })?);
-        let participants: Participants = join
-            .other_participants
-            .into_iter()
-            .filter(|p| p.state != proto::participant_info::State::Disconnected as i32)
-            .map(|p| (p.sid.clone(), p))
-            .collect();
+        let joiner =
+            Joiner { config: config.clone(), name: name.into(), identity: identity.into(), pipeline: pipeline.clone() };
+        let (join, link, events) = joiner.connect().await?;
+        let participants: Participants = present(join.other_participants).map(|p| (p.sid.clone(), p)).collect();
         let participants = Arc::new(Mutex::new(participants));
         let changed = Arc::new(tokio::sync::Notify::new());
         let room = join.room.unwrap_or_default();
         let state = RoomState { participants: participants.clone(), changed: changed.clone() };
-        let task = tokio::spawn(run(events, signal.clone(), subscriber.clone(), state, events_to, room.name.clone()));
-        Ok(Room {
-            name: room.name,
-            sid: room.sid,
-            signal,
-            subscriber,
-            participants,
-            changed,
-            task,
-            left: Default::default(),
-        })
+        let link = Arc::new(Mutex::new(link));
+        let session = Session { link: link.clone(), joiner, state, events_to, room: room.name.clone() };
+        let task = tokio::spawn(session.run(events));
+        Ok(Room { name: room.name, sid: room.sid, link, participants, changed, task, left: Default::default() })
     }
 
     /// The track and its participant, if the track is published now.
@@ -147,40 +159,52 @@ impl Room {
 
     /// Asks the server for the track (best quality for video) and routes its RTP to `sink`.
     pub fn subscribe(&self, track: &proto::TrackInfo, participant_sid: &str, sink: gst::Pad) {
-        self.subscriber.route(&track.sid, &super::codec_of(&track.mime_type), sink);
-        self.signal.send(proto::signal_request::Message::Subscription(proto::UpdateSubscription {
-            track_sids: vec![track.sid.clone()],
-            subscribe: true,
-            participant_tracks: vec![proto::ParticipantTracks {
-                participant_sid: participant_sid.to_string(),
-                track_sids: vec![track.sid.clone()],
-            }],
-        }));
-        if track.r#type == proto::TrackType::Video as i32 {
-            self.signal.send(proto::signal_request::Message::TrackSetting(proto::UpdateTrackSettings {
-                track_sids: vec![track.sid.clone()],
-                disabled: false,
-                quality: proto::VideoQuality::High as i32,
-                width: track.width,
-                height: track.height,
-                ..Default::default()
-            }));
-        }
+        let link = self.link.lock().unwrap();
+        link.subscriber.route(&track.sid, &super::codec_of(&track.mime_type), sink);
+        request_track(&link.signal, track, participant_sid);
     }
 
     /// Ends every track this room feeds (see `Subscriber::end`).
     pub fn end_tracks(&self) {
-        self.subscriber.end();
+        self.link.lock().unwrap().subscriber.end();
     }
 
     pub fn unsubscribe(&self, sid: &str) {
-        self.subscriber.unroute(sid);
-        self.signal.send(proto::signal_request::Message::Subscription(proto::UpdateSubscription {
+        let link = self.link.lock().unwrap();
+        link.subscriber.unroute(sid);
+        link.signal.send(proto::signal_request::Message::Subscription(proto::UpdateSubscription {
             track_sids: vec![sid.to_string()],
             subscribe: false,
             participant_tracks: vec![],
         }));
     }
+}
+
+/// Asks the server for `track`, at its best quality for video.
+fn request_track(signal: &SignalSender, track: &proto::TrackInfo, participant_sid: &str) {
+    signal.send(proto::signal_request::Message::Subscription(proto::UpdateSubscription {
+        track_sids: vec![track.sid.clone()],
+        subscribe: true,
+        participant_tracks: vec![proto::ParticipantTracks {
+            participant_sid: participant_sid.to_string(),
+            track_sids: vec![track.sid.clone()],
+        }],
+    }));
+    if track.r#type == proto::TrackType::Video as i32 {
+        signal.send(proto::signal_request::Message::TrackSetting(proto::UpdateTrackSettings {
+            track_sids: vec![track.sid.clone()],
+            disabled: false,
+            quality: proto::VideoQuality::High as i32,
+            width: track.width,
+            height: track.height,
+            ..Default::default()
+        }));
+    }
+}
+
+/// The participants of a join response still in the room.
+fn present(participants: Vec<proto::ParticipantInfo>) -> impl Iterator<Item = proto::ParticipantInfo> {
+    participants.into_iter().filter(|p| p.state != proto::participant_info::State::Disconnected as i32)
 }
 
 impl Room {
@@ -190,7 +214,7 @@ impl Room {
             return;
         }
         self.task.abort();
-        self.signal.send(proto::signal_request::Message::Leave(proto::LeaveRequest {
+        self.link.lock().unwrap().signal.send(proto::signal_request::Message::Leave(proto::LeaveRequest {
             can_reconnect: false,
             reason: proto::DisconnectReason::ClientInitiated as i32,
             action: proto::leave_request::Action::Disconnect as i32,
@@ -214,80 +238,203 @@ struct RoomState {
     changed: Arc<tokio::sync::Notify>,
 }
 
-async fn run(
-    mut events: UnboundedReceiver<SignalEvent>,
-    signal: SignalSender,
-    subscriber: Arc<Subscriber>,
+/// The room's signalling task: answers offers, follows participants, and rejoins when the
+/// connection is lost.
+struct Session {
+    link: Arc<Mutex<Link>>,
+    joiner: Joiner,
     state: RoomState,
-    commands: RoomEvents,
+    events_to: RoomEvents,
     room: String,
-) {
-    use proto::signal_response::Message as M;
-    // Candidates that come before the first offer wait for it.
-    let mut early_candidates: Option<Vec<(u32, String)>> = Some(Vec::new());
-    while let Some(event) = events.recv().await {
-        let message = match event {
-            SignalEvent::Message(m) => *m,
-            SignalEvent::Closed(reason) => {
-                room_event(&commands, "disconnected", json!({ "reason": reason }));
-                commands(RoomEvent::Lost { reason: format!("lost the LiveKit room `{room}`: {reason}") });
-                return;
-            }
-        };
-        match message {
-            M::Offer(offer) => match subscriber.answer(&offer.sdp, &offer.mid_to_track_id).await {
-                Ok(sdp) => {
-                    signal.send(proto::signal_request::Message::Answer(proto::SessionDescription {
-                        r#type: "answer".into(),
-                        sdp,
-                        id: offer.id,
-                        mid_to_track_id: HashMap::new(),
-                    }));
-                    for (mline, candidate) in early_candidates.take().unwrap_or_default() {
-                        subscriber.add_candidate(mline, &candidate);
-                    }
-                }
-                Err(e) => {
-                    commands(RoomEvent::Lost { reason: format!("cannot answer LiveKit's offer: {e:#}") });
+}
+
+/// How a connection ended.
+enum Outcome {
+    /// The room is over, or egret cannot go on in it: the egress ends.
+    Final,
+    /// The connection is gone but the room may still be there: rejoin.
+    Lost(String),
+}
+
+impl Session {
+    async fn run(self, mut events: UnboundedReceiver<SignalEvent>) {
+        loop {
+            let reason = match self.follow(&mut events).await {
+                Outcome::Final => return,
+                Outcome::Lost(reason) => reason,
+            };
+            match self.rejoin(&reason).await {
+                Some(next) => events = next,
+                None => {
+                    room_event(&self.events_to, "disconnected", json!({ "reason": reason }));
+                    let room = &self.room;
+                    (self.events_to)(RoomEvent::Lost { reason: format!("lost the LiveKit room `{room}`: {reason}") });
                     return;
                 }
-            },
-            M::Trickle(trickle) if trickle.target == proto::SignalTarget::Subscriber as i32 => {
-                let Ok(init) = serde_json::from_str::<Value>(&trickle.candidate_init) else { continue };
-                let mline = init["sdpMLineIndex"].as_u64().unwrap_or(0) as u32;
-                let candidate = init["candidate"].as_str().unwrap_or_default().to_string();
-                match early_candidates.as_mut() {
-                    Some(waiting) => waiting.push((mline, candidate)),
-                    None => subscriber.add_candidate(mline, &candidate),
-                }
             }
-            M::Update(update) => {
-                let mut known = state.participants.lock().unwrap();
-                for info in update.participants {
-                    for (event, data) in apply_update(&mut known, info) {
-                        room_event(&commands, event, data);
+        }
+    }
+
+    /// Follows one connection until it ends.
+    async fn follow(&self, events: &mut UnboundedReceiver<SignalEvent>) -> Outcome {
+        use proto::signal_response::Message as M;
+        let commands = &self.events_to;
+        let (signal, subscriber) = {
+            let link = self.link.lock().unwrap();
+            (link.signal.clone(), link.subscriber.clone())
+        };
+        // Candidates that come before the first offer wait for it.
+        let mut early_candidates: Option<Vec<(u32, String)>> = Some(Vec::new());
+        while let Some(event) = events.recv().await {
+            let message = match event {
+                SignalEvent::Message(m) => *m,
+                SignalEvent::Closed(reason) => return Outcome::Lost(reason),
+            };
+            match message {
+                M::Offer(offer) => match subscriber.answer(&offer.sdp, &offer.mid_to_track_id).await {
+                    Ok(sdp) => {
+                        signal.send(proto::signal_request::Message::Answer(proto::SessionDescription {
+                            r#type: "answer".into(),
+                            sdp,
+                            id: offer.id,
+                            mid_to_track_id: HashMap::new(),
+                        }));
+                        for (mline, candidate) in early_candidates.take().unwrap_or_default() {
+                            subscriber.add_candidate(mline, &candidate);
+                        }
+                    }
+                    Err(e) => {
+                        commands(RoomEvent::Lost { reason: format!("cannot answer LiveKit's offer: {e:#}") });
+                        return Outcome::Final;
+                    }
+                },
+                M::Trickle(trickle) if trickle.target == proto::SignalTarget::Subscriber as i32 => {
+                    let Ok(init) = serde_json::from_str::<Value>(&trickle.candidate_init) else { continue };
+                    let mline = init["sdpMLineIndex"].as_u64().unwrap_or(0) as u32;
+                    let candidate = init["candidate"].as_str().unwrap_or_default().to_string();
+                    match early_candidates.as_mut() {
+                        Some(waiting) => waiting.push((mline, candidate)),
+                        None => subscriber.add_candidate(mline, &candidate),
                     }
                 }
-                state.changed.notify_waiters();
-            }
-            M::Leave(leave) => {
-                let reason = proto::DisconnectReason::try_from(leave.reason)
-                    .unwrap_or(proto::DisconnectReason::UnknownReason)
-                    .as_str_name()
-                    .to_ascii_lowercase();
-                let ended = [proto::DisconnectReason::RoomDeleted as i32, proto::DisconnectReason::RoomClosed as i32]
-                    .contains(&leave.reason);
-                if ended {
-                    room_event(&commands, "room_ended", json!({ "reason": reason }));
-                    commands(RoomEvent::Ended { reason: format!("room ended ({reason})") });
-                } else {
-                    room_event(&commands, "disconnected", json!({ "reason": reason }));
-                    commands(RoomEvent::Lost { reason: format!("LiveKit removed egret from `{room}`: {reason}") });
+                M::Update(update) => {
+                    let mut known = self.state.participants.lock().unwrap();
+                    for info in update.participants {
+                        for (event, data) in apply_update(&mut known, info) {
+                            room_event(commands, event, data);
+                        }
+                    }
+                    self.state.changed.notify_waiters();
                 }
-                return;
+                M::Leave(leave) => {
+                    let reason = proto::DisconnectReason::try_from(leave.reason)
+                        .unwrap_or(proto::DisconnectReason::UnknownReason)
+                        .as_str_name()
+                        .to_ascii_lowercase();
+                    let ended =
+                        [proto::DisconnectReason::RoomDeleted as i32, proto::DisconnectReason::RoomClosed as i32]
+                            .contains(&leave.reason);
+                    let rejoin =
+                        [proto::leave_request::Action::Resume as i32, proto::leave_request::Action::Reconnect as i32]
+                            .contains(&leave.action);
+                    if ended {
+                        room_event(commands, "room_ended", json!({ "reason": reason }));
+                        commands(RoomEvent::Ended { reason: format!("room ended ({reason})") });
+                    } else if rejoin {
+                        // The server asks its client to come back (a node draining, a failed resume).
+                        return Outcome::Lost(format!("LiveKit asked egret to reconnect ({reason})"));
+                    } else {
+                        room_event(commands, "disconnected", json!({ "reason": reason }));
+                        let room = &self.room;
+                        commands(RoomEvent::Lost { reason: format!("LiveKit removed egret from `{room}`: {reason}") });
+                    }
+                    return Outcome::Final;
+                }
+                _ => {}
             }
-            _ => {}
         }
+        Outcome::Lost("the signalling task ended".into())
+    }
+
+    /// Joins again after `reason`, retrying with LiveKit's SDK backoff (n² × 300 ms, here at most
+    /// 5 s apart) for `[livekit] reconnect_timeout`. The new connection takes over the routed
+    /// tracks; the recipe hears `reconnecting`, then `reconnected` and whatever changed in the
+    /// room meanwhile. None when it gave up.
+    async fn rejoin(&self, reason: &str) -> Option<UnboundedReceiver<SignalEvent>> {
+        let window = self.joiner.config.reconnect_timeout;
+        if window.is_zero() {
+            return None;
+        }
+        tracing::warn!(room = %self.room, %reason, "LiveKit connection lost: rejoining");
+        room_event(&self.events_to, "reconnecting", json!({ "reason": reason }));
+        let began = tokio::time::Instant::now();
+        let deadline = began + window;
+        for attempt in 1u32.. {
+            let delay = Duration::from_millis(300 * u64::from(attempt * attempt)).min(Duration::from_secs(5));
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            let (join, link, events) = match self.joiner.connect().await {
+                Ok(joined) => joined,
+                Err(e) => {
+                    tracing::info!(room = %self.room, attempt, "rejoin failed: {e:#}");
+                    continue;
+                }
+            };
+            self.take_over(join, link);
+            let seconds = began.elapsed().as_secs_f64();
+            tracing::info!(room = %self.room, attempt, seconds, "rejoined the LiveKit room");
+            room_event(&self.events_to, "reconnected", json!({ "attempts": attempt, "seconds": seconds }));
+            return Some(events);
+        }
+        None
+    }
+
+    /// Puts a new connection in place of the old: the tracks move over as the new one
+    /// delivers them, the room's state is brought up to date, routed tracks are asked for again.
+    fn take_over(&self, join: proto::JoinResponse, link: Link) {
+        let old = {
+            let mut current = self.link.lock().unwrap();
+            link.subscriber.adopt(&current.subscriber);
+            std::mem::replace(&mut *current, link)
+        };
+        let (signal, subscriber) = {
+            let link = self.link.lock().unwrap();
+            (link.signal.clone(), link.subscriber.clone())
+        };
+        let pipeline = self.joiner.pipeline.clone();
+        let successor = subscriber.clone();
+        tokio::spawn(async move {
+            // The old webrtcbin goes once the new one carries every track (or gave up trying).
+            successor.carrying_all(Duration::from_secs(10)).await;
+            let retired = old.subscriber.clone();
+            let _ = tokio::task::spawn_blocking(move || retired.retire(&pipeline)).await;
+        });
+        let mut known = self.state.participants.lock().unwrap();
+        let current: Participants = present(join.other_participants).map(|p| (p.sid.clone(), p)).collect();
+        let mut changes = Vec::new();
+        let gone: Vec<proto::ParticipantInfo> =
+            known.values().filter(|p| !current.contains_key(&p.sid)).cloned().collect();
+        for mut left in gone {
+            left.state = proto::participant_info::State::Disconnected as i32;
+            changes.extend(apply_update(&mut known, left));
+        }
+        for info in current.into_values() {
+            changes.extend(apply_update(&mut known, info));
+        }
+        for routed in subscriber.routed() {
+            let found = known.values().find_map(|p| p.tracks.iter().find(|t| t.sid == routed).map(|t| (t, &p.sid)));
+            if let Some((track, participant_sid)) = found {
+                request_track(&signal, track, participant_sid);
+            }
+        }
+        drop(known);
+        for (event, data) in changes {
+            room_event(&self.events_to, event, data);
+        }
+        self.state.changed.notify_waiters();
     }
 }
 

@@ -3,7 +3,8 @@
 //! A pad nobody (or nobody yet) consumes stays unlinked and drops its buffers, so webrtcbin's
 //! shared transport never sees not-linked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -15,6 +16,11 @@ use gstreamer_webrtc as gst_webrtc;
 use crate::media::{make, sync_states};
 
 const SUBSCRIBER_NAME: &str = "livekit-subscriber";
+
+/// Subscribers replaced by a rejoin: what their elements post while they are torn down (the
+/// server closing the old connection) is no news for the egress.
+static RETIRED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Default)]
 struct Routes {
@@ -64,6 +70,8 @@ impl Routes {
 pub struct Subscriber {
     pub webrtc: gst::Element,
     routes: Arc<Mutex<Routes>>,
+    /// Woken whenever one of this subscriber's pads is linked to a consumer.
+    linked: Arc<tokio::sync::Notify>,
 }
 
 impl Subscriber {
@@ -73,7 +81,8 @@ impl Subscriber {
         pipeline: &gst::Pipeline,
         on_candidate: impl Fn(u32, String, String) + Send + Sync + 'static,
     ) -> Result<Self> {
-        let webrtc = make("webrtcbin", Some(SUBSCRIBER_NAME))?;
+        let number = SUBSCRIBERS.fetch_add(1, Ordering::Relaxed);
+        let webrtc = make("webrtcbin", Some(&format!("{SUBSCRIBER_NAME}-{number}")))?;
         webrtc.set_property_from_str("bundle-policy", "max-bundle");
         // Enough to reorder and retransmit on a real network; the delay is constant.
         webrtc.set_property("latency", 200u32);
@@ -82,6 +91,7 @@ impl Subscriber {
         // server's sender reports, which put audio and video 100-500 ms apart in our tests.
         pipeline.add(&webrtc)?;
         let routes = Arc::new(Mutex::new(Routes::default()));
+        let linked = Arc::new(tokio::sync::Notify::new());
 
         let r = routes.clone();
         webrtc.connect("on-ice-candidate", false, move |values| {
@@ -93,6 +103,7 @@ impl Subscriber {
         });
 
         let r = routes.clone();
+        let notify = linked.clone();
         webrtc.connect_pad_added(move |_, pad| {
             if pad.direction() != gst::PadDirection::Src {
                 return;
@@ -111,6 +122,7 @@ impl Subscriber {
             });
             routes.pads.insert(mid.clone(), pad.clone());
             routes.settle(&mid);
+            notify.notify_waiters();
         });
 
         let r = routes.clone();
@@ -118,7 +130,57 @@ impl Subscriber {
             r.lock().unwrap().pads.retain(|_, p| p != pad);
         });
         sync_states(&[&webrtc]);
-        Ok(Subscriber { webrtc, routes })
+        Ok(Subscriber { webrtc, routes, linked })
+    }
+
+    /// Takes over `old`'s routes after a rejoin. Each consumer stays with `old`'s pad until
+    /// this subscriber's pad for the same track comes (`settle` takes it over), so media
+    /// goes on for as long as the old connection still delivers.
+    pub fn adopt(&self, old: &Subscriber) {
+        let (sinks, codecs) = {
+            let mut old = old.routes.lock().unwrap();
+            (std::mem::take(&mut old.sinks), old.codecs.clone())
+        };
+        let mut routes = self.routes.lock().unwrap();
+        routes.codecs.extend(codecs);
+        routes.sinks.extend(sinks);
+        routes.settle_all();
+    }
+
+    /// The tracks routed to a consumer.
+    pub fn routed(&self) -> Vec<String> {
+        self.routes.lock().unwrap().sinks.keys().cloned().collect()
+    }
+
+    /// Waits until every routed track reaches its consumer from this subscriber, or `timeout`.
+    pub async fn carrying_all(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let linked = self.linked.notified();
+            if self.carries_all() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, linked).await.is_err() {
+                return self.carries_all();
+            }
+        }
+    }
+
+    fn carries_all(&self) -> bool {
+        let routes = self.routes.lock().unwrap();
+        routes.sinks.values().all(|sink| sink.peer().is_some_and(|peer| routes.pads.values().any(|p| *p == peer)))
+    }
+
+    /// Takes this subscriber's webrtcbin out of the pipeline (after a rejoin replaced it).
+    /// Removed first, so what it posts while closing never reaches the egress's bus.
+    pub fn retire(&self, pipeline: &gst::Pipeline) {
+        let mut routes = self.routes.lock().unwrap();
+        routes.sinks.clear();
+        routes.settle_all();
+        drop(routes);
+        RETIRED.lock().unwrap().get_or_insert_with(HashSet::new).insert(self.webrtc.name().to_string());
+        let _ = pipeline.remove(&self.webrtc);
+        let _ = self.webrtc.set_state(gst::State::Null);
     }
 
     /// Sends `sid`'s RTP to `sink` from now on (at once if the track already flows).
@@ -128,6 +190,7 @@ impl Subscriber {
         routes.codecs.insert(sid.to_string(), codec.to_ascii_uppercase());
         routes.settle_all();
         drop(routes);
+        self.linked.notify_waiters();
         // A decoder joining mid-stream needs a keyframe: webrtcbin turns this into a PLI.
         sink.push_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
     }
@@ -198,6 +261,7 @@ impl Subscriber {
         let text = reply.as_text()?;
         // A reused m-line now carries another track: its pad goes to that track's consumer.
         self.routes.lock().unwrap().settle_all();
+        self.linked.notify_waiters();
         tracing::debug!(offer = %sdp, answer = %text, "subscriber negotiated");
         Ok(text)
     }
@@ -276,7 +340,9 @@ fn set_direction(media: &mut gst_sdp::SDPMediaRef, from: &str, to: &str) -> bool
 /// errors when the server drops the connection, often before its Leave arrives, and the
 /// signalling connection is what decides how the egress ends.
 pub fn is_data_channel_error(source: &gst::Object) -> bool {
-    source.name().starts_with("sctp") && source.path_string().contains(SUBSCRIBER_NAME)
+    let path = source.path_string();
+    let retired = RETIRED.lock().unwrap().as_ref().is_some_and(|r| path.split('/').any(|part| r.contains(part)));
+    retired || (source.name().starts_with("sctp") && path.contains(SUBSCRIBER_NAME))
 }
 
 /// Emits one of webrtcbin's promise-taking action signals and awaits the reply.

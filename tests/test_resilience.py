@@ -1,0 +1,44 @@
+"""Room egress through network trouble: egret's signalling connection to livekit-server cut
+for a while (a proxy in between drops it and refuses new connections)."""
+
+import numpy as np
+import pytest
+
+from conftest import EgretProcess
+from livekit_harness import SMALL, SignalProxy, recorded
+from media import av_offsets, duration, streams
+
+CUT_S = 3
+
+
+@pytest.fixture
+def proxied(tmp_path, livekit):
+    proxy = SignalProxy(livekit)
+    egret = EgretProcess(tmp_path, proxy.config_toml())
+    yield egret, proxy
+    egret.stop()
+    proxy.close()
+
+
+def test_signalling_cut_keeps_the_recording_going(proxied, publish, room):
+    egret, proxy = proxied
+    pub = publish("--flash", "--dtx")
+    info = egret.api.start("participant", room_name=room, identity=pub.identity, file_outputs=[{"filepath": "cut/{room_name}.mp4"}], **SMALL)
+    eid = info["egress_id"]
+    egret.api.wait_status(eid, "active")
+    egret.api.wait(eid, lambda i: i["duration"] >= 3, what="3 s recorded")
+    proxy.cut(CUT_S)
+    egret.api.wait(eid, lambda i: "reconnected" in (i.get("details") or ""), what="reconnected", timeout=60)
+    before = egret.api.get(eid)["duration"]
+    egret.api.wait(eid, lambda i: i["duration"] >= before + 3, what="3 s more recorded")
+    egret.api.stop(eid)
+    info = egret.api.wait_status(eid, "complete", "failed")
+    assert info["status"] == "complete", info
+    path, media = recorded(egret, info)
+    assert streams(media, "video") and streams(media, "audio")
+    pairs = av_offsets(path)
+    times = [t for t, _ in pairs]
+    shown = ", ".join(f"{t:.1f}s:{o * 1000:+.0f}" for t, o in pairs)
+    # A flash and a beep every second, throughout: no second of the cut is missing.
+    print(f"after the cut: {egret.api.get(eid)['details']}; pairs {shown}")
+    assert len(pairs) >= duration(media) - 2 and max(np.diff(times)) < 1.5, f"flash/beep pairs {shown}"
