@@ -35,8 +35,9 @@ class Media:
         self.width, self.height = args.width, args.height
         self.t0 = time.monotonic()
         self.video_source = rtc.VideoSource(self.width, self.height, is_screencast=args.source == "screen_share")
-        self.audio_source = rtc.AudioSource(RATE, 1, queue_size_ms=40)
+        self.audio_source = rtc.AudioSource(RATE, 1, queue_size_ms=20)
         self.samples = 0
+        self.av_lag = 0.0  # how long audio waits in the source's queue before WebRTC takes it
         y, x = np.mgrid[0 : self.height, 0 : self.width]
         self.base = ((x * 255 // max(1, self.width - 1)).astype(np.uint8), (y * 255 // max(1, self.height - 1)).astype(np.uint8))
 
@@ -74,12 +75,16 @@ class Media:
         await asyncio.gather(self.feed_audio(state), self.feed_video(state))
 
     async def feed_audio(self, state):
-        """10 ms chunks, 20 ms ahead of the clock at most (the source's queue paces it)."""
+        """10 ms chunks, 10 ms ahead of the clock at most (the source's queue paces it)."""
         while True:
             ahead = self.samples / RATE - (time.monotonic() - self.t0)
-            if ahead > 0.02:
-                await asyncio.sleep(ahead - 0.02)
+            if ahead > 0.01:
+                await asyncio.sleep(ahead - 0.01)
             if state["audio"]:
+                # The source sends this chunk once what it holds has played out: that is when
+                # WebRTC stamps it captured. Video frames wait as long (see feed_video), so the
+                # flash and the beep are stamped at one instant, as a camera and a microphone are.
+                self.av_lag = time.monotonic() + self.audio_source.queued_duration - (self.t0 + self.samples / RATE)
                 await self.audio_source.capture_frame(self.audio_chunk())
             else:
                 self.samples += CHUNK
@@ -90,7 +95,7 @@ class Media:
         frame_dt = 1.0 / self.args.fps
         index = 0
         while True:
-            now = time.monotonic() - self.t0
+            now = time.monotonic() - self.t0 - self.av_lag
             due = index * frame_dt
             if due > now:
                 await asyncio.sleep(due - now)

@@ -6,6 +6,7 @@ pub mod room;
 pub mod room_service;
 pub mod signal;
 mod subscriber;
+mod timeline;
 
 pub use subscriber::is_data_channel_error;
 

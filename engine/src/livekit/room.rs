@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::signal::{self, SignalEvent, SignalSender};
 use super::subscriber::Subscriber;
+use super::timeline::Timeline;
 use super::{participant_json, recorder_token, track_json};
 use crate::config::LiveKitConfig;
 
@@ -56,6 +57,8 @@ struct Joiner {
     name: String,
     identity: String,
     pipeline: gst::Pipeline,
+    /// Kept across rejoins: tracks line up the same way on the new connection.
+    timeline: Arc<Timeline>,
 }
 
 impl Joiner {
@@ -63,14 +66,15 @@ impl Joiner {
         let token = recorder_token(&self.config.api_key, &self.config.api_secret, &self.name, &self.identity);
         let (join, signal, events) = signal::connect(&self.config.url, &token).await?;
         let candidate_signal = signal.clone();
-        let subscriber = Arc::new(Subscriber::new(&self.pipeline, move |mline, mid, candidate| {
-            let init = json!({ "candidate": candidate, "sdpMLineIndex": mline, "sdpMid": mid });
-            candidate_signal.send(proto::signal_request::Message::Trickle(proto::TrickleRequest {
-                candidate_init: init.to_string(),
-                target: proto::SignalTarget::Subscriber as i32,
-                r#final: false,
-            }));
-        })?);
+        let subscriber =
+            Arc::new(Subscriber::new(&self.pipeline, self.timeline.clone(), move |mline, mid, candidate| {
+                let init = json!({ "candidate": candidate, "sdpMLineIndex": mline, "sdpMid": mid });
+                candidate_signal.send(proto::signal_request::Message::Trickle(proto::TrickleRequest {
+                    candidate_init: init.to_string(),
+                    target: proto::SignalTarget::Subscriber as i32,
+                    r#final: false,
+                }));
+            })?);
         Ok((join, Link { signal, subscriber }, events))
     }
 }
@@ -84,8 +88,13 @@ impl Room {
         pipeline: &gst::Pipeline,
         events_to: RoomEvents,
     ) -> Result<Room> {
-        let joiner =
-            Joiner { config: config.clone(), name: name.into(), identity: identity.into(), pipeline: pipeline.clone() };
+        let joiner = Joiner {
+            config: config.clone(),
+            name: name.into(),
+            identity: identity.into(),
+            pipeline: pipeline.clone(),
+            timeline: Arc::default(),
+        };
         let (join, link, events) = joiner.connect().await?;
         let participants: Participants = present(join.other_participants).map(|p| (p.sid.clone(), p)).collect();
         let participants = Arc::new(Mutex::new(participants));

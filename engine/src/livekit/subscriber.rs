@@ -13,6 +13,7 @@ use gstreamer::prelude::*;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 
+use super::timeline::{Timeline, sender_reports};
 use crate::media::{make, sync_states};
 
 const SUBSCRIBER_NAME: &str = "livekit-subscriber";
@@ -32,6 +33,9 @@ struct Routes {
     sinks: HashMap<String, gst::Pad>,
     /// track sid → its codec's RTP encoding name (`H264`, `VP8`, `OPUS`): what the answer accepts.
     codecs: HashMap<String, String>,
+    /// mid → the participant sending it (the msid's stream id, `PA_x|TR_y`): its tracks
+    /// share one clock and one path.
+    senders: HashMap<String, String>,
     /// mid → its webrtcbin pad. The server reuses m-lines: a mid carries another track
     /// after a track was unpublished, on the same pad.
     pads: HashMap<String, gst::Pad>,
@@ -79,6 +83,7 @@ impl Subscriber {
     /// ICE candidates.
     pub fn new(
         pipeline: &gst::Pipeline,
+        timeline: Arc<Timeline>,
         on_candidate: impl Fn(u32, String, String) + Send + Sync + 'static,
     ) -> Result<Self> {
         let number = SUBSCRIBERS.fetch_add(1, Ordering::Relaxed);
@@ -86,10 +91,10 @@ impl Subscriber {
         webrtc.set_property_from_str("bundle-policy", "max-bundle");
         // Enough to reorder and retransmit on a real network; the delay is constant.
         webrtc.set_property("latency", 200u32);
-        // Tracks are timed by arrival, after the jitter buffer. rtpbin's lip-sync pairs
-        // streams by CNAME, and LiveKit gives each track its own; its NTP mode follows the
-        // server's sender reports, which put audio and video 100-500 ms apart in our tests.
+        // Tracks are put on one timeline from the sender reports (`Timeline`): rtpbin's own
+        // lip-sync pairs streams by CNAME, and LiveKit gives each track its own.
         pipeline.add(&webrtc)?;
+        read_sender_reports(&webrtc, timeline.clone());
         let routes = Arc::new(Mutex::new(Routes::default()));
         let linked = Arc::new(tokio::sync::Notify::new());
 
@@ -104,6 +109,7 @@ impl Subscriber {
 
         let r = routes.clone();
         let notify = linked.clone();
+        let timeline = timeline.clone();
         webrtc.connect_pad_added(move |_, pad| {
             if pad.direction() != gst::PadDirection::Src {
                 return;
@@ -120,6 +126,7 @@ impl Subscriber {
             pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, |pad, _| {
                 if pad.peer().is_none() { gst::PadProbeReturn::Drop } else { gst::PadProbeReturn::Ok }
             });
+            retime(pad, timeline.clone(), r.clone(), mid.clone());
             routes.pads.insert(mid.clone(), pad.clone());
             routes.settle(&mid);
             notify.notify_waiters();
@@ -226,6 +233,13 @@ impl Subscriber {
             for (mid, sid) in track_mids(&message).into_iter().chain(mid_to_track.clone()) {
                 routes.mids.insert(mid, sid);
             }
+            for media in message.medias() {
+                let stream = media.attribute_val("msid").and_then(|m| m.split_whitespace().next());
+                if let (Some(mid), Some(stream)) = (media.attribute_val("mid"), stream) {
+                    let sender = stream.split('|').next().unwrap_or(stream);
+                    routes.senders.insert(mid.to_string(), sender.to_string());
+                }
+            }
             for media in message.medias_mut() {
                 let wanted = media
                     .attribute_val("mid")
@@ -269,6 +283,74 @@ impl Subscriber {
     pub fn add_candidate(&self, mline: u32, candidate: &str) {
         self.webrtc.emit_by_name::<()>("add-ice-candidate", &[&mline, &candidate]);
     }
+}
+
+/// Feeds every RTCP sender report webrtcbin receives to `timeline`, stamped with its arrival.
+/// rtpbin makes its sessions as streams come: each is hooked once, when its first jitter
+/// buffer appears.
+fn read_sender_reports(webrtc: &gst::Element, timeline: Arc<Timeline>) {
+    let Some(rtpbin) = webrtc.downcast_ref::<gst::Bin>().and_then(|b| b.by_name("rtpbin")) else {
+        tracing::warn!("webrtcbin has no rtpbin: tracks stay timed by arrival");
+        return;
+    };
+    let hooked = Mutex::new(HashSet::<u32>::new());
+    let clock_of = webrtc.downgrade();
+    rtpbin.connect("new-jitterbuffer", false, move |values| {
+        let rtpbin = values[0].get::<gst::Element>().ok()?;
+        let session = values[2].get::<u32>().ok()?;
+        if !hooked.lock().unwrap().insert(session) {
+            return None;
+        }
+        let internal = rtpbin.emit_by_name::<Option<gst::glib::Object>>("get-internal-session", &[&session])?;
+        let timeline = timeline.clone();
+        let clock_of = clock_of.clone();
+        internal.connect("on-receiving-rtcp", false, move |values| {
+            let buffer = values[1].get::<gst::Buffer>().ok()?;
+            let arrival = clock_of.upgrade()?.current_running_time()?.nseconds() as i64;
+            let map = buffer.map_readable().ok()?;
+            for (ssrc, ntp, rtp) in sender_reports(&map) {
+                timeline.on_sender_report(ssrc, rtp, ntp, arrival);
+            }
+            None
+        });
+        None
+    });
+}
+
+/// Gives each RTP packet leaving `pad` its place on the session timeline (its PTS).
+fn retime(pad: &gst::Pad, timeline: Arc<Timeline>, routes: Arc<Mutex<Routes>>, mid: String) {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(buffer) = info.buffer_mut() else { return gst::PadProbeReturn::Ok };
+        let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
+        let header = {
+            let Ok(map) = buffer.map_readable() else { return gst::PadProbeReturn::Ok };
+            if map.len() < 12 {
+                return gst::PadProbeReturn::Ok;
+            }
+            let word = |i: usize| u32::from_be_bytes([map[i], map[i + 1], map[i + 2], map[i + 3]]);
+            (word(4), word(8))
+        };
+        let (rtp, ssrc) = header;
+        let clock_rate = pad
+            .current_caps()
+            .and_then(|c| c.structure(0).and_then(|s| s.get::<i32>("clock-rate").ok()))
+            .unwrap_or(0)
+            .max(0) as u32;
+        let Some(segment) = pad.sticky_event::<gst::event::Segment>(0) else { return gst::PadProbeReturn::Ok };
+        let Some(segment) = segment.segment().downcast_ref::<gst::ClockTime>().cloned() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Some(arrival) = segment.to_running_time(pts) else { return gst::PadProbeReturn::Ok };
+        let sender = routes.lock().unwrap().senders.get(&mid).cloned();
+        let placed = timeline.retime(ssrc, sender.as_deref(), clock_rate, rtp, arrival.nseconds() as i64);
+        let placed = gst::ClockTime::from_nseconds(placed.max(0) as u64);
+        if let Some(new_pts) = segment.position_from_running_time(placed) {
+            let buffer = buffer.make_mut();
+            buffer.set_pts(new_pts);
+            buffer.set_dts(gst::ClockTime::NONE);
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// mid → track sid from each m-line's `a=msid:<stream> <track>` (LiveKit's track id is the sid).

@@ -24,6 +24,8 @@ pub struct Slot {
     attached: HashMap<String, (TrackChain, gst::Pad)>,
     /// The frame size tracks are scaled into (video).
     size: (i32, i32),
+    /// Half an output frame (video): see `attach`.
+    half_frame_ns: i64,
     /// Set once the output is linked and the slot runs; track chains attached before wait
     /// in `pending` (pushing into a mixer that is not running would stop them for good).
     running: Arc<Mutex<Option<Vec<gst::Element>>>>,
@@ -40,7 +42,9 @@ impl Slot {
         base.set_property_from_str("pattern", "black");
         let mixer = make("compositor", None)?;
         mixer.set_property_from_str("background", "black");
-        Self::build(pipeline, MediaKind::Video, base, &caps, mixer, (width as i32, height as i32))
+        let mut slot = Self::build(pipeline, MediaKind::Video, base, &caps, mixer, (width as i32, height as i32))?;
+        slot.half_frame_ns = 500_000_000 / i64::from(fps.max(1));
+        Ok(slot)
     }
 
     /// A stereo 48 kHz audio slot, silent while empty.
@@ -51,6 +55,12 @@ impl Slot {
         // 10 ms buffers: the mixer's output granularity follows its inputs.
         base.set_property("samplesperbuffer", 480i32);
         let mixer = make("audiomixer", None)?;
+        // The mixer counts samples and follows a track's timestamps only once they are more
+        // than `alignment-threshold` off for `discont-wait`: at its defaults (40 ms for 1 s) a
+        // track's first, arrival-timed buffer fixes its place, up to 40 ms off its video for
+        // good. Tracks are timed from sender reports (smooth to the sample): follow them.
+        mixer.set_property("alignment-threshold", 10_000_000u64);
+        mixer.set_property("discont-wait", 200_000_000u64);
         Self::build(pipeline, MediaKind::Audio, base, AUDIO_CAPS, mixer, (0, 0))
     }
 
@@ -92,7 +102,7 @@ impl Slot {
             }
         });
         let output = MediaPad { kind, pad };
-        Ok(Slot { kind, mixer, output, attached: HashMap::new(), size, running: pending })
+        Ok(Slot { kind, mixer, output, attached: HashMap::new(), size, half_frame_ns: 0, running: pending })
     }
 
     /// Decodes track `sid` onto the slot; returns the pad its RTP must reach.
@@ -119,6 +129,11 @@ impl Slot {
             pad.set_property("width", w);
             pad.set_property("height", h);
             pad.set_property_from_str("sizing-policy", "keep-aspect-ratio");
+            // The mixer shows, in the output frame starting at T, the input frame that starts
+            // within [T, T + one frame): a picture would come out up to a frame early (half
+            // a frame on average) against its sound. Half a frame later, it is off by at
+            // most half a frame either way, on average not at all.
+            pad.set_offset(self.half_frame_ns);
         }
         // The track's latency is covered by the mixer's minimum: its answer must not depend
         // on whether the track flows yet (a failed query makes an aggregator non-live).

@@ -1,0 +1,366 @@
+//! One session timeline for every track of a room, from RTCP sender reports.
+//!
+//! webrtcbin's jitter buffers time each track by arrival: a video frame the publisher's encoder
+//! or pacer held back 100 ms lands 100 ms late against its audio. A sender report pairs a
+//! track's RTP clock with the sender's NTP clock, which every track of a publisher shares, so
+//! RTP → NTP gives each packet its capture time. Per track:
+//! - RTP → NTP is a least-squares line over the last 20 reports (the nominal clock rate until
+//!   4 reports span 5 s); a report 3σ off the line (at least 100 µs) is an outlier, five in a
+//!   row or an RTP jump of 30 s start the line afresh;
+//! - the one-way delay is the smallest (arrival − NTP) of those reports: the network path,
+//!   without the encoder and pacer delays a packet's own arrival carries;
+//! - `running = NTP + delay + shift`, where `shift` is one constant for the whole session, set
+//!   when the first track locks so that track goes on without a jump (the others step by what
+//!   their arrival timing was off, once, at their first lock).
+//!
+//! Until its first report a track keeps its arrival time. Later corrections (a new line, a
+//! new delay) are slewed at 5 ms per second of media with a 5 ms dead band, so nothing jumps.
+//! The numbers follow LiveKit's sync engine (server-sdk-go `pkg/synchronizer`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+const REPORTS: usize = 20;
+const FIT_AFTER: usize = 4;
+const FIT_SPAN_NS: f64 = 5e9;
+const OUTLIER_FLOOR_NS: f64 = 100_000.0;
+const OUTLIERS_TO_RESET: u32 = 5;
+const JUMP_NS: f64 = 30e9;
+const SLEW_PER_S: f64 = 0.005;
+const DEAD_BAND_NS: f64 = 5e6;
+/// A correction this large is a new situation (a reset, a rejoin), not drift: stepped.
+const STEP_NS: f64 = 1e9;
+
+/// Seconds from 1900 (NTP) to 1970 (Unix).
+const NTP_UNIX_OFFSET_S: u64 = 2_208_988_800;
+
+#[derive(Clone, Copy, Debug)]
+struct Report {
+    rtp: u64,
+    ntp_ns: i64,
+    arrival_ns: i64,
+}
+
+/// RTP ticks → NTP nanoseconds: `ntp = base_ntp + (rtp - base_rtp) * slope`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Line {
+    base_rtp: u64,
+    base_ntp: i64,
+    slope: f64,
+}
+
+impl Line {
+    fn at(&self, rtp: u64) -> f64 {
+        self.base_ntp as f64 + (rtp as f64 - self.base_rtp as f64) * self.slope
+    }
+}
+
+#[derive(Default)]
+struct TrackClock {
+    clock_rate: Option<u32>,
+    /// The last extended RTP time seen (packets and reports), to unwrap the next one.
+    last_rtp: Option<u64>,
+    reports: VecDeque<Report>,
+    outliers: u32,
+    line: Option<Line>,
+    delay_ns: i64,
+    locked: bool,
+    /// The sender this track comes from (its participant): its tracks share one delay.
+    group: Option<String>,
+    /// Added to the target to stay continuous after a correction; slewed toward 0.
+    error_ns: f64,
+    /// The extended RTP time of the last packet retimed.
+    last_packet: Option<u64>,
+}
+
+impl TrackClock {
+    /// 32-bit RTP time → extended, nearest to the last one seen.
+    fn unwrap(&mut self, rtp: u32) -> u64 {
+        let ext = match self.last_rtp {
+            None => u64::from(rtp) + (1 << 32), // room to go backwards
+            Some(last) => {
+                let delta = rtp.wrapping_sub(last as u32) as i32;
+                (last as i64 + i64::from(delta)).max(0) as u64
+            }
+        };
+        if self.last_rtp.is_none_or(|last| ext > last) {
+            self.last_rtp = Some(ext);
+        }
+        ext
+    }
+
+    fn nominal_slope(&self) -> Option<f64> {
+        self.clock_rate.filter(|r| *r > 0).map(|r| 1e9 / f64::from(r))
+    }
+
+    /// The line through the reports: least squares once they are enough, else the nominal
+    /// rate through the newest.
+    fn fit(&self) -> Option<Line> {
+        let newest = *self.reports.back()?;
+        let nominal = self.nominal_slope()?;
+        let first = self.reports.front()?;
+        let span = (newest.ntp_ns - first.ntp_ns) as f64;
+        if self.reports.len() < FIT_AFTER || span < FIT_SPAN_NS {
+            return Some(Line { base_rtp: newest.rtp, base_ntp: newest.ntp_ns, slope: nominal });
+        }
+        let n = self.reports.len() as f64;
+        let xs: Vec<f64> = self.reports.iter().map(|r| (r.rtp - first.rtp) as f64).collect();
+        let ys: Vec<f64> = self.reports.iter().map(|r| (r.ntp_ns - first.ntp_ns) as f64).collect();
+        let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+        let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+        let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+        let slope = if sxx > 0.0 { sxy / sxx } else { nominal };
+        // A sender's clock is off by parts per million, not by a tenth.
+        let slope = if (slope / nominal - 1.0).abs() < 0.1 { slope } else { nominal };
+        let intercept = my - slope * mx;
+        Some(Line { base_rtp: first.rtp, base_ntp: first.ntp_ns + intercept.round() as i64, slope })
+    }
+
+    /// Whether `report` sits off the current line by more than 3σ of the reports' residuals.
+    fn is_outlier(&self, report: &Report) -> bool {
+        let Some(line) = self.line else { return false };
+        if self.reports.len() < FIT_AFTER {
+            return false;
+        }
+        let residuals: Vec<f64> = self.reports.iter().map(|r| r.ntp_ns as f64 - line.at(r.rtp)).collect();
+        let mean = residuals.iter().sum::<f64>() / residuals.len() as f64;
+        let sigma = (residuals.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / residuals.len() as f64).sqrt();
+        (report.ntp_ns as f64 - line.at(report.rtp)).abs() > (3.0 * sigma).max(OUTLIER_FLOOR_NS)
+    }
+
+    fn add_report(&mut self, report: Report) {
+        if let Some(line) = self.line
+            && (report.ntp_ns as f64 - line.at(report.rtp)).abs() > JUMP_NS
+        {
+            self.reports.clear(); // the sender restarted its RTP clock
+            self.outliers = 0;
+        } else if self.is_outlier(&report) {
+            self.outliers += 1;
+            if self.outliers < OUTLIERS_TO_RESET {
+                return;
+            }
+            self.reports.clear();
+        }
+        self.outliers = 0;
+        self.reports.push_back(report);
+        while self.reports.len() > REPORTS {
+            self.reports.pop_front();
+        }
+        self.line = self.fit();
+        self.delay_ns = self.reports.iter().map(|r| r.arrival_ns - r.ntp_ns).min().unwrap_or(0);
+    }
+
+    /// The smallest (arrival − NTP) of its reports, if it has any.
+    fn own_delay(&self) -> Option<i64> {
+        (!self.reports.is_empty()).then_some(self.delay_ns)
+    }
+}
+
+/// The timeline of one room session (shared by the subscribers a rejoin replaces, so tracks
+/// line up the same way before and after).
+#[derive(Default)]
+pub struct Timeline {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    tracks: HashMap<u32, TrackClock>,
+    /// running time − (NTP + delay), set by the first track to lock.
+    shift_ns: Option<f64>,
+}
+
+impl State {
+    /// The tracks sharing `ssrc`'s delay (its sender's), itself included.
+    fn members(&self, ssrc: u32) -> Vec<u32> {
+        let group = self.tracks.get(&ssrc).and_then(|t| t.group.clone());
+        match group {
+            None => vec![ssrc],
+            Some(g) => self.tracks.iter().filter(|(_, t)| t.group.as_ref() == Some(&g)).map(|(s, _)| *s).collect(),
+        }
+    }
+
+    /// The one-way delay of `ssrc`'s sender: the smallest its tracks' reports show, as every
+    /// track of a sender takes the same path (a report held back on one track says nothing).
+    fn delay(&self, ssrc: u32) -> Option<i64> {
+        self.members(ssrc).iter().filter_map(|m| self.tracks.get(m)?.own_delay()).min()
+    }
+
+    /// Where extended RTP time `rtp` of `ssrc` belongs on the session timeline, before the shift.
+    fn target(&self, ssrc: u32, rtp: Option<u64>) -> Option<f64> {
+        Some(self.tracks.get(&ssrc)?.line?.at(rtp?) + self.delay(ssrc)? as f64)
+    }
+
+    /// Applies `change` (a report, a track joining its sender) without moving any affected
+    /// track's output: the difference goes into its error, which is then slewed away.
+    fn continuous(&mut self, ssrc: u32, change: impl FnOnce(&mut State)) {
+        let members = self.members(ssrc);
+        let before: Vec<Option<f64>> =
+            members.iter().map(|m| self.target(*m, self.tracks.get(m).and_then(|t| t.last_packet))).collect();
+        change(self);
+        for (m, before) in members.iter().zip(before) {
+            let after = self.target(*m, self.tracks.get(m).and_then(|t| t.last_packet));
+            if let (Some(before), Some(after), Some(track)) = (before, after, self.tracks.get_mut(m)) {
+                track.error_ns += before - after;
+            }
+        }
+    }
+}
+
+impl Timeline {
+    /// A sender report for `ssrc`: RTP time `rtp` was NTP time `ntp` (64-bit, 1900 epoch),
+    /// received at running time `arrival_ns`.
+    pub fn on_sender_report(&self, ssrc: u32, rtp: u32, ntp: u64, arrival_ns: i64) {
+        let unix_ns = ((ntp >> 32).saturating_sub(NTP_UNIX_OFFSET_S) as i64) * 1_000_000_000
+            + (((ntp & 0xffff_ffff) * 1_000_000_000) >> 32) as i64;
+        let mut state = self.state.lock().unwrap();
+        state.tracks.entry(ssrc).or_default();
+        state.continuous(ssrc, |state| {
+            let track = state.tracks.get_mut(&ssrc).expect("added above");
+            let rtp = track.unwrap(rtp);
+            track.add_report(Report { rtp, ntp_ns: unix_ns, arrival_ns });
+        });
+    }
+
+    /// The running time a packet of `ssrc` (from sender `group`) with RTP time `rtp` belongs
+    /// at; `arrival` is its running time from the jitter buffer (kept until the track's first
+    /// report).
+    pub fn retime(&self, ssrc: u32, group: Option<&str>, clock_rate: u32, rtp: u32, arrival: i64) -> i64 {
+        let mut state = self.state.lock().unwrap();
+        let track = state.tracks.entry(ssrc).or_default();
+        if track.clock_rate.is_none() && clock_rate > 0 {
+            track.clock_rate = Some(clock_rate);
+            track.line = track.fit();
+        }
+        if let Some(group) = group
+            && track.group.as_deref() != Some(group)
+        {
+            // Joining its sender's tracks may shorten their delay (or its own): every one of
+            // them stays continuous.
+            let mut affected: Vec<u32> =
+                state.tracks.iter().filter(|(_, t)| t.group.as_deref() == Some(group)).map(|(s, _)| *s).collect();
+            affected.push(ssrc);
+            let last = |state: &State, m: u32| state.tracks.get(&m).and_then(|t| t.last_packet);
+            let before: Vec<Option<f64>> = affected.iter().map(|m| state.target(*m, last(&state, *m))).collect();
+            state.tracks.get_mut(&ssrc).expect("added above").group = Some(group.to_string());
+            for (m, before) in affected.iter().zip(before) {
+                let after = state.target(*m, last(&state, *m));
+                if let (Some(before), Some(after), Some(track)) = (before, after, state.tracks.get_mut(m)) {
+                    track.error_ns += before - after;
+                }
+            }
+        }
+        let ext = state.tracks.get_mut(&ssrc).expect("added above").unwrap(rtp);
+        let Some(target) = state.target(ssrc, Some(ext)) else { return arrival };
+        let shift = *state.shift_ns.get_or_insert(arrival as f64 - target);
+        let track = state.tracks.get_mut(&ssrc).expect("added above");
+        if !track.locked {
+            track.locked = true;
+            track.error_ns = 0.0;
+            let step_ms = (target + shift - arrival as f64) / 1e6;
+            tracing::info!(ssrc, step_ms, reports = track.reports.len(), "track timed from sender reports from now on");
+        } else if let Some(last) = track.last_packet {
+            let media_s = ext.saturating_sub(last) as f64 / f64::from(clock_rate.max(1));
+            if track.error_ns.abs() > STEP_NS {
+                track.error_ns = 0.0;
+            } else if track.error_ns.abs() > DEAD_BAND_NS {
+                let step = (SLEW_PER_S * 1e9 * media_s).min(track.error_ns.abs() - DEAD_BAND_NS);
+                track.error_ns -= step.copysign(track.error_ns);
+            }
+        }
+        if track.last_packet.is_none_or(|last| ext > last) {
+            track.last_packet = Some(ext);
+        }
+        (target + shift + track.error_ns).round() as i64
+    }
+}
+
+/// The sender reports in a compound RTCP packet: (ssrc, NTP time, RTP time).
+pub fn sender_reports(rtcp: &[u8]) -> Vec<(u32, u64, u32)> {
+    let mut reports = Vec::new();
+    let mut at = 0;
+    while at + 4 <= rtcp.len() {
+        let length = (usize::from(u16::from_be_bytes([rtcp[at + 2], rtcp[at + 3]])) + 1) * 4;
+        let packet = &rtcp[at..rtcp.len().min(at + length)];
+        if packet[0] >> 6 != 2 {
+            break; // not RTCP version 2
+        }
+        if packet[1] == 200 && packet.len() >= 20 {
+            let word = |i: usize| u32::from_be_bytes([packet[i], packet[i + 1], packet[i + 2], packet[i + 3]]);
+            reports.push((word(4), (u64::from(word(8)) << 32) | u64::from(word(12)), word(16)));
+        }
+        at += length;
+    }
+    reports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NTP_2026: u64 = (NTP_UNIX_OFFSET_S + 1_795_000_000) << 32;
+
+    fn ntp_plus(ns: i64) -> u64 {
+        let s = ns.div_euclid(1_000_000_000);
+        let frac = ((ns.rem_euclid(1_000_000_000) as u64) << 32) / 1_000_000_000;
+        NTP_2026 + ((s as u64) << 32) + frac
+    }
+
+    /// Audio (48 kHz) and video (90 kHz) of one sender, captured together, with video
+    /// arriving 120 ms later (its encoder and pacer): once both have a report, they line up.
+    #[test]
+    fn tracks_of_one_sender_line_up_whatever_their_arrival() {
+        let timeline = Timeline::default();
+        let (audio, video) = (1u32, 2u32);
+        let net = 3_000_000; // 3 ms network
+        let (a0, v0) = (1000u32, 5_000_000u32);
+        // Before any report: arrival time.
+        assert_eq!(timeline.retime(audio, None, 48000, a0, 100_000_000), 100_000_000);
+        // Reports every 3 s for both tracks, from capture time t (ns since NTP_2026, which is
+        // running time 0 here).
+        for k in 0..6i64 {
+            let t = k * 3_000_000_000;
+            timeline.on_sender_report(audio, a0.wrapping_add((t * 48 / 1_000_000) as u32), ntp_plus(t), t + net);
+            timeline.on_sender_report(video, v0.wrapping_add((t * 90 / 1_000_000) as u32), ntp_plus(t), t + net);
+        }
+        // A packet of each, captured at 16 s: audio arrives 20 ms after, video 140 ms after.
+        let t = 16_000_000_000i64;
+        let a = timeline.retime(audio, None, 48000, a0.wrapping_add((t * 48 / 1_000_000) as u32), t + 20_000_000);
+        let v = timeline.retime(video, None, 90000, v0.wrapping_add((t * 90 / 1_000_000) as u32), t + 140_000_000);
+        assert!((a - v).abs() < 100_000, "audio {a} video {v}: {} µs apart", (a - v) / 1000);
+    }
+
+    /// A correction after lock is slewed: 5 ms per second of media, not a jump.
+    #[test]
+    fn corrections_are_slewed() {
+        let timeline = Timeline::default();
+        let ssrc = 7;
+        let rate = 48000u32;
+        timeline.on_sender_report(ssrc, 0, ntp_plus(0), 0);
+        let mut last = timeline.retime(ssrc, None, rate, 0, 0);
+        // The next report says the delay is 50 ms longer (a slower path): the output moves
+        // toward it, by at most 5 ms a second.
+        let second = rate;
+        timeline.on_sender_report(ssrc, second, ntp_plus(1_000_000_000), 1_000_000_000);
+        timeline.on_sender_report(ssrc, 2 * second, ntp_plus(2_000_000_000), 2_050_000_000);
+        for k in 1..=40u32 {
+            let rtp = k * rate / 10; // every 100 ms
+            let now = timeline.retime(ssrc, None, rate, rtp, 0);
+            let step = now - last - 100_000_000;
+            assert!(step.abs() <= 600_000, "packet {k} moved {step} ns beyond its 100 ms");
+            last = now;
+        }
+    }
+
+    #[test]
+    fn sender_reports_are_found_in_compound_packets() {
+        // SR (ssrc 0x11, no report blocks) + SDES (empty).
+        let mut packet = vec![0x80, 200, 0, 6];
+        packet.extend(0x11u32.to_be_bytes());
+        packet.extend(0x0102_0304_0506_0708u64.to_be_bytes());
+        packet.extend(0x0a0b_0c0du32.to_be_bytes());
+        packet.extend([0u8; 8]);
+        packet.extend([0x80, 202, 0, 0]);
+        assert_eq!(sender_reports(&packet), vec![(0x11, 0x0102_0304_0506_0708, 0x0a0b_0c0d)]);
+    }
+}
