@@ -33,9 +33,6 @@ struct Routes {
     sinks: HashMap<String, gst::Pad>,
     /// track sid → its codec's RTP encoding name (`H264`, `VP8`, `OPUS`): what the answer accepts.
     codecs: HashMap<String, String>,
-    /// mid → the participant sending it (the msid's stream id, `PA_x|TR_y`): its tracks
-    /// share one clock and one path.
-    senders: HashMap<String, String>,
     /// mid → its webrtcbin pad. The server reuses m-lines: a mid carries another track
     /// after a track was unpublished, on the same pad.
     pads: HashMap<String, gst::Pad>,
@@ -126,7 +123,7 @@ impl Subscriber {
             pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, |pad, _| {
                 if pad.peer().is_none() { gst::PadProbeReturn::Drop } else { gst::PadProbeReturn::Ok }
             });
-            retime(pad, timeline.clone(), r.clone(), mid.clone());
+            retime(pad, timeline.clone());
             routes.pads.insert(mid.clone(), pad.clone());
             routes.settle(&mid);
             notify.notify_waiters();
@@ -233,13 +230,6 @@ impl Subscriber {
             for (mid, sid) in track_mids(&message).into_iter().chain(mid_to_track.clone()) {
                 routes.mids.insert(mid, sid);
             }
-            for media in message.medias() {
-                let stream = media.attribute_val("msid").and_then(|m| m.split_whitespace().next());
-                if let (Some(mid), Some(stream)) = (media.attribute_val("mid"), stream) {
-                    let sender = stream.split('|').next().unwrap_or(stream);
-                    routes.senders.insert(mid.to_string(), sender.to_string());
-                }
-            }
             for media in message.medias_mut() {
                 let wanted = media
                     .attribute_val("mid")
@@ -318,7 +308,7 @@ fn read_sender_reports(webrtc: &gst::Element, timeline: Arc<Timeline>) {
 }
 
 /// Gives each RTP packet leaving `pad` its place on the session timeline (its PTS).
-fn retime(pad: &gst::Pad, timeline: Arc<Timeline>, routes: Arc<Mutex<Routes>>, mid: String) {
+fn retime(pad: &gst::Pad, timeline: Arc<Timeline>) {
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(buffer) = info.buffer_mut() else { return gst::PadProbeReturn::Ok };
         let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
@@ -341,8 +331,7 @@ fn retime(pad: &gst::Pad, timeline: Arc<Timeline>, routes: Arc<Mutex<Routes>>, m
             return gst::PadProbeReturn::Ok;
         };
         let Some(arrival) = segment.to_running_time(pts) else { return gst::PadProbeReturn::Ok };
-        let sender = routes.lock().unwrap().senders.get(&mid).cloned();
-        let placed = timeline.retime(ssrc, sender.as_deref(), clock_rate, rtp, arrival.nseconds() as i64);
+        let placed = timeline.retime(ssrc, clock_rate, rtp, arrival.nseconds() as i64);
         let placed = gst::ClockTime::from_nseconds(placed.max(0) as u64);
         if let Some(new_pts) = segment.position_from_running_time(placed) {
             let buffer = buffer.make_mut();

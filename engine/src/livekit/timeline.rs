@@ -7,8 +7,10 @@
 //! - RTP → NTP is a least-squares line over the last 20 reports (the nominal clock rate until
 //!   4 reports span 5 s); a report 3σ off the line (at least 100 µs) is an outlier, five in a
 //!   row or an RTP jump of 30 s start the line afresh;
-//! - the one-way delay is the smallest (arrival − NTP) of those reports: the network path,
-//!   without the encoder and pacer delays a packet's own arrival carries;
+//! - the one-way delay is the smallest (arrival − NTP) of those reports, per track as LiveKit
+//!   keeps it (a sender's tracks reach their reports' NTP times differently: audio and video
+//!   of one instant carry different capture stamps), without the encoder and pacer delays a
+//!   packet's own arrival carries;
 //! - `running = NTP + delay + shift`, where `shift` is one constant for the whole session, set
 //!   when the first track locks so that track goes on without a jump (the others step by what
 //!   their arrival timing was off, once, at their first lock).
@@ -65,8 +67,6 @@ struct TrackClock {
     line: Option<Line>,
     delay_ns: i64,
     locked: bool,
-    /// The sender this track comes from (its participant): its tracks share one delay.
-    group: Option<String>,
     /// Added to the target to stay continuous after a correction; slewed toward 0.
     error_ns: f64,
     /// The extended RTP time of the last packet retimed.
@@ -171,38 +171,21 @@ struct State {
 }
 
 impl State {
-    /// The tracks sharing `ssrc`'s delay (its sender's), itself included.
-    fn members(&self, ssrc: u32) -> Vec<u32> {
-        let group = self.tracks.get(&ssrc).and_then(|t| t.group.clone());
-        match group {
-            None => vec![ssrc],
-            Some(g) => self.tracks.iter().filter(|(_, t)| t.group.as_ref() == Some(&g)).map(|(s, _)| *s).collect(),
-        }
-    }
-
-    /// The one-way delay of `ssrc`'s sender: the smallest its tracks' reports show, as every
-    /// track of a sender takes the same path (a report held back on one track says nothing).
-    fn delay(&self, ssrc: u32) -> Option<i64> {
-        self.members(ssrc).iter().filter_map(|m| self.tracks.get(m)?.own_delay()).min()
-    }
-
     /// Where extended RTP time `rtp` of `ssrc` belongs on the session timeline, before the shift.
     fn target(&self, ssrc: u32, rtp: Option<u64>) -> Option<f64> {
-        Some(self.tracks.get(&ssrc)?.line?.at(rtp?) + self.delay(ssrc)? as f64)
+        let track = self.tracks.get(&ssrc)?;
+        Some(track.line?.at(rtp?) + track.own_delay()? as f64)
     }
 
-    /// Applies `change` (a report, a track joining its sender) without moving any affected
-    /// track's output: the difference goes into its error, which is then slewed away.
+    /// Applies `change` (a report) without moving the track's output: the difference goes
+    /// into its error, which is then slewed away.
     fn continuous(&mut self, ssrc: u32, change: impl FnOnce(&mut State)) {
-        let members = self.members(ssrc);
-        let before: Vec<Option<f64>> =
-            members.iter().map(|m| self.target(*m, self.tracks.get(m).and_then(|t| t.last_packet))).collect();
+        let last = self.tracks.get(&ssrc).and_then(|t| t.last_packet);
+        let before = self.target(ssrc, last);
         change(self);
-        for (m, before) in members.iter().zip(before) {
-            let after = self.target(*m, self.tracks.get(m).and_then(|t| t.last_packet));
-            if let (Some(before), Some(after), Some(track)) = (before, after, self.tracks.get_mut(m)) {
-                track.error_ns += before - after;
-            }
+        let after = self.target(ssrc, last);
+        if let (Some(before), Some(after), Some(track)) = (before, after, self.tracks.get_mut(&ssrc)) {
+            track.error_ns += before - after;
         }
     }
 }
@@ -222,33 +205,14 @@ impl Timeline {
         });
     }
 
-    /// The running time a packet of `ssrc` (from sender `group`) with RTP time `rtp` belongs
-    /// at; `arrival` is its running time from the jitter buffer (kept until the track's first
-    /// report).
-    pub fn retime(&self, ssrc: u32, group: Option<&str>, clock_rate: u32, rtp: u32, arrival: i64) -> i64 {
+    /// The running time a packet of `ssrc` with RTP time `rtp` belongs at; `arrival` is its
+    /// running time from the jitter buffer (kept until the track's first report).
+    pub fn retime(&self, ssrc: u32, clock_rate: u32, rtp: u32, arrival: i64) -> i64 {
         let mut state = self.state.lock().unwrap();
         let track = state.tracks.entry(ssrc).or_default();
         if track.clock_rate.is_none() && clock_rate > 0 {
             track.clock_rate = Some(clock_rate);
             track.line = track.fit();
-        }
-        if let Some(group) = group
-            && track.group.as_deref() != Some(group)
-        {
-            // Joining its sender's tracks may shorten their delay (or its own): every one of
-            // them stays continuous.
-            let mut affected: Vec<u32> =
-                state.tracks.iter().filter(|(_, t)| t.group.as_deref() == Some(group)).map(|(s, _)| *s).collect();
-            affected.push(ssrc);
-            let last = |state: &State, m: u32| state.tracks.get(&m).and_then(|t| t.last_packet);
-            let before: Vec<Option<f64>> = affected.iter().map(|m| state.target(*m, last(&state, *m))).collect();
-            state.tracks.get_mut(&ssrc).expect("added above").group = Some(group.to_string());
-            for (m, before) in affected.iter().zip(before) {
-                let after = state.target(*m, last(&state, *m));
-                if let (Some(before), Some(after), Some(track)) = (before, after, state.tracks.get_mut(m)) {
-                    track.error_ns += before - after;
-                }
-            }
         }
         let ext = state.tracks.get_mut(&ssrc).expect("added above").unwrap(rtp);
         let Some(target) = state.target(ssrc, Some(ext)) else { return arrival };
@@ -315,7 +279,7 @@ mod tests {
         let net = 3_000_000; // 3 ms network
         let (a0, v0) = (1000u32, 5_000_000u32);
         // Before any report: arrival time.
-        assert_eq!(timeline.retime(audio, None, 48000, a0, 100_000_000), 100_000_000);
+        assert_eq!(timeline.retime(audio, 48000, a0, 100_000_000), 100_000_000);
         // Reports every 3 s for both tracks, from capture time t (ns since NTP_2026, which is
         // running time 0 here).
         for k in 0..6i64 {
@@ -325,8 +289,8 @@ mod tests {
         }
         // A packet of each, captured at 16 s: audio arrives 20 ms after, video 140 ms after.
         let t = 16_000_000_000i64;
-        let a = timeline.retime(audio, None, 48000, a0.wrapping_add((t * 48 / 1_000_000) as u32), t + 20_000_000);
-        let v = timeline.retime(video, None, 90000, v0.wrapping_add((t * 90 / 1_000_000) as u32), t + 140_000_000);
+        let a = timeline.retime(audio, 48000, a0.wrapping_add((t * 48 / 1_000_000) as u32), t + 20_000_000);
+        let v = timeline.retime(video, 90000, v0.wrapping_add((t * 90 / 1_000_000) as u32), t + 140_000_000);
         assert!((a - v).abs() < 100_000, "audio {a} video {v}: {} µs apart", (a - v) / 1000);
     }
 
@@ -337,7 +301,7 @@ mod tests {
         let ssrc = 7;
         let rate = 48000u32;
         timeline.on_sender_report(ssrc, 0, ntp_plus(0), 0);
-        let mut last = timeline.retime(ssrc, None, rate, 0, 0);
+        let mut last = timeline.retime(ssrc, rate, 0, 0);
         // The next report says the delay is 50 ms longer (a slower path): the output moves
         // toward it, by at most 5 ms a second.
         let second = rate;
@@ -345,7 +309,7 @@ mod tests {
         timeline.on_sender_report(ssrc, 2 * second, ntp_plus(2_000_000_000), 2_050_000_000);
         for k in 1..=40u32 {
             let rtp = k * rate / 10; // every 100 ms
-            let now = timeline.retime(ssrc, None, rate, rtp, 0);
+            let now = timeline.retime(ssrc, rate, rtp, 0);
             let step = now - last - 100_000_000;
             assert!(step.abs() <= 600_000, "packet {k} moved {step} ns beyond its 100 ms");
             last = now;

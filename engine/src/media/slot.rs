@@ -129,11 +129,12 @@ impl Slot {
             pad.set_property("width", w);
             pad.set_property("height", h);
             pad.set_property_from_str("sizing-policy", "keep-aspect-ratio");
-            // The mixer shows, in the output frame starting at T, the input frame that starts
-            // within [T, T + one frame): a picture would come out up to a frame early (half
-            // a frame on average) against its sound. Half a frame later, it is off by at
-            // most half a frame either way, on average not at all.
-            pad.set_offset(self.half_frame_ns);
+            // The mixer shows, in the output frame starting at T, the newest input frame that
+            // starts before T + one frame: a picture comes out up to a frame early (half a
+            // frame on average) against its sound. Half a frame later, it is off by at most
+            // half a frame either way, on average not at all. (Set on the pushing side: the
+            // mixer's own pads do not apply an offset.)
+            src.set_offset(self.half_frame_ns);
         }
         // The track's latency is covered by the mixer's minimum: its answer must not depend
         // on whether the track flows yet (a failed query makes an aggregator non-live).

@@ -141,10 +141,16 @@ fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bool) 
     let mux = match file_type {
         FileType::Mp4 => {
             let m = make("mp4mux", None)?;
+            // Audio and video rarely start at the same instant: the later one starts with an
+            // edit, else both would start at 0 and be off by the difference (up to 50 ms).
+            m.set_property("start-gap-threshold", 1u64);
             if crash_safe {
                 // Each fragment is complete on disk: the file plays even after SIGKILL. Short
                 // fragments also matter for start latency: nothing is written before the first.
+                // Finalised at the end into a plain MP4, which keeps the start edit (fragments
+                // cannot say a track starts late).
                 m.set_property("fragment-duration", 250u32);
+                m.set_property_from_str("fragment-mode", "first-moov-then-finalise");
             }
             m
         }
