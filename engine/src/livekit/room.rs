@@ -49,6 +49,8 @@ pub struct Room {
 struct Link {
     signal: SignalSender,
     subscriber: Arc<Subscriber>,
+    /// The identity this connection joined as.
+    identity: String,
 }
 
 /// What it takes to (re)join: a fresh token each time, so a rejoin hours later still works.
@@ -59,11 +61,19 @@ struct Joiner {
     pipeline: gst::Pipeline,
     /// Kept across rejoins: tracks line up the same way on the new connection.
     timeline: Arc<Timeline>,
+    /// Connections made so far.
+    joins: std::sync::atomic::AtomicU32,
 }
 
 impl Joiner {
     async fn connect(&self) -> Result<(proto::JoinResponse, Link, UnboundedReceiver<SignalEvent>)> {
-        let token = recorder_token(&self.config.api_key, &self.config.api_secret, &self.name, &self.identity);
+        // A rejoin comes as a new (hidden) participant: joining as the old one would make the
+        // server drop it, and its media with it, before the new connection delivers any.
+        let identity = match self.joins.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 => self.identity.clone(),
+            n => format!("{}-{n}", self.identity),
+        };
+        let token = recorder_token(&self.config.api_key, &self.config.api_secret, &self.name, &identity);
         let (join, signal, events) = signal::connect(&self.config.url, &token).await?;
         let candidate_signal = signal.clone();
         let subscriber =
@@ -75,7 +85,7 @@ impl Joiner {
                     r#final: false,
                 }));
             })?);
-        Ok((join, Link { signal, subscriber }, events))
+        Ok((join, Link { signal, subscriber, identity }, events))
     }
 }
 
@@ -94,6 +104,7 @@ impl Room {
             identity: identity.into(),
             pipeline: pipeline.clone(),
             timeline: Arc::default(),
+            joins: Default::default(),
         };
         let (join, link, events) = joiner.connect().await?;
         let participants: Participants = present(join.other_participants).map(|p| (p.sid.clone(), p)).collect();
@@ -415,11 +426,17 @@ impl Session {
         };
         let pipeline = self.joiner.pipeline.clone();
         let successor = subscriber.clone();
+        let (config, room) = (self.joiner.config.clone(), self.room.clone());
         tokio::spawn(async move {
-            // The old webrtcbin goes once the new one carries every track (or gave up trying).
+            // The old connection goes once the new one carries every track (or gave up
+            // trying): its webrtcbin, and its participant, which the server would otherwise
+            // keep until its transport times out.
             successor.carrying_all(Duration::from_secs(10)).await;
             let retired = old.subscriber.clone();
             let _ = tokio::task::spawn_blocking(move || retired.retire(&pipeline)).await;
+            if let Err(e) = super::room_service::remove_participant(&config, &room, &old.identity).await {
+                tracing::debug!(%room, identity = %old.identity, "old connection not removed: {e:#}");
+            }
         });
         let mut known = self.state.participants.lock().unwrap();
         let current: Participants = present(join.other_participants).map(|p| (p.sid.clone(), p)).collect();

@@ -28,6 +28,11 @@ pub async fn update_metadata(config: &LiveKitConfig, room: &str, identity: &str,
     call(config, room, "UpdateParticipant", body).await.map(|_| ())
 }
 
+/// RoomService.RemoveParticipant: takes `identity` out of `room` now.
+pub async fn remove_participant(config: &LiveKitConfig, room: &str, identity: &str) -> Result<()> {
+    call(config, room, "RemoveParticipant", json!({ "room": room, "identity": identity })).await.map(|_| ())
+}
+
 /// RoomService.ListRooms for one name: the room's sid, or None when it does not exist.
 pub async fn room_sid(config: &LiveKitConfig, room: &str) -> Result<Option<String>> {
     let answer = call(config, room, "ListRooms", json!({ "names": [room] })).await?;
