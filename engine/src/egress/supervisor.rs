@@ -505,7 +505,7 @@ impl Supervisor {
 
     async fn finish(mut self, end: Ending) {
         let pipeline = self.pipeline();
-        let _ = pipeline.set_state(gst::State::Null);
+        crate::media::stop_all(pipeline.upcast_ref());
         {
             let mut graph = self.ctx.graph.lock().unwrap();
             for output in graph.outputs.iter_mut() {

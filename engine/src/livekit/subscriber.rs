@@ -184,7 +184,9 @@ impl Subscriber {
         drop(routes);
         RETIRED.lock().unwrap().get_or_insert_with(HashSet::new).insert(self.webrtc.name().to_string());
         let _ = pipeline.remove(&self.webrtc);
-        let _ = self.webrtc.set_state(gst::State::Null);
+        if let Some(bin) = self.webrtc.downcast_ref::<gst::Bin>() {
+            crate::media::stop_all(bin);
+        }
     }
 
     /// Sends `sid`'s RTP to `sink` from now on (at once if the track already flows).

@@ -130,3 +130,16 @@ pub fn sync_states(elements: &[&gst::Element]) {
         let _ = e.sync_state_with_parent();
     }
 }
+
+/// Brings `bin` and everything in it to NULL, each element on its own: a bin stops its state
+/// change at the first child that fails (an RTMP sink whose server refused it), leaving the
+/// elements upstream PLAYING, and an element finalized while PLAYING leaves its streaming
+/// thread running on freed pads.
+pub fn stop_all(bin: &gst::Bin) {
+    let _ = bin.set_state(gst::State::Null);
+    for element in bin.iterate_recurse().into_iter().flatten() {
+        if element.current_state() != gst::State::Null {
+            let _ = element.set_state(gst::State::Null);
+        }
+    }
+}

@@ -470,7 +470,7 @@ impl OutputBranch {
             tee.release_request_pad(&src);
         }
         self.push_eos();
-        let _ = self.bin.set_state(gst::State::Null);
+        crate::media::stop_all(self.bin.upcast_ref());
         let _ = pipeline.remove(&self.bin);
     }
 
