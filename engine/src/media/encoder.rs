@@ -119,12 +119,12 @@ impl Encoder {
             "video/x-raw,format=I420,width={},height={},framerate={}/1,pixel-aspect-ratio=1/1",
             s.width, s.height, s.framerate
         );
-        let mut chain = vec![
-            make("videoconvert", None)?,
-            make("videoscale", None)?,
-            make("videorate", None)?,
-            capsfilter(&raw_caps)?,
-        ];
+        // videorate's frame grid starts at the first frame it gets, not at 0: from 0, every
+        // frame would move to the nearest slot of a grid of its own, by up to half a frame
+        // against its sound (a different amount in every egress).
+        let rate = make("videorate", None)?;
+        rate.set_property("skip-to-first", true);
+        let mut chain = vec![make("videoconvert", None)?, make("videoscale", None)?, rate, capsfilter(&raw_caps)?];
         match codec {
             VideoCodec::H264 => {
                 let enc = make("x264enc", None)?;
