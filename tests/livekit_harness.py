@@ -159,6 +159,21 @@ def check_network():
 SMALL = {"advanced": {"width": 640, "height": 360, "framerate": 30}}
 
 
+def stop_and_measure(egret, egress_id):
+    """Stops the egress and reads its single file: (path, probe, flash/beep pairs, the pairs as
+    text "t:±ms, ..."). The egress must complete with audio and video in the file."""
+    from media import av_offsets, streams
+
+    egret.api.stop(egress_id)
+    info = egret.api.wait_status(egress_id, "complete", "failed")
+    assert info["status"] == "complete", info
+    path, media = recorded(egret, info)
+    assert streams(media, "video") and streams(media, "audio")
+    pairs = av_offsets(path)
+    shown = ", ".join(f"{t:.1f}s:{o * 1000:+.0f}" for t, o in pairs)
+    return path, media, pairs, shown
+
+
 def recorded(egret, info):
     """The egress's single file output (it must have completed), as a path, with its probe."""
     from media import probe

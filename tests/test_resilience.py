@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import EgretProcess
-from livekit_harness import SMALL, SignalProxy, recorded
-from media import av_offsets, duration, streams
+from livekit_harness import SMALL, SignalProxy, stop_and_measure
+from media import duration
 
 CUT_S = 3
 
@@ -32,14 +32,8 @@ def test_signalling_cut_keeps_the_recording_going(proxied, publish, room):
     egret.api.wait(eid, lambda i: "reconnected" in (i.get("details") or ""), what="reconnected", timeout=60)
     before = egret.api.get(eid)["duration"]
     egret.api.wait(eid, lambda i: i["duration"] >= before + 3, what="3 s more recorded")
-    egret.api.stop(eid)
-    info = egret.api.wait_status(eid, "complete", "failed")
-    assert info["status"] == "complete", info
-    path, media = recorded(egret, info)
-    assert streams(media, "video") and streams(media, "audio")
-    pairs = av_offsets(path)
+    _, media, pairs, shown = stop_and_measure(egret, eid)
     times = [t for t, _ in pairs]
-    shown = ", ".join(f"{t:.1f}s:{o * 1000:+.0f}" for t, o in pairs)
     # A flash and a beep every second, throughout: no second of the cut is missing.
     print(f"after the cut: {egret.api.get(eid)['details']}; pairs {shown}")
     assert len(pairs) >= duration(media) - 2 and max(np.diff(times)) < 1.5, f"flash/beep pairs {shown}"

@@ -11,8 +11,7 @@ holds today; they are to come down to 40/80 ms."""
 import numpy as np
 import pytest
 
-from livekit_harness import SMALL, recorded
-from media import av_offsets, streams
+from livekit_harness import SMALL, stop_and_measure
 
 RECORD_S = 10
 
@@ -34,14 +33,8 @@ def test_av_sync_from_the_first_second(lk_egret, publish, room, kind, codec):
     eid = info["egress_id"]
     lk_egret.api.wait_status(eid, "active")
     lk_egret.api.wait(eid, lambda i: i["duration"] >= RECORD_S, what=f"{RECORD_S} s recorded", timeout=60)
-    lk_egret.api.stop(eid)
-    info = lk_egret.api.wait_status(eid, "complete", "failed")
-    assert info["status"] == "complete", info
-    path, media = recorded(lk_egret, info)
-    assert streams(media, "video") and streams(media, "audio")
-    pairs = av_offsets(path)
+    _, _, pairs, shown = stop_and_measure(lk_egret, eid)
     offsets = np.array([o for _, o in pairs]) * 1000
-    shown = ", ".join(f"{t:.1f}s:{o * 1000:+.0f}" for t, o in pairs)
     print(f"{kind} {codec}: {shown}")
     assert len(pairs) >= RECORD_S - 2, f"flash/beep pairs {shown}"
     assert abs(np.median(offsets)) <= 80 and np.abs(offsets).max() <= 120, f"A/V offsets (ms) {shown}"
