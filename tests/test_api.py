@@ -136,3 +136,48 @@ def test_a_half_sent_request_does_not_hold_its_connection(egret):
     slow.close()
     assert closed_after < 20, f"held for {closed_after:.1f} s"
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+
+
+def test_storage_never_overwritten_nor_left_through_links(egret, tmp_path):
+    """A recording never replaces another (409 naming the field), never follows a symbolic
+    link out of storage, and a path with a control character is refused."""
+    def start(**params):
+        return egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": params})
+
+    first = egret.api.start("testsrc", file_outputs=[{"filepath": "safe/one.mp4"}])
+    status, reply = start(file_outputs=[{"filepath": "safe/one.mp4"}])
+    assert status == 409 and reply["field"] == "params.file_outputs[0].filepath", reply
+    assert "another egress is writing" in reply["error"], reply
+    egret.api.wait(first["egress_id"], lambda i: i["bytes"] > 0, what="bytes written")
+    egret.api.stop(first["egress_id"])
+    egret.api.wait_status(first["egress_id"], "complete")
+    size = (egret.storage / "safe/one.mp4").stat().st_size
+    status, reply = start(file_outputs=[{"filepath": "safe/one"}])  # the extension is added
+    assert status == 409 and "already exists" in reply["error"], reply
+    assert (egret.storage / "safe/one.mp4").stat().st_size == size
+
+    (egret.storage / "safe/hls_00000.ts").write_bytes(b"earlier")
+    status, reply = start(segment_outputs=[{"filename_prefix": "safe/hls", "playlist_name": "other.m3u8"}])
+    assert status == 409 and reply["field"] == "params.segment_outputs[0].filename_prefix", reply
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (egret.storage / "link").symlink_to(outside)
+    status, reply = start(file_outputs=[{"filepath": "link/x.mp4"}])
+    assert 400 <= status < 500 and reply["field"] == "params.file_outputs[0].filepath", reply
+    assert "symbolic link" in reply["error"], reply
+    victim = outside / "victim.mp4"
+    victim.write_bytes(b"keep me")
+    (egret.storage / "safe/victim.mp4").symlink_to(victim)
+    status, reply = start(file_outputs=[{"filepath": "safe/victim.mp4"}])
+    assert status == 409, reply
+    assert victim.read_bytes() == b"keep me" and list(outside.iterdir()) == [victim]
+
+    for bad in ["safe/a\u0000b.mp4", "safe/a\nb.mp4"]:
+        status, reply = start(file_outputs=[{"filepath": bad}])
+        assert status == 400 and "control character" in reply["error"], reply
+
+    # A refused start holds nothing: the same request is refused for the same reason again.
+    for _ in range(2):
+        status, reply = start(file_outputs=[{"filepath": "safe/v.ogg"}])
+        assert status == 422 and "OGG holds audio only" in reply["error"], reply

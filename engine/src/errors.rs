@@ -104,7 +104,8 @@ impl Error {
     }
 
     pub fn invalid(e: FieldError) -> Self {
-        Error { kind: ErrorKind::InvalidArgument, field: e.field, message: e.message }
+        let kind = if e.conflict { ErrorKind::AlreadyExists } else { ErrorKind::InvalidArgument };
+        Error { kind, field: e.field, message: e.message }
     }
 
     pub fn egress_not_found(id: &str) -> Self {
@@ -117,7 +118,8 @@ impl Error {
     }
 
     pub fn field_error(&self) -> FieldError {
-        FieldError::new(self.field.clone(), self.message.clone())
+        let e = FieldError::new(self.field.clone(), self.message.clone());
+        FieldError { conflict: self.kind == ErrorKind::AlreadyExists, ..e }
     }
 }
 

@@ -77,7 +77,8 @@ fn start_error(e: &mlua::Error) -> Error {
                 let digits = first[i + 5..].chars().take_while(char::is_ascii_digit).count();
                 &first[..i + 5 + digits]
             });
-            Error::new(ErrorKind::RecipeFailed, fe.field, format!("{} ({})", fe.message, at.unwrap_or(first)))
+            let kind = if fe.conflict { ErrorKind::AlreadyExists } else { ErrorKind::RecipeFailed };
+            Error::new(kind, fe.field, format!("{} ({})", fe.message, at.unwrap_or(first)))
         }
         None => Error::new(ErrorKind::RecipeFailed, "", text),
     }

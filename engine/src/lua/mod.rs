@@ -164,7 +164,14 @@ fn module_path(dir: &Path, name: &str) -> Result<PathBuf, String> {
             "require `{name}`: module names are dotted words (lib.util), inside the recipes directory"
         ));
     }
-    Ok(dir.join(format!("{}.lua", name.replace('.', "/"))))
+    let path = dir.join(format!("{}.lua", name.replace('.', "/")));
+    // A link inside the recipes directory must not lead a recipe to read files elsewhere.
+    if let (Ok(real), Ok(real_dir)) = (path.canonicalize(), dir.canonicalize())
+        && !real.starts_with(&real_dir)
+    {
+        return Err(format!("require `{name}`: {} leads outside the recipes directory", path.display()));
+    }
+    Ok(path)
 }
 
 /// The chunk name shown in errors: `scripts/x.lua:3: ...`.
@@ -233,6 +240,18 @@ pub fn error_text(err: &mlua::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn require_does_not_follow_a_link_out_of_the_recipes_dir() {
+        let dir = std::env::temp_dir().join(format!("egret-require-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("lib")).unwrap();
+        std::fs::write(dir.join("lib/ok.lua"), "return 1").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("lib/out.lua")).unwrap();
+        assert!(module_path(&dir, "lib.ok").is_ok());
+        assert!(module_path(&dir, "lib.out").unwrap_err().contains("outside the recipes directory"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn os_date_refuses_a_bad_format_instead_of_panicking() {

@@ -16,7 +16,7 @@ use super::outputs::{BranchParts, BuildTarget, MediaEvent, Output, OutputBranch,
 use super::testsrc::{self, TestSourceOptions};
 use crate::request::FieldResult;
 use crate::request::encoding::EncodeSettings;
-use crate::request::filepath::Template;
+use crate::request::filepath::{self, PathClaim, Template};
 use crate::storage::{S3Config, Uploader};
 
 pub struct Graph {
@@ -32,6 +32,8 @@ pub struct Graph {
     /// Live pieces (segments, playlists, snapshots) go up as they are written.
     uploads: Option<UploadQueue>,
     backup_dir: PathBuf,
+    /// Paths this egress writes, held from other egresses until the graph is dropped.
+    claims: Vec<PathClaim>,
 }
 
 impl Graph {
@@ -55,6 +57,7 @@ impl Graph {
             events,
             uploads,
             backup_dir: backup_dir.to_path_buf(),
+            claims: Vec::new(),
         }
     }
 
@@ -139,6 +142,11 @@ impl BuildTarget for Graph {
 
     fn template(&self) -> &Template {
         &self.template
+    }
+
+    fn claim(&mut self, path: &Path, series: bool, field: &str) -> FieldResult<()> {
+        self.claims.push(filepath::claim(path, series, field)?);
+        Ok(())
     }
 
     fn encoder(&self, index: usize) -> &Encoder {

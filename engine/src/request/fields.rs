@@ -11,11 +11,18 @@ use serde_json::{Map, Value};
 pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// The request is well formed but collides with what exists (a path already written):
+    /// a conflict (409) rather than a bad argument.
+    pub conflict: bool,
 }
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError { field: field.into(), message: message.into(), conflict: false }
+    }
+
+    pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { conflict: true, ..FieldError::new(field, message) }
     }
 }
 

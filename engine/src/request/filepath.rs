@@ -1,12 +1,18 @@
 //! Output paths: LiveKit's filepath templates, always resolved inside the storage directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
 
 use super::fields::{FieldError, FieldResult};
 
-/// Refuses a path that could leave the storage directory: `..` anywhere, or an absolute path.
+/// Refuses a path that could leave the storage directory (`..` anywhere, or an absolute path)
+/// or that a file system would store under another name (NUL, control characters).
 pub fn check_relative(path: &str, field: &str) -> FieldResult<()> {
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(FieldError::new(field, format!("holds the control character {:?}; paths are plain text", c)));
+    }
     let p = Path::new(path);
     if p.is_absolute() {
         return Err(FieldError::new(
@@ -85,15 +91,87 @@ pub fn resolve_file(
 }
 
 /// Joins a relative path to the storage directory after checking it again (templates were
-/// expanded since the request was validated) and creates its parent directory.
+/// expanded since the request was validated) and creates its parent directories beneath
+/// storage, refusing any that is a symbolic link: a link planted in storage must not lead a
+/// recording elsewhere.
 pub fn inside(storage: &Path, rel: &str, field: &str) -> FieldResult<PathBuf> {
     check_relative(rel, field)?;
-    let path = storage.join(rel);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| FieldError::new(field, format!("cannot create {}: {e}", parent.display())))?;
+    let rel = Path::new(rel);
+    let mut dir = storage.to_path_buf();
+    let parents: Vec<_> = rel.parent().map(|p| p.components().collect()).unwrap_or_default();
+    for component in parents {
+        let Component::Normal(name) = component else { continue };
+        dir.push(name);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(FieldError::new(
+                    field,
+                    format!("`{}` is a symbolic link; egret never writes through links", shown(storage, &dir)),
+                ));
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(FieldError::new(field, format!("`{}` is not a directory", shown(storage, &dir))));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() && !dir.is_symlink() => {}
+                Err(e) => return Err(FieldError::new(field, format!("cannot create `{}`: {e}", shown(storage, &dir)))),
+            },
+            Err(e) => return Err(FieldError::new(field, format!("cannot use `{}`: {e}", shown(storage, &dir)))),
+        }
     }
-    Ok(path)
+    Ok(storage.join(rel))
+}
+
+fn shown(storage: &Path, path: &Path) -> String {
+    path.strip_prefix(storage).unwrap_or(path).display().to_string()
+}
+
+/// Paths that running egresses are writing (a file, a playlist, a segment prefix).
+static WRITING: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
+
+/// A path held by one output until it is dropped (with its egress's pipeline), so no other
+/// egress can write there meanwhile.
+#[derive(Debug)]
+pub struct PathClaim(PathBuf);
+
+impl Drop for PathClaim {
+    fn drop(&mut self) {
+        WRITING.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+    }
+}
+
+/// Claims a new path for one output: refused (a conflict naming `field`) when another egress
+/// is writing there or something already exists there (a file, a link, or, for a series
+/// like HLS segments and snapshots, a file named `<name>_...`). egret never overwrites a
+/// recording.
+pub fn claim(path: &Path, series: bool, field: &str) -> FieldResult<PathClaim> {
+    let shown = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let mut writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    if writing.contains(path) {
+        return Err(FieldError::conflict(field, format!("another egress is writing `{shown}`")));
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(FieldError::conflict(field, format!("`{shown}` already exists; egret never overwrites a recording")));
+    }
+    if series && let Some(existing) = first_of_series(path) {
+        return Err(FieldError::conflict(
+            field,
+            format!("`{existing}` already exists; egret never overwrites a recording"),
+        ));
+    }
+    writing.insert(path.to_path_buf());
+    Ok(PathClaim(path.to_path_buf()))
+}
+
+/// A file beside `path` named `<name>_...`, if any.
+fn first_of_series(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().to_string();
+    let entries = std::fs::read_dir(path.parent()?).ok()?;
+    entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).find(|n| {
+        n.strip_prefix(&name).is_some_and(|rest| rest.starts_with('_'))
+    })
 }
 
 #[cfg(test)]
@@ -114,5 +192,28 @@ mod tests {
                 || p.to_string_lossy().contains("_etc_passwd-")
         );
         assert!(check_relative("a/../../b", "f").is_err());
+        assert!(check_relative("a\0b.mp4", "f").is_err());
+        assert!(check_relative("a\nb.mp4", "f").is_err());
+    }
+
+    #[test]
+    fn links_and_existing_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("egret-claim-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        std::os::unix::fs::symlink("/tmp", dir.join("link")).unwrap();
+        let err = inside(&dir, "link/x.mp4", "f").unwrap_err();
+        assert!(err.message.contains("symbolic link"), "{err}");
+        let path = inside(&dir, "real/new/x.mp4", "f").unwrap();
+        assert!(dir.join("real/new").is_dir());
+        let held = claim(&path, false, "f").unwrap();
+        assert!(claim(&path, false, "f").unwrap_err().conflict);
+        drop(held);
+        std::fs::write(&path, b"x").unwrap();
+        assert!(claim(&path, false, "f").unwrap_err().conflict);
+        std::fs::write(dir.join("real/seg_00000.ts"), b"x").unwrap();
+        assert!(claim(&dir.join("real/seg"), true, "f").unwrap_err().conflict);
+        assert!(claim(&dir.join("real/se"), true, "f").is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -103,6 +103,7 @@ impl OutputSpec for FileOutput {
             self.file_type.extension(),
             &format!("{field}.filepath"),
         )?;
+        target.claim(&path, false, &format!("{field}.filepath"))?;
         let parts = build(target.encoder(encoder), self.file_type, &path, target.crash_safe_mp4()).map_err(fail)?;
         let status = OutputStatus::new(field.into(), &KIND, target.relative(&path));
         let uploader = target.uploader(&self.upload);

@@ -1,7 +1,7 @@
 //! Image output (`image_outputs`, LiveKit's ImageOutput): a JPEG snapshot every
 //! `capture_interval` seconds, taken from the raw video.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -103,6 +103,11 @@ impl OutputSpec for ImageOutput {
             target.template().expand(&self.filename_prefix)
         };
         let prefix = inside(target.storage(), &raw, &format!("{field}.filename_prefix"))?;
+        target.claim(&prefix, true, &format!("{field}.filename_prefix"))?;
+        if self.suffix == ImageSuffix::Overwrite {
+            let name = format!("{}.jpeg", prefix.display());
+            target.claim(Path::new(&name), false, &format!("{field}.filename_prefix"))?;
+        }
         let status = OutputStatus::new(field.into(), &KIND, target.relative(&prefix));
         let parts = build(self, size, prefix, status.clone(), target.queue_for(&self.upload)).map_err(fail)?;
         target.attach(encoder, parts, status, None).map_err(fail)

@@ -111,6 +111,9 @@ pub trait BuildTarget {
     fn template(&self) -> &Template;
     fn encoder(&self, index: usize) -> &Encoder;
     fn crash_safe_mp4(&self) -> bool;
+    /// Holds a path this egress will write for as long as its pipeline lives; refused when it
+    /// exists or another egress writes there (see `filepath::claim`).
+    fn claim(&mut self, path: &Path, series: bool, field: &str) -> FieldResult<()>;
     /// Adds a built branch to the pipeline, linked to the encoder's tees.
     fn attach(
         &mut self,

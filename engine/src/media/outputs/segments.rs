@@ -82,6 +82,11 @@ impl OutputSpec for SegmentOutput {
     fn build(&self, field: &str, target: &mut dyn BuildTarget, encoder: usize) -> FieldResult<()> {
         let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
         let paths = self.paths(target, field)?;
+        target.claim(&paths.playlist, false, &format!("{field}.playlist_name"))?;
+        if let Some(live) = &paths.live_playlist {
+            target.claim(live, false, &format!("{field}.live_playlist_name"))?;
+        }
+        target.claim(&paths.prefix, true, &format!("{field}.filename_prefix"))?;
         let status = OutputStatus::new(field.into(), &KIND, target.relative(&paths.playlist));
         *status.live_target.lock().unwrap() = paths.live_playlist.as_deref().map(|p| target.relative(p));
         let parts =
