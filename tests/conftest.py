@@ -51,6 +51,10 @@ class EgretProcess:
         self.config = workdir / "egress.toml"
         self.write_config(extra_config)
         self.log = open(workdir / "egret.log", "w")
+        self.launch()
+        self.api = Egret(f"http://127.0.0.1:{self.port}", API_KEY, API_SECRET)
+
+    def launch(self):
         self.proc = subprocess.Popen(
             [str(BINARY), "--config", str(self.config)],
             stdout=self.log,
@@ -58,7 +62,11 @@ class EgretProcess:
             env={**os.environ, "RUST_LOG": os.environ.get("EGRET_LOG", "info,chromiumoxide=error")},
         )
         wait_for_port(self.port, self.proc)
-        self.api = Egret(f"http://127.0.0.1:{self.port}", API_KEY, API_SECRET)
+
+    def restart(self):
+        """The same egret (config, storage, state, port) started again after it ended."""
+        assert self.proc.poll() is not None, "still running"
+        self.launch()
 
     def write_config(self, extra=""):
         """The test config plus `extra` TOML; written whole then renamed, as editors do."""

@@ -33,3 +33,43 @@ def test_sigkill_leaves_a_playable_mp4(fresh_egret):
     (v,) = streams(media, "video")
     assert (v["codec_name"], v["width"], v["height"]) == ("h264", 1280, 720)
     assert duration(media) >= 2.0, "fragments written before the kill are readable"
+
+
+def test_a_restart_reports_what_a_crash_interrupted_and_closes_its_playlist(fresh_egret):
+    """After SIGKILL, the next egret lists every egress of the earlier run: the ones it was
+    running are failed ("egret restarted"), their HLS playlist lists every segment on disk
+    and ends; what ended before stays as it ended."""
+    api = fresh_egret.api
+    done = api.record("testsrc", 1, file_outputs=[{"filepath": "restart/done.mp4"}])
+    running = api.start("testsrc", file_outputs=[{"filepath": "restart/r.mp4"}],
+                        segment_outputs=[{"filename_prefix": "restart/hls/seg", "playlist_name": "p.m3u8",
+                                          "segment_duration": 2}])
+    eid = running["egress_id"]
+    api.wait(eid, lambda i: i["outputs"][1]["count"] >= 2, what="two segments closed")
+    fresh_egret.proc.kill()
+    fresh_egret.proc.wait()
+    playlist = fresh_egret.storage / "restart/hls/p.m3u8"
+    assert "#EXT-X-ENDLIST" not in playlist.read_text()
+    on_disk = sorted(p.name for p in playlist.parent.glob("seg_*.ts"))
+
+    fresh_egret.restart()
+    info = api.get(eid)
+    assert info["status"] == "failed" and info["reason"] == "egret restarted", info
+    assert [o["status"] for o in info["outputs"]] == ["failed", "failed"], info
+    assert info["outputs"][0]["bytes"] == (fresh_egret.storage / "restart/r.mp4").stat().st_size
+    assert info["ended_at"] >= info["started_at"] and info["duration"] >= 3.0, info
+    listed = {e["egress_id"]: e for e in api.ok("GET", "/v1/egress")["egresses"]}
+    assert listed[done["egress_id"]]["status"] == "complete" and listed[eid]["status"] == "failed"
+    _, _, items = api.twirp("ListEgress", {"egressId": eid})
+    assert items["items"][0]["status"] == "EGRESS_FAILED" and "egret restarted" in items["items"][0]["error"]
+    status, reply = api.request("POST", f"/v1/egress/{eid}/stop")
+    assert status == 409 and "already ended" in reply["error"], reply
+
+    text = playlist.read_text()
+    assert text.rstrip().endswith("#EXT-X-ENDLIST"), text
+    listed_segments = [line for line in text.splitlines() if line.endswith(".ts")]
+    assert listed_segments == on_disk, (listed_segments, on_disk)
+    assert info["outputs"][1]["count"] == len(on_disk)
+    media = probe(playlist)
+    assert abs(duration(media) - info["outputs"][1]["duration"]) < 0.5, (duration(media), info["outputs"][1])
+    assert duration(probe(fresh_egret.storage / "restart/r.mp4")) >= 3.0

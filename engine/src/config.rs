@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// How long an egress may take to become active beyond its recipe's own bounded waits
     /// (`start_timeout`, seconds; default 30).
     pub start_timeout: std::time::Duration,
+    /// Where egress records are kept across restarts (`state_dir`, default `.egret` beside
+    /// this file).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +134,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("server.api_key", Kind::Str, true),
     ("server.api_secret", Kind::Str, true),
     ("server.start_timeout", Kind::Number, false),
+    ("server.state_dir", Kind::Str, false),
     ("storage", Kind::Section, true),
     ("storage.dir", Kind::Str, true),
     ("storage.crash_safe_mp4", Kind::Bool, false),
@@ -255,6 +259,10 @@ impl Config {
                 api_key: reader.str("server.api_key"),
                 api_secret: reader.str("server.api_secret"),
                 start_timeout: std::time::Duration::from_secs_f64(start_timeout),
+                state_dir: match reader.str("server.state_dir") {
+                    dir if dir.is_empty() => base.join(".egret"),
+                    dir => base.join(dir),
+                },
             },
             storage: StorageConfig {
                 dir: base.join(reader.str("storage.dir")),

@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::request::FieldError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ErrorKind {
     /// A request field is wrong (named by `field`).
     InvalidArgument,

@@ -146,6 +146,8 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     let recipes = recipes::Recipes::load(&config.recipes.dir);
     let _watcher = recipes.watch().context("watching the recipes directory")?;
     let manager = egress::manager::Manager::new(config.clone(), recipes);
+    let store = egress::store::Store::open(&config.server.state_dir).context("[server] state_dir")?;
+    manager.observe(store.observer());
     // Webhooks follow every egress as an observer (so does the worker mode below).
     if let Some(webhooks) = webhooks::Notifier::start(config.webhooks.as_ref()) {
         let storage = config.storage.dir.clone();
@@ -163,6 +165,7 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
         }
         None => None,
     };
+    manager.restore(store.restore(&config.storage.dir));
     let always_on = always_on::AlwaysOn::new(manager.clone());
     let problems = always_on.check(&config.always_on);
     if !problems.is_empty() {

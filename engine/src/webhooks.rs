@@ -55,6 +55,11 @@ impl Notifier {
     /// streams added, removed or failed), ended at the end.
     pub fn follow(&self, record: Arc<EgressRecord>, info: impl Fn(&EgressRecord) -> lk::EgressInfo + Send + 'static) {
         let queue = self.queue.clone();
+        if record.status().is_terminal() {
+            // An egress a restart interrupted: only its end is news.
+            let _ = queue.send(("egress_ended".into(), info(&record)));
+            return;
+        }
         let _ = queue.send(("egress_started".into(), info(&record)));
         let mut changes = record.watch_updates();
         tokio::spawn(async move {

@@ -112,6 +112,20 @@ impl Manager {
         Ok((version, request))
     }
 
+    /// Lists the egresses of earlier runs again; observers hear of those that a restart
+    /// interrupted (now failed), so webhooks and livekit-server learn how they ended.
+    pub fn restore(&self, records: Vec<(EgressRecord, bool)>) {
+        for (record, interrupted) in records {
+            let record = Arc::new(record);
+            self.egresses.write().unwrap().push(record.clone());
+            if interrupted {
+                for observe in self.observers.read().unwrap().iter() {
+                    observe(&record);
+                }
+            }
+        }
+    }
+
     pub fn observe(&self, observer: Observer) {
         self.observers.write().unwrap().push(observer);
     }

@@ -3,6 +3,7 @@
 
 pub mod livekit;
 pub mod manager;
+pub mod store;
 mod supervisor;
 
 pub use reason::LIMIT_REACHED;
@@ -19,17 +20,19 @@ pub mod reason {
     pub const SHUTDOWN: &str = "engine shutting down";
     /// The pipeline ended by itself.
     pub const SOURCE_ENDED: &str = "source ended";
+    /// egret died while it ran (found unfinished in the store at the next start).
+    pub const RESTARTED: &str = "egret restarted";
 }
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::media::outputs::{self, OutputSnapshot, OutputStatus};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EgressStatus {
     Starting,
@@ -87,6 +90,8 @@ pub struct EgressRecord {
     /// What a client should know while it runs ("reconnecting to LiveKit: ..."): EgressInfo's
     /// details until it ends.
     details: Mutex<Option<String>>,
+    /// An egress of an earlier run, read back from the store: shown as it was left.
+    frozen: Option<EgressSnapshot>,
 }
 
 pub use crate::clock::now;
@@ -125,7 +130,35 @@ impl EgressRecord {
             outputs: Mutex::new(Vec::new()),
             commands,
             status_tx: watch::channel(EgressStatus::Starting).0,
+            frozen: None,
         }
+    }
+
+    /// An ended egress of an earlier run, as the store kept it.
+    pub fn restored(snapshot: EgressSnapshot, livekit_request: Option<Value>) -> Self {
+        let (commands, _) = mpsc::unbounded_channel();
+        let mut record = EgressRecord::new(
+            snapshot.egress_id.clone(),
+            snapshot.recipe.clone(),
+            snapshot.recipe_version,
+            snapshot.params.clone(),
+            snapshot.always_on.clone(),
+            livekit_request,
+            commands,
+        );
+        record.created_at = snapshot.created_at;
+        {
+            let l = record.lifecycle.get_mut().unwrap();
+            l.status = snapshot.status;
+            l.reason = snapshot.reason.clone();
+            l.error = snapshot.error.clone();
+            l.failure = snapshot.failure;
+            l.started_at = snapshot.started_at;
+            l.ended_at = snapshot.ended_at;
+        }
+        record.status_tx.send_replace(snapshot.status);
+        record.frozen = Some(snapshot);
+        record
     }
 
     pub fn status(&self) -> EgressStatus {
@@ -220,6 +253,9 @@ impl EgressRecord {
 
     /// What the API shows of this egress now.
     pub fn snapshot(&self) -> EgressSnapshot {
+        if let Some(frozen) = &self.frozen {
+            return frozen.clone();
+        }
         let l = self.lifecycle.lock().unwrap();
         let outputs: Vec<OutputSnapshot> = self.outputs.lock().unwrap().iter().map(|o| o.snapshot()).collect();
         let duration = match (l.started_at, l.ended_at) {
@@ -255,7 +291,7 @@ impl EgressRecord {
 }
 
 /// One egress at one moment, as every API shows it (egret's JSON is this, serialized).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EgressSnapshot {
     pub egress_id: String,
     pub recipe: String,

@@ -153,7 +153,10 @@ pub fn claim(path: &Path, series: bool, field: &str) -> FieldResult<PathClaim> {
         return Err(FieldError::conflict(field, format!("another egress is writing `{shown}`")));
     }
     if std::fs::symlink_metadata(path).is_ok() {
-        return Err(FieldError::conflict(field, format!("`{shown}` already exists; egret never overwrites a recording")));
+        return Err(FieldError::conflict(
+            field,
+            format!("`{shown}` already exists; egret never overwrites a recording"),
+        ));
     }
     if series && let Some(existing) = first_of_series(path) {
         return Err(FieldError::conflict(
@@ -169,9 +172,10 @@ pub fn claim(path: &Path, series: bool, field: &str) -> FieldResult<PathClaim> {
 fn first_of_series(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_string_lossy().to_string();
     let entries = std::fs::read_dir(path.parent()?).ok()?;
-    entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).find(|n| {
-        n.strip_prefix(&name).is_some_and(|rest| rest.starts_with('_'))
-    })
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| n.strip_prefix(&name).is_some_and(|rest| rest.starts_with('_')))
 }
 
 #[cfg(test)]

@@ -270,6 +270,16 @@ impl Worker {
     fn follow(self: &Arc<Self>, record: Arc<EgressRecord>) {
         let Ok(permit) = self.following.clone().try_acquire_owned() else { return };
         let worker = self.clone();
+        if record.status().is_terminal() {
+            // An egress a restart interrupted: livekit-server still lists it as running.
+            tokio::spawn(async move {
+                if let Err(e) = worker.io.update_egress(&worker.info(&record)).await {
+                    tracing::warn!(egress = %record.id, "interrupted egress not reported to livekit-server: {e:#}");
+                }
+                drop(permit);
+            });
+            return;
+        }
         let dispatched = self.dispatched.lock().unwrap().remove(&record.id);
         if !dispatched {
             // Started on egret's own API (or always-on): it loads this worker all the same.

@@ -19,8 +19,14 @@ use crate::request::filepath::{check_relative, resolve_file};
 use crate::request::outputs::{check_codecs, upload_target};
 use crate::storage::S3Config;
 
-pub static KIND: OutputKind =
-    OutputKind { name: "file", request_fields: &["file_outputs"], unified_key: Some("file"), parse, livekit_result };
+pub static KIND: OutputKind = OutputKind {
+    name: "file",
+    request_fields: &["file_outputs"],
+    unified_key: Some("file"),
+    parse,
+    livekit_result,
+    recover: super::recover_file,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileType {

@@ -28,6 +28,7 @@ pub static KIND: OutputKind = OutputKind {
     unified_key: Some("images"),
     parse,
     livekit_result,
+    recover: super::recover_nothing,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! plus one line there.
 
 pub mod file;
+mod hls_recovery;
 pub mod images;
 pub mod segments;
 pub mod stream;
@@ -20,7 +21,7 @@ use anyhow::Result;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use livekit_protocol as lk;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -45,7 +46,20 @@ pub struct OutputKind {
     pub parse: fn(&mut Obj, &EncodeSettings) -> FieldResult<Vec<Output>>,
     /// Adds what one output of this kind reached to LiveKit's EgressInfo.
     pub livekit_result: fn(&OutputSnapshot, &ResultContext, &mut lk::EgressInfo),
+    /// Finishes what an output left on disk when egret died under it (read back from the
+    /// store at the next start): sizes from disk, an HLS playlist closed.
+    pub recover: fn(&mut OutputSnapshot, &Path),
 }
+
+/// An interrupted output's bytes as they are on disk (a file; nothing for a stream).
+pub fn recover_file(output: &mut OutputSnapshot, storage: &Path) {
+    if let Ok(meta) = std::fs::symlink_metadata(storage.join(&output.target)) {
+        output.bytes = meta.len();
+    }
+}
+
+/// An interrupted stream left nothing behind to finish.
+pub fn recover_nothing(_: &mut OutputSnapshot, _: &Path) {}
 
 impl PartialEq for OutputKind {
     fn eq(&self, other: &Self) -> bool {
@@ -63,6 +77,16 @@ impl Serialize for OutputKind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(self.name)
     }
+}
+
+/// An output kind read back by its name (stored egress records).
+fn kind_by_name<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<&'static OutputKind, D::Error> {
+    let name = String::deserialize(d)?;
+    KINDS
+        .iter()
+        .copied()
+        .find(|k| k.name == name)
+        .ok_or_else(|| serde::de::Error::custom(format!("no output kind {name}")))
 }
 
 /// Every output kind, in the order a request's outputs are built.
@@ -151,15 +175,16 @@ impl ResultContext<'_> {
 }
 
 /// What the API shows of one output at one moment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutputSnapshot {
     pub location: Option<String>,
     pub backup: Option<String>,
     pub upload_error: Option<String>,
     pub field: String,
+    #[serde(deserialize_with = "kind_by_name")]
     pub kind: &'static OutputKind,
     pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_target: Option<String>,
     /// Unix seconds: first byte written, and the end.
     pub started_at: Option<f64>,
@@ -184,7 +209,7 @@ impl OutputSnapshot {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputState {
     Starting,

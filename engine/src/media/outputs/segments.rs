@@ -30,6 +30,7 @@ pub static KIND: OutputKind = OutputKind {
     unified_key: Some("segments"),
     parse,
     livekit_result,
+    recover: super::hls_recovery::recover,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,7 +193,7 @@ fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::E
     });
 }
 
-const LIVE_WINDOW: usize = 5;
+pub(super) const LIVE_WINDOW: usize = 5;
 
 /// Resolved locations of one HLS output.
 pub struct SegmentPaths {
@@ -248,10 +249,10 @@ pub fn build(
     Ok(BranchParts { bin, inputs, measure, handler: Some(Box::new(handler)), file: None })
 }
 
-struct Segment {
-    uri: String,
-    duration: f64,
-    bytes: u64,
+pub(super) struct Segment {
+    pub uri: String,
+    pub duration: f64,
+    pub bytes: u64,
 }
 
 struct Playlist {
@@ -315,7 +316,7 @@ impl Playlist {
     }
 }
 
-fn render(segments: &[Segment], media_sequence: usize, ended: bool, event: bool) -> String {
+pub(super) fn render(segments: &[Segment], media_sequence: usize, ended: bool, event: bool) -> String {
     let target = segments.iter().map(|s| s.duration.ceil() as u64).max().unwrap_or(1).max(1);
     let mut out =
         format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{media_sequence}\n");
@@ -333,7 +334,7 @@ fn render(segments: &[Segment], media_sequence: usize, ended: bool, event: bool)
 }
 
 /// Players may read the playlist at any moment: never let them see half of it.
-fn write_atomic(path: &Path, text: &str) {
+pub(super) fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("m3u8.tmp");
     if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).is_err() {
         tracing::warn!(path = %path.display(), "could not write playlist");

@@ -22,6 +22,7 @@ pub static KIND: OutputKind = OutputKind {
     unified_key: Some("stream"),
     parse,
     livekit_result,
+    recover: super::recover_nothing,
 };
 
 #[derive(Debug, Clone, PartialEq)]

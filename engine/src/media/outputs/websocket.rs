@@ -25,6 +25,7 @@ pub static KIND: OutputKind = OutputKind {
     parse,
     // LiveKit reports a websocket as a stream (StreamInfo with the URL as given).
     livekit_result: super::stream::livekit_result,
+    recover: super::recover_nothing,
 };
 
 pub const PCM_CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=1";
