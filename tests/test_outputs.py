@@ -122,6 +122,43 @@ def test_rtmp_read_back_from_nginx(egret, nginx):
     assert info["outputs"][0]["status"] == "complete" and info["outputs"][0]["bytes"] > 10_000
 
 
+def test_rtmp_server_restart_reconnects(egret, tmp_path):
+    """An RTMP server that goes away and comes back: the stream reconnects with backoff, its
+    retries are reported (egret's JSON and LiveKit's StreamInfo), the egress stays active and
+    the file beside it goes on."""
+    from conftest import Nginx
+
+    server = Nginx(tmp_path)
+    url = server.url("comeback")
+    started = egret.api.start("testsrc", stream_outputs=[{"urls": [url]}],
+                              file_outputs=[{"filepath": "rtmp-restart/f.mp4"}])
+    eid = started["egress_id"]
+    stream = lambda i: next(o for o in i["outputs"] if o["kind"] == "stream")  # noqa: E731
+    egret.api.wait(eid, lambda i: stream(i)["status"] == "active" and stream(i)["bytes"] > 0, what="stream live")
+    assert probe_live(url)["streams"]
+    server.stop()
+    down = egret.api.wait(eid, lambda i: stream(i)["retries"] >= 1, what="a reconnection try")
+    assert down["status"] == "active" and stream(down)["status"] == "active", down
+    assert "reconnecting" in stream(down)["error"], down
+    server = Nginx(tmp_path, port=server.port)
+    try:
+        media = probe_live(url)
+        assert {s["codec_type"] for s in media["streams"]} == {"video", "audio"}
+        back = egret.api.wait(eid, lambda i: stream(i)["error"] is None, what="stream live again")
+        assert back["status"] == "active" and stream(back)["retries"] >= 1
+        _, _, listed = egret.api.twirp("ListEgress", {"egressId": eid})
+        (result,) = listed["items"][0]["streamResults"]
+        assert result.get("status", "ACTIVE") == "ACTIVE" and int(result["retries"]) >= 1 and int(result["lastRetryAt"]) > 0, result
+        egret.api.stop(eid)
+        info = egret.api.wait_status(eid, "complete")
+    finally:
+        server.stop()
+    assert stream(info)["status"] == "complete", info
+    assert len(info["outputs"]) == 2, "one status per URL however often it reconnected"
+    media = probe(egret.storage / "rtmp-restart/f.mp4")
+    assert abs(duration(media) - ran_for(info)) <= 0.5, "the file went on throughout"
+
+
 def test_several_outputs_and_a_bad_rtmp_url(egret, nginx):
     good, bad = nginx.url("multi"), "rtmp://127.0.0.1:9/live/refused"
     started = egret.api.start(

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// Where egress records are kept across restarts (`state_dir`, default `.egret` beside
     /// this file).
     pub state_dir: PathBuf,
+    /// How long a stream URL that was live keeps reconnecting after it failed
+    /// (`stream_reconnect_timeout`, seconds, default 60; 0 fails it at once).
+    pub stream_reconnect_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +138,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("server.api_secret", Kind::Str, true),
     ("server.start_timeout", Kind::Number, false),
     ("server.state_dir", Kind::Str, false),
+    ("server.stream_reconnect_timeout", Kind::Number, false),
     ("storage", Kind::Section, true),
     ("storage.dir", Kind::Str, true),
     ("storage.crash_safe_mp4", Kind::Bool, false),
@@ -157,6 +161,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("livekit.url", Kind::Str, true),
     ("livekit.api_key", Kind::Str, true),
     ("livekit.api_secret", Kind::Str, true),
+    ("livekit.reconnect_timeout", Kind::Number, false),
     ("redis", Kind::Section, false),
     ("redis.address", Kind::Str, true),
     ("redis.password", Kind::Str, false),
@@ -198,6 +203,13 @@ impl Config {
         let start_timeout = lookup(&root, "server.start_timeout").and_then(number).unwrap_or(30.0);
         if !(1.0..=3600.0).contains(&start_timeout) {
             errors.push(format!("server.start_timeout: {start_timeout} is not between 1 and 3600 seconds"));
+        }
+        let stream_reconnect_timeout =
+            lookup(&root, "server.stream_reconnect_timeout").and_then(number).unwrap_or(60.0);
+        if !(0.0..=86400.0).contains(&stream_reconnect_timeout) {
+            errors.push(format!(
+                "server.stream_reconnect_timeout: {stream_reconnect_timeout} is not between 0 and 86400 seconds"
+            ));
         }
         let reconnect_timeout = lookup(&root, "livekit.reconnect_timeout").and_then(number).unwrap_or(60.0);
         if !(0.0..=86400.0).contains(&reconnect_timeout) {
@@ -259,6 +271,9 @@ impl Config {
                 api_key: reader.str("server.api_key"),
                 api_secret: reader.str("server.api_secret"),
                 start_timeout: std::time::Duration::from_secs_f64(start_timeout),
+                stream_reconnect_timeout: std::time::Duration::from_secs_f64(
+                    stream_reconnect_timeout.clamp(0.0, 86400.0),
+                ),
                 state_dir: match reader.str("server.state_dir") {
                     dir if dir.is_empty() => base.join(".egret"),
                     dir => base.join(dir),
@@ -443,6 +458,16 @@ dir = "scripts"
         assert_eq!(c.storage.dir, Path::new("/base/out"));
         assert!(c.storage.crash_safe_mp4);
         assert!(c.livekit.is_none());
+    }
+
+    #[test]
+    fn reconnect_and_state_keys() {
+        let text = GOOD.replace("[server]\n", "[server]\nstream_reconnect_timeout = 5\nstate_dir = \"st\"\n")
+            + "[livekit]\nurl = \"ws://h\"\napi_key = \"k\"\napi_secret = \"s\"\nreconnect_timeout = 7\n";
+        let c = Config::parse(&text, Path::new("/base")).unwrap();
+        assert_eq!(c.server.stream_reconnect_timeout.as_secs(), 5);
+        assert_eq!(c.server.state_dir, Path::new("/base/st"));
+        assert_eq!(c.livekit.unwrap().reconnect_timeout.as_secs(), 7);
     }
 
     #[test]

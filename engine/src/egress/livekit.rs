@@ -528,6 +528,8 @@ mod tests {
             bytes: 1000,
             duration: 2.5,
             count: 0,
+            retries: 0,
+            last_retry_at: None,
         };
         let snapshot = EgressSnapshot {
             egress_id: "EG_1".into(),

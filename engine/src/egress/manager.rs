@@ -216,6 +216,9 @@ impl Manager {
             uploader: self.uploader.clone(),
             upload_task: Some(upload_task),
             source_error: None,
+            streams: std::sync::Mutex::new(super::stream_retry::StreamRetries::new(
+                self.config.server.stream_reconnect_timeout,
+            )),
         };
         let (started_tx, started_rx) = oneshot::channel();
         tokio::spawn(supervisor.run(start, started_tx));

@@ -4,6 +4,7 @@
 pub mod livekit;
 pub mod manager;
 pub mod store;
+mod stream_retry;
 mod supervisor;
 
 pub use reason::LIMIT_REACHED;
@@ -84,7 +85,7 @@ pub struct EgressRecord {
     revision: watch::Sender<u64>,
     /// The outputs as last published (field, target, state): what a change is measured against
     /// (the statuses themselves are shared with the pipeline and change in place).
-    published: Mutex<Vec<(String, String, outputs::OutputState)>>,
+    published: Mutex<Vec<(String, String, outputs::OutputState, u32)>>,
     /// Unix seconds of the last change a client can see (LiveKit's updated_at).
     updated_at: Mutex<f64>,
     /// What a client should know while it runs ("reconnecting to LiveKit: ..."): EgressInfo's
@@ -203,7 +204,8 @@ impl EgressRecord {
     /// The outputs as they are now; a change a client can see (one added, one ended)
     /// counts as an update.
     fn set_outputs(&self, outputs: Vec<Arc<OutputStatus>>) {
-        let shape: Vec<_> = outputs.iter().map(|o| (o.field.clone(), o.target.clone(), o.state())).collect();
+        let shape: Vec<_> =
+            outputs.iter().map(|o| (o.field.clone(), o.target.clone(), o.state(), o.retries())).collect();
         *self.outputs.lock().unwrap() = outputs;
         let changed = {
             let mut published = self.published.lock().unwrap();

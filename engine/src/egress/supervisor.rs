@@ -1,7 +1,7 @@
 //! The task that owns one egress: runs the recipe's `start`, plays the pipeline, reacts to
 //! bus messages, commands and recipe timers, and finalizes every output on the way out.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,6 +13,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::stream_retry::StreamRetries;
 use super::{Command, EgressRecord, EgressStatus, reason};
 use crate::errors::{Error, ErrorKind};
 use crate::lua::api::{EgressCtx, EgressHandle, find_field_error};
@@ -39,6 +40,8 @@ pub(super) struct Supervisor {
     pub upload_task: Option<crate::media::outputs::uploads::UploadTask>,
     /// A source failed (text, when the egress fails for it unless it ends cleanly first).
     pub source_error: Option<(String, Instant)>,
+    /// Stream URLs reconnecting after a failure.
+    pub streams: Mutex<StreamRetries>,
 }
 
 /// How the egress will end once its outputs have finalized.
@@ -194,7 +197,7 @@ impl Supervisor {
                     }
                 },
                 Some(event) = self.media.recv() => {
-                    self.on_media_event(event);
+                    self.on_media_event(event, &mut ending);
                     if ending.is_some() && self.all_outputs_ended() && !self.unlinking() {
                         break; // nothing left that an EOS could finalize
                     }
@@ -289,6 +292,9 @@ impl Supervisor {
         }
         let mut removing = Vec::new();
         for (i, url) in remove.iter().enumerate() {
+            if self.streams.lock().unwrap().remove(url) {
+                continue; // it was waiting to reconnect: finished
+            }
             let index = graph.stream_output(url).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidArgument,
@@ -333,15 +339,22 @@ impl Supervisor {
     fn publish_outputs(&self) {
         let (statuses, room_id) = {
             let graph = self.ctx.graph.lock().unwrap();
-            let statuses = graph.outputs.iter().map(|o| o.status.clone()).collect();
+            // A reconnected stream URL has a branch per connection on one status: shown once.
+            let mut statuses: Vec<Arc<crate::media::outputs::OutputStatus>> = Vec::new();
+            for output in &graph.outputs {
+                if !statuses.iter().any(|s| Arc::ptr_eq(s, &output.status)) {
+                    statuses.push(output.status.clone());
+                }
+            }
             (statuses, graph.template.get("room_id").map(str::to_string))
         };
         self.record.set_outputs(statuses);
         self.record.set_room_id(room_id);
     }
 
+    /// Outputs linked and not failed, and stream URLs between reconnections.
     fn live_outputs(&self) -> usize {
-        self.ctx.graph.lock().unwrap().live_outputs()
+        self.ctx.graph.lock().unwrap().live_outputs() + self.streams.lock().unwrap().waiting()
     }
 
     /// A removed output is still leaving the pipeline (its pads not yet released).
@@ -353,7 +366,7 @@ impl Supervisor {
         self.ctx.graph.lock().unwrap().outputs.iter().filter(|o| o.attached).all(|o| o.ended())
     }
 
-    fn on_media_event(&mut self, event: MediaEvent) {
+    fn on_media_event(&mut self, event: MediaEvent, ending: &mut Option<Ending>) {
         match event {
             MediaEvent::Active => {
                 if self.record.status() == EgressStatus::Starting
@@ -373,6 +386,21 @@ impl Supervisor {
                 let mut graph = self.ctx.graph.lock().unwrap();
                 let pipeline = graph.pipeline.clone();
                 graph.outputs[i].remove(&pipeline);
+            }
+            MediaEvent::Reconnect(url) => {
+                let Some(status) = self.streams.lock().unwrap().take_due(&url) else { return };
+                let built = self.ctx.graph.lock().unwrap().reconnect_stream(0, status.clone());
+                if let Err(e) = built {
+                    let retrying = self.streams.lock().unwrap().on_failure(&status, &e.message, &self.media_tx);
+                    if !retrying {
+                        status.set_state(OutputState::Failed, Some(e.message.clone()));
+                        if self.live_outputs() == 0 && ending.is_none() {
+                            let reason = format!("all outputs failed; last: {}: {}", status.field, e.message);
+                            *ending = Some(Ending::now(EgressStatus::Failed, reason.clone(), Some(reason)));
+                        }
+                    }
+                }
+                self.publish_outputs();
             }
         }
     }
@@ -396,6 +424,7 @@ impl Supervisor {
             EgressStatus::Complete
         });
         self.record.set_status(EgressStatus::Ending, Some(reason.clone()), error.clone());
+        self.streams.lock().unwrap().give_up();
         self.ctx.fire(&self.lua, "stop", mlua::Value::String(self.lua.create_string(&reason).expect("lua string")));
         self.ctx.end_sources();
         let graph = self.ctx.graph.lock().unwrap();
@@ -485,9 +514,16 @@ impl Supervisor {
             if !output.attached {
                 return false;
             }
+            let status = output.status.clone();
+            if ending.is_none() && self.streams.lock().unwrap().on_failure(&status, &error, &self.media_tx) {
+                output.unlink(index, self.media_tx.clone());
+                drop(graph);
+                self.publish_outputs();
+                return false;
+            }
             output.status.set_state(OutputState::Failed, Some(error.clone()));
             output.unlink(index, self.media_tx.clone());
-            (output.status.field.clone(), graph.live_outputs())
+            (output.status.field.clone(), graph.live_outputs() + self.streams.lock().unwrap().waiting())
         };
         let info = self.lua.to_value(&json!({ "field": field, "error": error })).unwrap_or(mlua::Value::Nil);
         self.ctx.fire(&self.lua, "output_failed", info);
@@ -505,6 +541,7 @@ impl Supervisor {
     }
 
     async fn finish(mut self, end: Ending) {
+        self.streams.lock().unwrap().give_up();
         let pipeline = self.pipeline();
         crate::media::stop_all(pipeline.upcast_ref());
         {

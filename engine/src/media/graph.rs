@@ -98,6 +98,11 @@ impl Graph {
         stream::add_url(self, encoder, field, url)
     }
 
+    /// A new connection for a stream URL that failed (same status, a new branch).
+    pub fn reconnect_stream(&mut self, encoder: usize, status: Arc<OutputStatus>) -> FieldResult<()> {
+        stream::reconnect(self, encoder, status)
+    }
+
     /// The output whose bin holds `object` (bus messages come from elements inside).
     pub fn output_of(&self, object: &gst::Object) -> Option<usize> {
         let mut current = Some(object.clone());

@@ -195,6 +195,11 @@ pub struct OutputSnapshot {
     /// Seconds, to the millisecond.
     pub duration: f64,
     pub count: u64,
+    /// Reconnections of a stream URL after it failed, and the last one (unix seconds).
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub last_retry_at: Option<f64>,
 }
 
 impl OutputSnapshot {
@@ -236,6 +241,8 @@ pub struct OutputStatus {
     last_pts: AtomicU64,
     state: Mutex<(OutputState, Option<String>)>,
     upload: Mutex<Option<crate::storage::Upload>>,
+    /// Reconnections after a failure (stream URLs) and when the last one was made.
+    retries: Mutex<(u32, Option<f64>)>,
 }
 
 const NO_PTS: u64 = u64::MAX;
@@ -254,6 +261,7 @@ impl OutputStatus {
             last_pts: AtomicU64::new(0),
             state: Mutex::new((OutputState::Starting, None)),
             upload: Mutex::new(None),
+            retries: Mutex::new((0, None)),
         })
     }
 
@@ -273,6 +281,18 @@ impl OutputStatus {
                 OutputState::Starting => {}
             }
         }
+    }
+
+    /// A failure that a reconnection will follow: the output stays in its state with the
+    /// error shown until it is live again.
+    pub fn note_retry(&self, error: String) {
+        self.state.lock().unwrap().1 = Some(error);
+        let mut retries = self.retries.lock().unwrap();
+        *retries = (retries.0 + 1, Some(crate::clock::now()));
+    }
+
+    pub fn retries(&self) -> u32 {
+        self.retries.lock().unwrap().0
     }
 
     fn see_pts(&self, pts: u64) {
@@ -314,7 +334,10 @@ impl OutputStatus {
             None => (None, None, None),
         };
         let (started_at, ended_at) = *self.times.lock().unwrap();
+        let (retries, last_retry_at) = *self.retries.lock().unwrap();
         OutputSnapshot {
+            retries,
+            last_retry_at,
             location,
             backup,
             upload_error,
@@ -363,6 +386,8 @@ pub struct BranchParts {
 pub enum MediaEvent {
     Active,
     Unlinked(usize),
+    /// A failed stream URL's wait is over: connect it again.
+    Reconnect(String),
 }
 
 pub struct OutputBranch {
@@ -425,13 +450,16 @@ impl OutputBranch {
         // again: the one asked for at attach may have been dropped by a leaky queue while
         // the connection was made, and the next would be a whole GOP away.
         let key_pads: Vec<gst::Pad> = links.iter().map(|(_, src)| src.clone()).collect();
+        // Per branch: a stream URL reconnected after a failure is a new branch on the same status.
+        let first_bytes = std::sync::atomic::AtomicBool::new(false);
         parts.measure.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |_, info| {
             let size = match &info.data {
                 Some(gst::PadProbeData::Buffer(b)) => b.size(),
                 Some(gst::PadProbeData::BufferList(l)) => l.calculate_size(),
                 _ => 0,
             };
-            if bytes_status.bytes.fetch_add(size as u64, Ordering::Relaxed) == 0 && size > 0 {
+            bytes_status.bytes.fetch_add(size as u64, Ordering::Relaxed);
+            if size > 0 && !first_bytes.swap(true, Ordering::Relaxed) {
                 bytes_status.set_state(OutputState::Active, None);
                 let _ = events.send(MediaEvent::Active);
                 for pad in &key_pads {

@@ -2,6 +2,8 @@
 //! each URL has its own status and a failing one is cut off alone. Leaky queues keep a slow
 //! server from stalling the other outputs.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -70,9 +72,14 @@ impl OutputSpec for StreamOutput {
 
 /// One URL as its own output; also how UpdateStream adds a URL to a running egress.
 pub fn add_url(target: &mut dyn BuildTarget, encoder: usize, field: &str, url: &str) -> FieldResult<()> {
-    let fail = |e: anyhow::Error| FieldError::new(field, format!("{e:#}"));
-    let parts = build(target.encoder(encoder), url).map_err(fail)?;
-    target.attach(encoder, parts, OutputStatus::new(field.into(), &KIND, url.into()), None).map_err(fail)
+    reconnect(target, encoder, OutputStatus::new(field.into(), &KIND, url.into()))
+}
+
+/// A new connection for a stream URL whose earlier one failed: a new branch on its status.
+pub fn reconnect(target: &mut dyn BuildTarget, encoder: usize, status: Arc<OutputStatus>) -> FieldResult<()> {
+    let fail = |e: anyhow::Error| FieldError::new(&status.field, format!("{e:#}"));
+    let parts = build(target.encoder(encoder), &status.target).map_err(fail)?;
+    target.attach(encoder, parts, status.clone(), None).map_err(fail)
 }
 
 /// A StreamInfo per URL (RTMP with its key redacted; websocket and SRT URLs verbatim, as LiveKit).
@@ -95,7 +102,8 @@ pub(super) fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info:
             _ => lk::stream_info::Status::Active,
         } as i32,
         error: output.error.clone().unwrap_or_default(),
-        ..Default::default()
+        retries: output.retries,
+        last_retry_at: output.last_retry_at.map(|t| (t * 1e9) as i64).unwrap_or(0),
     });
 }
 

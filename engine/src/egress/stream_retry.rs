@@ -1,0 +1,103 @@
+//! Stream URLs that reconnect: an RTMP server that restarts, or a network blip, must not end a
+//! 24/7 restream. A URL that was live and fails is connected again after 1, 2, 4… s (at most
+//! 10 s apart) until it is live again or its outage lasts `[server] stream_reconnect_timeout`;
+//! meanwhile the other outputs go on and the egress stays up even with no output connected.
+//! A URL that never connected fails at once (a wrong URL or key is not an outage).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::media::outputs::{MediaEvent, OutputState, OutputStatus};
+
+const MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// One URL's outage: since when, how many tries, and its bytes when the last try was made
+/// (more bytes since then means that try connected and a new outage begins).
+struct Outage {
+    since: Instant,
+    attempts: u32,
+    bytes_at_try: u64,
+}
+
+pub struct StreamRetries {
+    timeout: Duration,
+    outages: HashMap<String, Outage>,
+    /// URLs waiting for their next try, with their status.
+    waiting: HashMap<String, Arc<OutputStatus>>,
+}
+
+impl StreamRetries {
+    pub fn new(timeout: Duration) -> Self {
+        StreamRetries { timeout, outages: HashMap::new(), waiting: HashMap::new() }
+    }
+
+    /// A stream URL's connection failed. Returns true when it will be tried again (its status
+    /// shows the error and one more retry), false when it fails for good.
+    pub fn on_failure(
+        &mut self,
+        status: &Arc<OutputStatus>,
+        error: &str,
+        events: &UnboundedSender<MediaEvent>,
+    ) -> bool {
+        let bytes = status.bytes.load(std::sync::atomic::Ordering::Relaxed);
+        if bytes == 0 || self.timeout.is_zero() {
+            return false;
+        }
+        let url = status.target.clone();
+        let outage =
+            self.outages.entry(url.clone()).or_insert(Outage { since: Instant::now(), attempts: 0, bytes_at_try: 0 });
+        if outage.attempts > 0 && bytes > outage.bytes_at_try {
+            *outage = Outage { since: Instant::now(), attempts: 0, bytes_at_try: 0 };
+        }
+        if outage.since.elapsed() >= self.timeout {
+            self.outages.remove(&url);
+            return false;
+        }
+        let delay = Duration::from_secs(1u64 << outage.attempts.min(4)).min(MAX_DELAY);
+        outage.attempts += 1;
+        outage.bytes_at_try = bytes;
+        status.note_retry(format!("reconnecting (try {}): {error}", outage.attempts));
+        tracing::warn!(url = %crate::media::outputs::stream::redact_stream_url(&url), %error, ?delay, "stream failed; reconnecting");
+        self.waiting.insert(url.clone(), status.clone());
+        let events = events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(MediaEvent::Reconnect(url));
+        });
+        true
+    }
+
+    /// The URL whose wait is over, if it still waits (not removed meanwhile).
+    pub fn take_due(&mut self, url: &str) -> Option<Arc<OutputStatus>> {
+        self.waiting.remove(url)
+    }
+
+    /// UpdateStream removed a URL that was waiting: it is finished.
+    pub fn remove(&mut self, url: &str) -> bool {
+        self.outages.remove(url);
+        match self.waiting.remove(url) {
+            Some(status) => {
+                status.set_state(OutputState::Complete, None);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// URLs between tries: outputs the egress still has.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The egress is ending: a URL still reconnecting failed with its last error.
+    pub fn give_up(&mut self) {
+        for (_, status) in self.waiting.drain() {
+            let last = status.snapshot().error.unwrap_or_default();
+            status.set_state(OutputState::Failed, Some(format!("ended while {last}")));
+        }
+        self.outages.clear();
+    }
+}
