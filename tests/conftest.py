@@ -55,6 +55,8 @@ class EgretProcess:
         self.api = Egret(f"http://127.0.0.1:{self.port}", API_KEY, API_SECRET)
 
     def launch(self):
+        self.log.flush()
+        log_start = (self.workdir / "egret.log").stat().st_size
         self.proc = subprocess.Popen(
             [str(BINARY), "--config", str(self.config)],
             stdout=self.log,
@@ -62,6 +64,11 @@ class EgretProcess:
             env={**os.environ, "RUST_LOG": os.environ.get("EGRET_LOG", "info,chromiumoxide=error")},
         )
         wait_for_port(self.port, self.proc)
+        # The port is bound before egret watches its config: wait until everything is up.
+        deadline = time.monotonic() + 20
+        while "egret ready" not in self.log_text()[log_start:]:
+            assert self.proc.poll() is None and time.monotonic() < deadline, "egret did not get ready"
+            time.sleep(0.05)
 
     def restart(self):
         """The same egret (config, storage, state, port) started again after it ended."""

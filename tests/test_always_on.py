@@ -112,3 +112,26 @@ def test_max_duration_rotates_always_on_files(tmp_path):
         assert gap < 1.0, "the next file starts at once, without backoff"
     finally:
         egret.stop()
+
+
+def test_config_edit_applies_the_key_pair_and_names_what_needs_a_restart(fresh_egret):
+    """A new api_secret is applied live (old tokens refused, new ones accepted); a new listen
+    address is logged as waiting for a restart, and the API stays where it was."""
+    from conftest import API_KEY, API_SECRET, free_port
+    from egret_client import livekit_token
+
+    egret = fresh_egret
+    new_secret = "rotated-secret-0123456789-abcdefghij"
+    text = egret.config.read_text()
+    text = text.replace(API_SECRET, new_secret).replace(f"127.0.0.1:{egret.port}", f"127.0.0.1:{free_port()}")
+    tmp = egret.config.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(egret.config)
+    wait_for("reload logged", lambda: "after a restart" in egret.log_text())
+    log = egret.log_text()
+    assert "egress.toml: server.listen changed but only take effect after a restart" in log, log
+    assert "server.api_key/api_secret" in log
+    old = egret.api.request("GET", "/v1/egress")
+    assert old[0] == 401, old
+    new = egret.api.request("GET", "/v1/egress", token=livekit_token(API_KEY, new_secret))
+    assert new[0] == 200, new

@@ -181,3 +181,27 @@ def test_storage_never_overwritten_nor_left_through_links(egret, tmp_path):
     for _ in range(2):
         status, reply = start(file_outputs=[{"filepath": "safe/v.ogg"}])
         assert status == 422 and "OGG holds audio only" in reply["error"], reply
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+def test_an_idle_or_trickling_client_is_cut_off(egret, trickle):
+    """A connection that sends nothing, or a header and then only part of its body, is closed
+    (408 for the body) instead of holding its connection for ever."""
+    import socket
+
+    sent = b""
+    if trickle:
+        sent = (f"POST /v1/egress HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {egret.api.token}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"re").encode()
+
+    conn = socket.create_connection(("127.0.0.1", egret.port))
+    conn.sendall(sent)
+    conn.settimeout(40)
+    started = time.monotonic()
+    answer = b""
+    while chunk := conn.recv(1024):
+        answer += chunk
+    held = time.monotonic() - started
+    conn.close()
+    assert held < 30, f"held for {held:.1f} s"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer

@@ -5,15 +5,13 @@
 //! (every error, with its key path) and the running config stays in force.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{AlwaysOnEntry, Config};
+use crate::config::AlwaysOnEntry;
 use crate::egress::manager::Manager;
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -83,54 +81,6 @@ impl AlwaysOn {
         for (_, r) in self.running.lock().unwrap().drain() {
             r.task.abort();
         }
-    }
-
-    /// Reloads egress.toml when it is saved (editors replace the file: watch its directory).
-    pub fn watch_config(self: &Arc<Self>, path: &Path) -> notify::Result<notify::RecommendedWatcher> {
-        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let file_name = path.file_name().map(|n| n.to_os_string());
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Only writes and renames: reading the file (reload does) must not trigger a reload.
-            if let Ok(event) = event
-                && !matches!(event.kind, notify::EventKind::Access(_))
-                && event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
-            {
-                let _ = tx.send(());
-            }
-        })?;
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        let this = self.clone();
-        tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while rx.try_recv().is_ok() {}
-                this.reload(&path);
-            }
-        });
-        Ok(watcher)
-    }
-
-    fn reload(&self, path: &Path) {
-        let config = match Config::load(path) {
-            Ok(c) => c,
-            Err(errors) => {
-                tracing::error!("egress.toml not applied, the running config stays: {errors}");
-                return;
-            }
-        };
-        let problems = self.check(&config.always_on);
-        if !problems.is_empty() {
-            tracing::error!(
-                "egress.toml not applied, the running config stays: {} error(s):\n  {}",
-                problems.len(),
-                problems.join("\n  ")
-            );
-            return;
-        }
-        tracing::info!(entries = config.always_on.len(), "egress.toml reloaded");
-        self.apply(config.always_on);
     }
 }
 

@@ -25,7 +25,8 @@ const MAX_BODY: usize = 1 << 20;
 
 pub struct Api {
     pub manager: Arc<Manager>,
-    pub verifier: Verifier,
+    /// Replaced when egress.toml's key pair changes (see `reload`).
+    pub verifier: Arc<std::sync::RwLock<Verifier>>,
     /// Served without auth: Chrome loads them, and they hold no secret (the token is in the URL).
     pub layouts: std::path::PathBuf,
 }
@@ -47,6 +48,19 @@ fn error(status: u16, message: impl Into<String>, field: Option<&str>) -> Reply 
 /// A client must send a request's whole header within this (slow or half-sent requests
 /// would otherwise hold a connection and its task for ever).
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request's body must arrive within this once its header has.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A request body, bounded in size and time (a client trickling its body would hold its
+/// connection for ever).
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, String> {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(_)) => Err(format!("body larger than {MAX_BODY} bytes")),
+        Err(_) => Err(format!("body not received within {} s", BODY_TIMEOUT.as_secs())),
+    }
+}
 
 /// Connections served at once; more are closed as they come, before anything is read.
 const MAX_CONNECTIONS: usize = 512;
@@ -98,7 +112,8 @@ impl Api {
             return self.twirp(twirp_method.to_string(), req).await;
         }
         let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
-        match self.verifier.check_header(auth) {
+        let verified = self.verifier.read().unwrap().check_header(auth);
+        match verified {
             Ok(_) => {}
             Err(AuthError::Unauthenticated(m)) => {
                 return error(ErrorKind::Unauthenticated.http_status(), m, Some("authorization"));
@@ -134,20 +149,22 @@ impl Api {
     async fn twirp(&self, method: String, req: Request<Incoming>) -> Reply {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (content_type, auth) = (header("content-type").unwrap_or_default(), header("authorization"));
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                let e = Error::new(ErrorKind::Malformed, "", format!("body larger than {MAX_BODY} bytes"));
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(message) => {
+                let e = Error::new(ErrorKind::Malformed, "", message);
                 return crate::twirp::error_reply(&e);
             }
         };
-        crate::twirp::handle(&self.manager, &self.verifier, &method, &content_type, auth.as_deref(), &body).await
+        let verifier = self.verifier.read().unwrap().clone();
+        crate::twirp::handle(&self.manager, &verifier, &method, &content_type, auth.as_deref(), &body).await
     }
 
     async fn start(&self, req: Request<Incoming>) -> Reply {
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return error(413, format!("body larger than {MAX_BODY} bytes"), None),
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(message) if message.contains("larger") => return error(413, message, None),
+            Err(message) => return error(408, message, None),
         };
         let body: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,

@@ -14,6 +14,7 @@ mod lua;
 mod media;
 mod proto;
 mod recipes;
+mod reload;
 mod request;
 mod storage;
 mod twirp;
@@ -114,6 +115,8 @@ fn check(config: &config::Config) -> Result<()> {
 }
 
 async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
+    // As the file says it: a reload compares the file's new text against this.
+    let as_written = config.clone();
     gstreamer::init().context("GStreamer could not start")?;
     let missing = media::preload_plugins();
     if !missing.is_empty() {
@@ -172,12 +175,11 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
         anyhow::bail!("always-on entries are invalid:\n  {}", problems.join("\n  "));
     }
     always_on.apply(config.always_on.clone());
-    let _config_watcher = always_on.watch_config(&config_path).context("watching the config file")?;
-    let api = Arc::new(http::Api {
-        manager: manager.clone(),
-        verifier: auth::Verifier::new(&config.server.api_key, &config.server.api_secret),
-        layouts: config.recipes.layouts.clone(),
-    });
+    let verifier =
+        Arc::new(std::sync::RwLock::new(auth::Verifier::new(&config.server.api_key, &config.server.api_secret)));
+    let reloader = reload::Reloader::new(as_written, always_on.clone(), verifier.clone());
+    let _config_watcher = reloader.watch(&config_path).context("watching the config file")?;
+    let api = Arc::new(http::Api { manager: manager.clone(), verifier, layouts: config.recipes.layouts.clone() });
     tracing::info!(listen = %config.server.listen, storage = %config.storage.dir.display(), "egret ready");
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
