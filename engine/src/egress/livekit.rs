@@ -50,7 +50,7 @@ pub struct EgressKind {
     /// The request body, decoded.
     pub decode: fn(Body) -> Result<LiveKitRequest, Error>,
     /// The same, for a request livekit-server dispatched (None: another kind).
-    pub dispatched: fn(&DispatchedRequest) -> Option<LiveKitRequest>,
+    pub dispatched: fn(&DispatchedRequest) -> Option<Result<LiveKitRequest, Error>>,
 }
 
 /// A LiveKit request as egret runs it: its recipe's params, and the request as it came
@@ -63,9 +63,10 @@ pub struct LiveKitRequest {
 }
 
 impl LiveKitRequest {
-    fn of<T: Serialize>(recipe: &'static str, request: &T) -> LiveKitRequest {
+    fn of<T: Serialize>(recipe: &'static str, request: &T) -> Result<LiveKitRequest, Error> {
+        let value = as_json(request)?;
         // Keyed by its field in EgressInfo's `request` oneof, which is the recipe's name.
-        LiveKitRequest { recipe, params: params_of(request), original: json!({ recipe: request }) }
+        Ok(LiveKitRequest { recipe, params: params_from(value.clone()), original: json!({ recipe: value }) })
     }
 }
 
@@ -77,7 +78,7 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Web,
         cost: 1.0,
         unified_source: Some("template"),
-        decode: |b| Ok(LiveKitRequest::of("room_composite", &b.decode::<lk::RoomCompositeEgressRequest>()?)),
+        decode: |b| LiveKitRequest::of("room_composite", &b.decode::<lk::RoomCompositeEgressRequest>()?),
         dispatched: |r| match r {
             DispatchedRequest::RoomComposite(r) => Some(LiveKitRequest::of("room_composite", r)),
             _ => None,
@@ -89,7 +90,7 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Web,
         cost: 1.0,
         unified_source: Some("web"),
-        decode: |b| Ok(LiveKitRequest::of("web", &b.decode::<lk::WebEgressRequest>()?)),
+        decode: |b| LiveKitRequest::of("web", &b.decode::<lk::WebEgressRequest>()?),
         dispatched: |r| match r {
             DispatchedRequest::Web(r) => Some(LiveKitRequest::of("web", r)),
             _ => None,
@@ -101,7 +102,7 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Sdk,
         cost: 0.6,
         unified_source: None,
-        decode: |b| Ok(LiveKitRequest::of("participant", &b.decode::<lk::ParticipantEgressRequest>()?)),
+        decode: |b| LiveKitRequest::of("participant", &b.decode::<lk::ParticipantEgressRequest>()?),
         dispatched: |r| match r {
             DispatchedRequest::Participant(r) => Some(LiveKitRequest::of("participant", r)),
             _ => None,
@@ -113,7 +114,7 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Sdk,
         cost: 0.6,
         unified_source: Some("media"),
-        decode: |b| Ok(LiveKitRequest::of("track_composite", &b.decode::<lk::TrackCompositeEgressRequest>()?)),
+        decode: |b| LiveKitRequest::of("track_composite", &b.decode::<lk::TrackCompositeEgressRequest>()?),
         dispatched: |r| match r {
             DispatchedRequest::TrackComposite(r) => Some(LiveKitRequest::of("track_composite", r)),
             _ => None,
@@ -125,7 +126,7 @@ pub static KINDS: &[EgressKind] = &[
         source_type: lk::EgressSourceType::Sdk,
         cost: 0.1,
         unified_source: None,
-        decode: |b| Ok(LiveKitRequest::of("track", &b.decode::<lk::TrackEgressRequest>()?)),
+        decode: |b| LiveKitRequest::of("track", &b.decode::<lk::TrackEgressRequest>()?),
         dispatched: |r| match r {
             DispatchedRequest::Track(r) => Some(LiveKitRequest::of("track", r)),
             _ => None,
@@ -162,12 +163,13 @@ pub fn dispatched_request(request: &DispatchedRequest) -> Result<LiveKitRequest,
     KINDS
         .iter()
         .find_map(|k| (k.dispatched)(request))
-        .ok_or_else(|| Error::new(ErrorKind::UnknownRecipe, "", "this kind of egress is not supported"))
+        .ok_or_else(|| Error::new(ErrorKind::UnknownRecipe, "", "this kind of egress is not supported"))?
 }
 
 fn unified(request: &lk::StartEgressRequest) -> Result<LiveKitRequest, Error> {
-    let (recipe, params) = unified_params(params_of(request))?;
-    Ok(LiveKitRequest { recipe, params, original: json!({ "egress": request }) })
+    let value = as_json(request)?;
+    let (recipe, params) = unified_params(params_from(value.clone()))?;
+    Ok(LiveKitRequest { recipe, params, original: json!({ "egress": value }) })
 }
 
 /// The unified StartEgress: its `source` picks the kind, its source's fields become params
@@ -214,10 +216,17 @@ fn unified_params(request: Value) -> Result<(&'static str, Value), Error> {
     Ok((kind.recipe, Value::Object(params)))
 }
 
+/// A decoded protobuf as proto3 JSON; an enum number the proto does not define (protobuf
+/// bytes may carry any) has no JSON form and is refused.
+fn as_json<T: Serialize>(request: &T) -> Result<Value, Error> {
+    serde_json::to_value(request)
+        .map_err(|e| Error::new(ErrorKind::InvalidArgument, "", format!("the request cannot be read: {e}")))
+}
+
 /// A LiveKit request message as recipe params: its proto3 JSON with snake_case keys, the
 /// deprecated single-output fields (`file`, `stream`, `segments`) moved into the output lists.
-pub fn params_of<T: Serialize>(request: &T) -> Value {
-    let mut params = crate::request::fields::snake_case_keys(serde_json::to_value(request).expect("serializable"));
+fn params_from(request: Value) -> Value {
+    let mut params = crate::request::fields::snake_case_keys(request);
     if let Value::Object(map) = &mut params {
         for (single, list) in [("file", "file_outputs"), ("stream", "stream_outputs"), ("segments", "segment_outputs")]
         {
@@ -425,6 +434,20 @@ pub fn redact(value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_undefined_enum_number_in_protobuf_is_refused() {
+        use prost::Message;
+        let request = lk::WebEgressRequest {
+            url: "http://x".into(),
+            options: Some(lk::web_egress_request::Options::Preset(-1)),
+            ..Default::default()
+        };
+        let bytes = request.encode_to_vec();
+        let kind = KINDS.iter().find(|k| k.method == "StartWebEgress").unwrap();
+        let err = (kind.decode)(Body::Protobuf(&bytes)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+    }
 
     #[test]
     fn one_output_given_both_ways_is_kept_once() {
