@@ -54,6 +54,34 @@ pub struct Manager {
     draining: AtomicBool,
 }
 
+/// A panic in an egress's task (a bug in a primitive a recipe called) ends that egress alone:
+/// its outputs get EOS and a few seconds to finalize, then it is failed with the panic's text.
+async fn survive_panic(task: tokio::task::JoinHandle<()>, record: Arc<EgressRecord>, pipeline: gstreamer::Pipeline) {
+    use gstreamer::prelude::*;
+    let Err(e) = task.await else { return };
+    if !e.is_panic() {
+        return;
+    }
+    let payload = e.into_panic();
+    let text = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(egress = %record.id, panic = %text, "egress task panicked; finalizing its outputs");
+    pipeline.send_event(gstreamer::event::Eos::new());
+    if let Some(bus) = pipeline.bus() {
+        let until = gstreamer::ClockTime::from_seconds(5);
+        let _ = tokio::task::spawn_blocking(move || {
+            bus.timed_pop_filtered(until, &[gstreamer::MessageType::Eos, gstreamer::MessageType::Error])
+        })
+        .await;
+    }
+    crate::media::stop_all(pipeline.upcast_ref());
+    let reason = format!("internal error: {text}");
+    record.set_status(super::EgressStatus::Failed, Some(reason.clone()), Some(reason));
+}
+
 fn new_egress_id() -> String {
     let hex = uuid::Uuid::new_v4().simple().to_string();
     format!("EG_{}", &hex[..12])
@@ -221,7 +249,9 @@ impl Manager {
             )),
         };
         let (started_tx, started_rx) = oneshot::channel();
-        tokio::spawn(supervisor.run(start, started_tx));
+        let pipeline = supervisor.pipeline();
+        let task = tokio::spawn(supervisor.run(start, started_tx));
+        tokio::spawn(survive_panic(task, record.clone(), pipeline));
         let refused = |error| {
             // The caller has its answer: like LiveKit, a refused start leaves no egress behind
             // (nothing listed, no webhook, nothing told to livekit-server).
@@ -234,7 +264,7 @@ impl Manager {
                 Ok(record.clone())
             }
             Ok(Err(error)) => refused(error),
-            Err(_) => refused(Error::new(ErrorKind::Internal, "", "egress task ended during start")),
+            Err(_) => refused(Error::new(ErrorKind::RecipeFailed, "", "the egress failed inside egret during start (see its log)")),
         }
     }
 

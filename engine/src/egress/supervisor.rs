@@ -259,7 +259,7 @@ impl Supervisor {
         format!("not active after {waited:.0} s: still waiting for {what}")
     }
 
-    fn pipeline(&self) -> gst::Pipeline {
+    pub fn pipeline(&self) -> gst::Pipeline {
         self.ctx.graph.lock().unwrap().pipeline.clone()
     }
 
