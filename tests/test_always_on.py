@@ -38,7 +38,9 @@ def test_restream_comes_back_after_rtmp_outage(tmp_path):
     (tmp_path / "ng").mkdir()
     nginx = Nginx(tmp_path / "ng")
     url = nginx.url("always")
-    egret = EgretProcess(tmp_path / "eg", extra_config=entry("pattern", f'{{ stream_outputs = [{{ urls = ["{url}"] }}] }}'))
+    # The stream itself reconnects for 2 s; past that its egress fails and the entry restarts it.
+    egret = EgretProcess(tmp_path / "eg", extra_config=entry("pattern", f'{{ stream_outputs = [{{ urls = ["{url}"] }}] }}'),
+                         server="stream_reconnect_timeout = 2")
     try:
         first = active_one(egret, "pattern")
         assert streams(probe_live(url), "video")[0]["codec_name"] == "h264"
