@@ -190,6 +190,7 @@ class LiveKitServer:
         self.workdir = workdir
         self.redis_port = free_port()
         self.port = free_port()
+        self.udp_port = free_udp_port()  # all media, muxed on one port
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http_url = f"http://127.0.0.1:{self.port}"
         self.wait_for_port = wait_for_port
@@ -200,7 +201,7 @@ class LiveKitServer:
 port: {self.port}
 bind_addresses: ["127.0.0.1"]
 rtc:
-  udp_port: {free_udp_port()}
+  udp_port: {self.udp_port}
   tcp_port: {free_port()}
   node_ip: {NODE_IP}
   use_external_ip: false
@@ -366,3 +367,33 @@ class Publisher:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class PacketLoss:
+    """Drops a share of the media livekit-server sends (UDP from its port) inside the tests'
+    network namespace, with nftables (the kernel here has no netem, so no jitter)."""
+
+    TABLE = "egret_loss"
+
+    def __init__(self, livekit, percent):
+        import subprocess
+
+        self.run = lambda *args: subprocess.run(["nft", *args], check=True, capture_output=True)
+        self.run("add", "table", "inet", self.TABLE)
+        self.run("add", "chain", "inet", self.TABLE, "out", "{ type filter hook output priority 0 ; }")
+        self.run("add", "rule", "inet", self.TABLE, "out", "udp", "sport", str(livekit.udp_port),
+                 "numgen", "random", "mod", "100", "<", str(percent), "counter", "drop")
+
+    def dropped(self):
+        import re
+        import subprocess
+
+        listing = subprocess.run(["nft", "list", "table", "inet", self.TABLE], capture_output=True, text=True).stdout
+        found = re.search(r"counter packets (\d+)", listing)
+        return int(found.group(1)) if found else 0
+
+    def close(self):
+        import subprocess
+
+        subprocess.run(["nft", "delete", "table", "inet", self.TABLE], capture_output=True)
+

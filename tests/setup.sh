@@ -14,6 +14,8 @@ APT_PACKAGES=(
   chromium xvfb pulseaudio fonts-dejavu-core
   # tests: ffprobe/ffmpeg to check media, nginx-rtmp as a real RTMP server
   ffmpeg nginx libnginx-mod-rtmp curl
+  # packet loss inside the tests' network namespace (the kernel has no netem)
+  nftables
   # LiveKit rooms for room/track/participant egress: livekit-server (go install below) needs redis
   redis-server
 )

@@ -264,7 +264,11 @@ impl Manager {
                 Ok(record.clone())
             }
             Ok(Err(error)) => refused(error),
-            Err(_) => refused(Error::new(ErrorKind::RecipeFailed, "", "the egress failed inside egret during start (see its log)")),
+            Err(_) => refused(Error::new(
+                ErrorKind::RecipeFailed,
+                "",
+                "the egress failed inside egret during start (see its log)",
+            )),
         }
     }
 

@@ -516,7 +516,7 @@ impl Supervisor {
             }
             let status = output.status.clone();
             if ending.is_none() && self.streams.lock().unwrap().on_failure(&status, &error, &self.media_tx) {
-                output.unlink(index, self.media_tx.clone());
+                output.unlink_broken(index, self.media_tx.clone());
                 drop(graph);
                 self.publish_outputs();
                 return false;

@@ -90,6 +90,15 @@ impl Subscriber {
         webrtc.set_property("latency", 200u32);
         // Tracks are put on one timeline from the sender reports (`Timeline`): rtpbin's own
         // lip-sync pairs streams by CNAME, and LiveKit gives each track its own.
+        // Lost packets are asked for again (NACK; LiveKit resends them from its cache) within
+        // the jitter buffer's latency: without it one lost packet breaks a video frame, and
+        // each keyframe asked for (PLI) is as likely to lose one.
+        webrtc.connect("on-new-transceiver", false, |values| {
+            if let Ok(transceiver) = values[1].get::<gst_webrtc::WebRTCRTPTransceiver>() {
+                transceiver.set_property("do-nack", true);
+            }
+            None
+        });
         pipeline.add(&webrtc)?;
         read_sender_reports(&webrtc, timeline.clone());
         let routes = Arc::new(Mutex::new(Routes::default()));
@@ -124,6 +133,7 @@ impl Subscriber {
                 if pad.peer().is_none() { gst::PadProbeReturn::Drop } else { gst::PadProbeReturn::Ok }
             });
             retime(pad, timeline.clone());
+            ask_keyframes_by_ssrc(pad);
             routes.pads.insert(mid.clone(), pad.clone());
             routes.settle(&mid);
             notify.notify_waiters();
@@ -275,6 +285,34 @@ impl Subscriber {
     pub fn add_candidate(&self, mline: u32, candidate: &str) {
         self.webrtc.emit_by_name::<()>("add-ice-candidate", &[&mline, &candidate]);
     }
+}
+
+/// A keyframe request from a depayloader (after a loss, or a consumer joining) must name
+/// the stream's SSRC and ask for a PLI for rtpbin's session to send one; as the depayloaders
+/// send it (no SSRC, all headers) it never left egret, and a lost packet froze the video until
+/// the sender's next keyframe of its own accord. Requests are at most one per 300 ms.
+fn ask_keyframes_by_ssrc(pad: &gst::Pad) {
+    let last = Mutex::new(None::<std::time::Instant>);
+    pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |pad, info| {
+        let Some(gst::PadProbeData::Event(event)) = &info.data else { return gst::PadProbeReturn::Ok };
+        let Some(s) = event.structure().filter(|s| s.name() == "GstForceKeyUnit") else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if s.has_field("ssrc") {
+            return gst::PadProbeReturn::Ok;
+        }
+        let ssrc = pad.current_caps().and_then(|c| c.structure(0).and_then(|s| s.get::<u32>("ssrc").ok()));
+        let Some(ssrc) = ssrc else { return gst::PadProbeReturn::Ok };
+        let mut last = last.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(300)) {
+            return gst::PadProbeReturn::Drop;
+        }
+        *last = Some(std::time::Instant::now());
+        let request =
+            gst::Structure::builder("GstForceKeyUnit").field("all-headers", false).field("ssrc", ssrc).build();
+        info.data = Some(gst::PadProbeData::Event(gst::event::CustomUpstream::new(request)));
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// Feeds every RTCP sender report webrtcbin receives to `timeline`, stamped with its arrival.

@@ -204,13 +204,23 @@ impl Worker {
         };
         tracing::info!(worker = %self.id, egress = %start.egress_id, recipe, cost, ok = result.is_ok(), "dispatched egress");
         self.respond("EgressInternal", &request, result).await;
-        // The start was answered STARTING, as LiveKit does, and livekit-server records it so;
-        // an egress already past that is reported now rather than at its next change.
+        // The start was answered STARTING, as LiveKit does, and livekit-server records it so
+        // once our answer reached its API handler: an update that arrives before that record is
+        // written is overwritten by it. An egress already past STARTING is reported again a
+        // moment after the answer (we cannot see when the server stored it), not only at its
+        // next change.
         if let Some(record) = record
             && record.status() != crate::egress::EgressStatus::Starting
-            && let Err(e) = self.io.update_egress(&self.info(&record)).await
         {
-            tracing::warn!(egress = %record.id, "status not reported to livekit-server: {e:#}");
+            let (io, storage) = (self.io.clone(), self.manager.storage_dir());
+            tokio::spawn(async move {
+                for delay in [Duration::from_millis(300), Duration::from_millis(1500)] {
+                    tokio::time::sleep(delay).await;
+                    if let Err(e) = io.update_egress(&face::info_of(&record, &storage)).await {
+                        tracing::warn!(egress = %record.id, "status not reported to livekit-server: {e:#}");
+                    }
+                }
+            });
         }
     }
 

@@ -399,6 +399,8 @@ pub struct OutputBranch {
     /// The output's own upload target (its request `s3`), if any.
     pub uploader: Option<Arc<crate::storage::Uploader>>,
     pub attached: bool,
+    /// Its connection broke and it is dropped without EOS (see `remove`).
+    broken: bool,
     /// EOS reached the sink (set from its streaming thread).
     ended: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -481,6 +483,7 @@ impl OutputBranch {
             file: parts.file,
             uploader: None,
             attached: true,
+            broken: false,
             ended,
         })
     }
@@ -491,6 +494,14 @@ impl OutputBranch {
 
     pub fn set_ended(&self) {
         self.ended.store(true, Ordering::SeqCst);
+    }
+
+    /// Like `unlink`, for a branch whose connection broke (a stream URL that will reconnect):
+    /// it is dropped without EOS, which would only reach the pipeline (as the end of all
+    /// media, when it was the last output) and never its server.
+    pub fn unlink_broken(&mut self, index: usize, events: UnboundedSender<MediaEvent>) {
+        self.broken = true;
+        self.unlink(index, events);
     }
 
     /// Cuts the branch off its tees once they are idle; the supervisor then removes it.
@@ -525,7 +536,9 @@ impl OutputBranch {
         for (tee, src) in self.links.drain(..) {
             tee.release_request_pad(&src);
         }
-        self.push_eos();
+        if !self.broken {
+            self.push_eos();
+        }
         crate::media::stop_all(self.bin.upcast_ref());
         let _ = pipeline.remove(&self.bin);
     }
