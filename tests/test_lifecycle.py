@@ -57,6 +57,7 @@ def test_a_restart_reports_what_a_crash_interrupted_and_closes_its_playlist(fres
     assert info["status"] == "failed" and info["reason"] == "egret restarted", info
     assert [o["status"] for o in info["outputs"]] == ["failed", "failed"], info
     assert info["outputs"][0]["bytes"] == (fresh_egret.storage / "restart/r.mp4").stat().st_size
+    assert info["outputs"][0]["duration"] >= 3.0, info["outputs"][0]
     assert info["ended_at"] >= info["started_at"] and info["duration"] >= 3.0, info
     listed = {e["egress_id"]: e for e in api.ok("GET", "/v1/egress")["egresses"]}
     assert listed[done["egress_id"]]["status"] == "complete" and listed[eid]["status"] == "failed"

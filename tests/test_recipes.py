@@ -147,3 +147,24 @@ def test_example_recipes_load(egret):
     assert probe(egret.storage / "guarded/g.mp4")["streams"]
     for n in names:
         (egret.recipes / f"{n}.lua").unlink()
+
+
+def test_a_runaway_recipe_saved_while_running_is_loaded_once(egret):
+    """A recipe whose top level loops for ever is stopped by its budget once per save: loading
+    reads the file, and that read used to count as a change (reloaded for ever, the API slowed
+    to seconds per request)."""
+    path = egret.recipes / "runaway.lua"
+    before = egret.log_text().count("recipe=runaway")
+    save(path, 'while true do end\nreturn recipe { name = "runaway", start = function() end }\n')
+    deadline = time.monotonic() + 10
+    while egret.log_text().count("recipe=runaway") == before:
+        assert time.monotonic() < deadline, "the runaway recipe was never reported"
+        time.sleep(0.1)
+    started = time.monotonic()
+    assert egret.api.request("GET", "/v1/recipes")[0] == 200
+    assert time.monotonic() - started < 1.0, "the API waits on a recipe load"
+    # Its budget is 2 s: three budgets later it has still been loaded only once.
+    reported = egret.log_text().count("recipe=runaway")
+    time.sleep(6)
+    assert egret.log_text().count("recipe=runaway") == reported, "loaded again without a save"
+    os.remove(path)

@@ -129,7 +129,11 @@ impl Recipes {
     pub fn watch(self: &Arc<Self>) -> notify::Result<notify::RecommendedWatcher> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
+            // Only writes, creations, removals and renames: loading a recipe reads it, and a
+            // read must not trigger another load (a broken recipe was reloaded for ever).
+            if let Ok(event) = event
+                && !matches!(event.kind, notify::EventKind::Access(_))
+            {
                 for path in event.paths {
                     let _ = tx.send(path);
                 }
@@ -147,15 +151,20 @@ impl Recipes {
                 }
                 let module_changed =
                     paths.iter().any(|p| p.extension().is_some_and(|e| e == "lua") && !is_recipe(&recipes.dir, p));
-                if module_changed {
-                    recipes.reload_all(); // a shared module may break or fix any recipe
-                    continue;
-                }
-                paths.sort();
-                paths.dedup();
-                for path in paths.iter().filter(|p| is_recipe(&recipes.dir, p)) {
-                    recipes.reload(path);
-                }
+                // Off the async workers: a recipe's top level may run for its whole budget.
+                let recipes = recipes.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if module_changed {
+                        recipes.reload_all(); // a shared module may break or fix any recipe
+                        return;
+                    }
+                    paths.sort();
+                    paths.dedup();
+                    for path in paths.iter().filter(|p| is_recipe(&recipes.dir, p)) {
+                        recipes.reload(path);
+                    }
+                })
+                .await;
             }
         });
         Ok(watcher)

@@ -133,11 +133,22 @@ fn interrupted(egress: &mut EgressSnapshot, storage: &Path) {
         if output.ended_at.is_some() {
             continue;
         }
+        // Its last write before recovery touches it (closing a playlist writes it again).
+        let written = std::fs::metadata(storage.join(&output.target))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|at| at.as_secs_f64());
         (output.kind.recover)(output, storage);
-        if let Ok(modified) = std::fs::metadata(storage.join(&output.target)).and_then(|m| m.modified())
-            && let Ok(at) = modified.duration_since(std::time::UNIX_EPOCH)
-        {
-            last_write = last_write.max(at.as_secs_f64());
+        if let Some(at) = written {
+            last_write = last_write.max(at);
+            // A file's media ran from its first byte to its last write (what was last
+            // published is older than the crash).
+            if output.kind.name == "file"
+                && let Some(started) = output.started_at
+            {
+                output.duration = ((at - started).max(output.duration) * 1000.0).round() / 1000.0;
+            }
         }
         output.status = OutputState::Failed;
         output.error = Some(reason::RESTARTED.to_string());

@@ -125,6 +125,9 @@ impl<'a> Obj<'a> {
         match self.number(key)? {
             None => Ok(None),
             Some(n) if n.fract() == 0.0 && n <= u32::MAX as f64 => Ok(Some(n as u32)),
+            Some(n) if n.fract() == 0.0 => {
+                Err(FieldError::new(self.field_path(key), format!("{n} is out of range (at most {})", u32::MAX)))
+            }
             Some(_) => Err(FieldError::new(self.field_path(key), "must be a whole number")),
         }
     }

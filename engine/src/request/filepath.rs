@@ -14,6 +14,15 @@ pub fn check_relative(path: &str, field: &str) -> FieldResult<()> {
         return Err(FieldError::new(field, format!("holds the control character {:?}; paths are plain text", c)));
     }
     let p = Path::new(path);
+    // What file systems take: names of at most 255 bytes, and a bounded depth (folders are
+    // created one by one, and a refused path must not leave thousands behind).
+    if let Some(long) = p.components().find(|c| c.as_os_str().len() > 255) {
+        let shown: String = long.as_os_str().to_string_lossy().chars().take(20).collect();
+        return Err(FieldError::new(field, format!("`{shown}...` is longer than 255 bytes")));
+    }
+    if p.components().count() > 32 || path.len() > 1024 {
+        return Err(FieldError::new(field, "is deeper than 32 folders or longer than 1024 bytes"));
+    }
     if p.is_absolute() {
         return Err(FieldError::new(
             field,

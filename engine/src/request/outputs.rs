@@ -69,6 +69,9 @@ pub fn check_codecs(
 }
 
 pub fn check_stream_url(url: &str, field: &str) -> FieldResult<()> {
+    if url.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "holds a control character; URLs are plain text"));
+    }
     let rest = url
         .strip_prefix("rtmp://")
         .or_else(|| url.strip_prefix("rtmps://"))
