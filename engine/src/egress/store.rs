@@ -129,6 +129,7 @@ impl Store {
 /// its kind can be from disk and failed with it, the end time its last write.
 fn interrupted(egress: &mut EgressSnapshot, storage: &Path) {
     let mut last_write = egress.updated_at;
+    let egress_started = egress.started_at;
     for output in &mut egress.outputs {
         if output.ended_at.is_some() {
             continue;
@@ -144,8 +145,9 @@ fn interrupted(egress: &mut EgressSnapshot, storage: &Path) {
             last_write = last_write.max(at);
             // A file's media ran from its first byte to its last write (what was last
             // published is older than the crash).
+            // (an output's own start may postdate the last saved change: the egress's then).
             if output.kind.name == "file"
-                && let Some(started) = output.started_at
+                && let Some(started) = output.started_at.or(egress_started)
             {
                 output.duration = ((at - started).max(output.duration) * 1000.0).round() / 1000.0;
             }
