@@ -52,11 +52,19 @@ impl StreamRetries {
         if outage.attempts > 0 && bytes > outage.bytes_at_try {
             *outage = Outage { since: Instant::now(), attempts: 0, bytes_at_try: 0 };
         }
-        if outage.since.elapsed() >= self.timeout {
+        let elapsed = outage.since.elapsed();
+        if elapsed >= self.timeout {
+            tracing::warn!(
+                url = %crate::media::outputs::stream::redact_stream_url(&url),
+                tries = outage.attempts,
+                seconds = elapsed.as_secs(),
+                "stream still failing after its reconnect timeout; giving up on it"
+            );
             self.outages.remove(&url);
             return false;
         }
-        let delay = Duration::from_secs(1u64 << outage.attempts.min(4)).min(MAX_DELAY);
+        // The last try falls on the timeout, not after it.
+        let delay = Duration::from_secs(1u64 << outage.attempts.min(4)).min(MAX_DELAY).min(self.timeout - elapsed);
         outage.attempts += 1;
         outage.bytes_at_try = bytes;
         status.note_retry(format!("reconnecting (try {}): {error}", outage.attempts));
