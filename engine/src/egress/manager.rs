@@ -147,10 +147,14 @@ impl Manager {
             let record = Arc::new(record);
             self.egresses.write().unwrap().push(record.clone());
             if interrupted {
-                for observe in self.observers.read().unwrap().iter() {
-                    observe(&record);
-                }
+                self.tell_observers(&record);
             }
+        }
+    }
+
+    fn tell_observers(&self, record: &Arc<EgressRecord>) {
+        for observe in self.observers.read().unwrap().iter() {
+            observe(record);
         }
     }
 
@@ -228,12 +232,6 @@ impl Manager {
         );
         let ctx = EgressCtx::new(id.clone(), recipe.to_string(), request, graph, command_tx, &self.config);
         self.egresses.write().unwrap().push(record.clone());
-        let tell_observers = |record: &Arc<EgressRecord>| {
-            for observe in self.observers.read().unwrap().iter() {
-                observe(record);
-            }
-        };
-
         let supervisor = Supervisor {
             record: record.clone(),
             ctx,
@@ -260,7 +258,7 @@ impl Manager {
         };
         match started_rx.await {
             Ok(Ok(())) => {
-                tell_observers(&record);
+                self.tell_observers(&record);
                 Ok(record.clone())
             }
             Ok(Err(error)) => refused(error),
