@@ -30,10 +30,12 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-const USAGE: &str = "usage: egret [--config egress.toml] [serve | token [--ttl SECONDS] | check]
+const USAGE: &str = "usage: egret [--config egress.toml] [serve | token [--ttl SECONDS] | check | repair FILE…]
   serve   run the engine (default)
   token   print a roomRecord access token for this config's API key
-  check   validate the config and every recipe, then exit";
+  check   validate the config and every recipe, then exit
+  repair  make crash-safe MP4s that a crash cut off playable, in place (egret repairs the
+          ones it was writing itself at its next start)";
 
 /// How long SIGTERM/SIGINT waits for running egresses before exiting regardless.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -43,11 +45,13 @@ fn main() -> ExitCode {
     let mut config_path = PathBuf::from("egress.toml");
     let mut command = String::from("serve");
     let mut ttl = 3600u64;
+    let mut files = Vec::new();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" | "-c" => config_path = args.next().map(PathBuf::from).unwrap_or_default(),
             "--ttl" => ttl = args.next().and_then(|v| v.parse().ok()).unwrap_or(ttl),
-            "serve" | "token" | "check" => command = arg,
+            "serve" | "token" | "check" | "repair" => command = arg,
+            file if command == "repair" && !file.starts_with('-') => files.push(PathBuf::from(file)),
             "-h" | "--help" => {
                 // A reader that closes early (`egret --help | head -1`) is not an error.
                 let _ = writeln!(std::io::stdout(), "{USAGE}");
@@ -58,6 +62,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if command == "repair" {
+        return repair(&files);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -95,6 +102,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn repair(files: &[PathBuf]) -> ExitCode {
+    if files.is_empty() {
+        eprintln!("repair: name the MP4 files to repair\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    let mut failed = false;
+    for file in files {
+        match media::outputs::repair_mp4(file) {
+            Ok(Some(seconds)) => println!("{}: repaired, {seconds:.3} s of media", file.display()),
+            Ok(None) => println!("{}: nothing to repair", file.display()),
+            Err(e) => {
+                eprintln!("{}: {e:#}", file.display());
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 fn check(config: &config::Config) -> Result<()> {

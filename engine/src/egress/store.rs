@@ -140,7 +140,6 @@ fn interrupted(egress: &mut EgressSnapshot, storage: &Path) {
             .ok()
             .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|at| at.as_secs_f64());
-        (output.kind.recover)(output, storage);
         if let Some(at) = written {
             last_write = last_write.max(at);
             // A file's media ran from its first byte to its last write (what was last
@@ -152,6 +151,8 @@ fn interrupted(egress: &mut EgressSnapshot, storage: &Path) {
                 output.duration = ((at - started).max(output.duration) * 1000.0).round() / 1000.0;
             }
         }
+        // Last: a kind that can read the media's own duration (a repaired MP4) says it.
+        (output.kind.recover)(output, storage);
         output.status = OutputState::Failed;
         output.error = Some(reason::RESTARTED.to_string());
     }

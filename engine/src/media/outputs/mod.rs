@@ -8,6 +8,7 @@
 pub mod file;
 mod hls_recovery;
 pub mod images;
+mod mp4_repair;
 pub mod segments;
 mod status;
 pub mod stream;
@@ -54,8 +55,27 @@ pub struct OutputKind {
 }
 
 /// An interrupted output's bytes as they are on disk (a file; nothing for a stream).
+/// Repairs one MP4 a crash cut off (`egret repair`): the seconds of media it holds, or
+/// `None` when it needed nothing.
+pub fn repair_mp4(path: &Path) -> anyhow::Result<Option<f64>> {
+    Ok(mp4_repair::repair(path)?.map(|r| r.duration))
+}
+
+/// A crash-safe MP4 is also rewritten so that players read it (see `mp4_repair`).
 pub fn recover_file(output: &mut OutputSnapshot, storage: &Path) {
-    if let Ok(meta) = std::fs::symlink_metadata(storage.join(&output.target)) {
+    let path = storage.join(&output.target);
+    let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+    if is_file && output.target.to_ascii_lowercase().ends_with(".mp4") {
+        match mp4_repair::repair(&path) {
+            Ok(Some(repaired)) => {
+                tracing::info!(path = %path.display(), duration = repaired.duration, "interrupted MP4 repaired");
+                output.duration = (repaired.duration * 1000.0).round() / 1000.0;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(path = %path.display(), "interrupted MP4 not repaired: {e:#}"),
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
         output.bytes = meta.len();
     }
 }
