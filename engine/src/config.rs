@@ -200,6 +200,14 @@ impl Config {
                 errors.push(format!("{key}: must not be empty (auth is always on)"));
             }
         }
+        // A short HMAC key can be guessed offline from one token; LiveKit asks for 32 characters.
+        let secret = reader.str("server.api_secret");
+        if !secret.is_empty() && secret.len() < 32 {
+            tracing::warn!(
+                "server.api_secret is {} characters: anyone holding one token can guess it offline; use 32 or more",
+                secret.len()
+            );
+        }
         let start_timeout = lookup(&root, "server.start_timeout").and_then(number).unwrap_or(30.0);
         if !(1.0..=3600.0).contains(&start_timeout) {
             errors.push(format!("server.start_timeout: {start_timeout} is not between 1 and 3600 seconds"));
