@@ -14,9 +14,8 @@ from livekit_harness import SMALL, PcmReceiver, recorded
 from media import av_offset, duration, fps, frames_differ, mean_volume_db, onsets, probe, probe_live, streams, video_luma
 
 RECORD_S = 4
-# Files now keep where audio and video start (they used to both start at 0, which hid a
-# steady +30..+60 ms, audio late, behind a per-egress random shift); see test_sync.py.
-AV_BOUND_S = 0.080
+# Files keep where audio and video start, and AAC's priming is accounted for; see test_sync.py.
+AV_BOUND_S = 0.040
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,47 @@ fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bool) 
     if let Some(a) = audio {
         inputs.push(mux_input(&bin, &mux, Codec::Audio(a), "audio_%u", false)?);
     }
+    super::align_video_to_aac(&inputs, encoder.settings.audio_frequency);
     let measure = sink.static_pad("sink").expect("filesink sink");
+    if file_type == FileType::Mp4 && audio == Some(AudioCodec::Opus) {
+        fix_opus_header_byte_order(&measure);
+    }
     Ok(BranchParts { bin, inputs, measure, handler: None, file: Some(path.to_path_buf()) })
+}
+
+/// GStreamer 1.22's mp4mux writes the Opus header box (`dOps`) little-endian where the spec
+/// says big-endian: players read a pre-skip of 14337 samples for 312 and an input rate of
+/// 2 159 738 880 Hz, and ffmpeg drops the first ~0.7 s of sound and shifts the rest. The box
+/// is put right in every `moov` on its way to the file (only when it is wrong, so a fixed
+/// mp4mux is left alone).
+fn fix_opus_header_byte_order(pad: &gst::Pad) {
+    pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+        let Some(buffer) = info.buffer_mut() else { return gst::PadProbeReturn::Ok };
+        let is_moov = buffer.size() >= 8 && buffer.map_readable().is_ok_and(|m| &m[4..8] == b"moov");
+        if !is_moov {
+            return gst::PadProbeReturn::Ok;
+        }
+        let Ok(mut map) = buffer.make_mut().map_writable() else { return gst::PadProbeReturn::Ok };
+        swap_dops_fields(map.as_mut_slice());
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Byte-swaps PreSkip and InputSampleRate of every `dOps` box in `moov` that was written
+/// little-endian (its big-endian rate is beyond any audio rate).
+pub(crate) fn swap_dops_fields(moov: &mut [u8]) {
+    let mut from = 0;
+    while let Some(at) = moov[from..].windows(4).position(|w| w == b"dOps").map(|p| p + from) {
+        // type, version (1), channels (1), pre-skip (2), input rate (4)
+        let body = at + 4;
+        if let Some(fields) = moov.get_mut(body + 2..body + 8) {
+            let rate_be = u32::from_be_bytes(fields[2..6].try_into().unwrap());
+            let rate_le = u32::from_le_bytes(fields[2..6].try_into().unwrap());
+            if rate_be > 384_000 && (1..=384_000).contains(&rate_le) {
+                fields[0..2].reverse();
+                fields[2..6].reverse();
+            }
+        }
+        from = at + 4;
+    }
 }

@@ -457,6 +457,23 @@ pub fn mux_input(
     Ok((Input::Encoded(codec), ghost_sink(bin, &q, name)?))
 }
 
+/// ffmpeg's AAC encoder (avenc_aac) starts every stream with 1024 samples of priming, and no
+/// container written here says so (mp4mux writes no edit for it; TS and FLV cannot): players
+/// play the priming, so every sound came 21.3 ms (at 48 kHz) after its picture. The video of
+/// an output with AAC sound is held back as much instead, which no timestamp can underflow.
+pub fn align_video_to_aac(inputs: &[(Input, gst::Pad)], audio_rate: u32) {
+    const AAC_PRIMING_SAMPLES: u64 = 1024;
+    if !inputs.iter().any(|(i, _)| matches!(i, Input::Encoded(Codec::Audio(AudioCodec::Aac)))) {
+        return;
+    }
+    let priming = AAC_PRIMING_SAMPLES * 1_000_000_000 / audio_rate.max(1) as u64;
+    for (input, pad) in inputs {
+        if matches!(input, Input::Encoded(Codec::Video(_))) {
+            pad.set_offset(priming as i64);
+        }
+    }
+}
+
 /// Makes a ghost sink pad on `bin` for `target`'s sink pad.
 pub fn ghost_sink(bin: &gst::Bin, target: &gst::Element, name: &str) -> Result<gst::Pad> {
     let pad = target.static_pad("sink").ok_or_else(|| anyhow::anyhow!("{} has no sink pad", target.name()))?;

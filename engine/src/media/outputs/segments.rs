@@ -244,6 +244,7 @@ pub fn build(
     if encoder.has(MediaKind::Audio) {
         inputs.push(mux_input(&bin, &split, Codec::Audio(AudioCodec::Aac), "audio_%u", false)?);
     }
+    super::align_video_to_aac(&inputs, encoder.settings.audio_frequency);
     let measure = inputs.first().map(|(_, p)| p.clone()).ok_or_else(|| anyhow::anyhow!("no media for HLS"))?;
     let handler = Playlist { paths, segments: Vec::new(), opened_at: 0, status, uploads };
     Ok(BranchParts { bin, inputs, measure, handler: Some(Box::new(handler)), file: None })

@@ -150,6 +150,7 @@ fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
     if encoder.has(MediaKind::Audio) {
         inputs.push(mux_input(&bin, &mux, Codec::Audio(AudioCodec::Aac), "audio", true)?);
     }
+    super::align_video_to_aac(&inputs, encoder.settings.audio_frequency);
     let measure = sink.static_pad("sink").expect("rtmp2sink sink");
     Ok(BranchParts { bin, inputs, measure, handler: None, file: None })
 }
