@@ -29,7 +29,11 @@ def test_sigkill_leaves_a_playable_mp4(fresh_egret):
     no player reads it; the next egret repairs it in place: every sample decodes, and the
     duration it reports is the file's."""
     api = fresh_egret.api
-    e = api.start("testsrc", file_outputs=[{"filepath": "killed/k.mp4"}])
+    # The HLS output's first segment is still open at the kill: its playlist names nothing yet.
+    e = api.start("testsrc", file_outputs=[{"filepath": "killed/k.mp4"}],
+                  segment_outputs=[{"filename_prefix": "killed/hls/part", "playlist_name": "list.m3u8",
+                                    "segment_duration": 8}],
+                  advanced={"key_frame_interval": 1})
     eid = e["egress_id"]
     api.wait(eid, lambda i: i["outputs"][0]["duration"] >= 3.0, what="3 s recorded")
     fresh_egret.proc.kill()
@@ -48,6 +52,14 @@ def test_sigkill_leaves_a_playable_mp4(fresh_egret):
     output = api.get(eid)["outputs"][0]
     assert abs(output["duration"] - duration(media)) < 0.1, (output, duration(media))
     assert output["bytes"] == path.stat().st_size
+
+    playlist = fresh_egret.storage / "killed/hls/list.m3u8"
+    assert "part_00000.ts" in playlist.read_text(), playlist.read_text()
+    # splitmuxsink holds back the current keyframe interval (1 s here): what reached the disk
+    # is there, and the playlist says exactly that much.
+    hls = api.get(eid)["outputs"][1]
+    assert hls["count"] == 1 and abs(duration(probe(playlist)) - hls["duration"]) < 0.1, hls
+    assert hls["duration"] >= 1.5, hls
 
 
 def test_a_restart_reports_what_a_crash_interrupted_and_closes_its_playlist(fresh_egret):

@@ -13,6 +13,9 @@ use super::encoder::Codec;
 use super::track::{self, TrackChain};
 use super::{MediaKind, MediaPad, add_chain, capsfilter, make, sync_states};
 
+/// Opus's algorithmic delay at 48 kHz: 312 samples (its standard pre-skip).
+const OPUS_LOOKAHEAD_NS: i64 = 312 * 1_000_000_000 / 48_000;
+
 /// Tracks arrive through webrtcbin's 200 ms jitter buffer and a decoder; the mixers wait
 /// this long for them even though only the always-on base source exists at the start.
 const TRACK_LATENCY_NS: u64 = 400_000_000;
@@ -134,7 +137,10 @@ impl Slot {
             // frame on average) against its sound. Half a frame later, it is off by at most
             // half a frame either way, on average not at all. (Set on the pushing side: the
             // mixer's own pads do not apply an offset.)
-            src.set_offset(self.half_frame_ns);
+            // Room sound is Opus, whose decoder gives each sample 312 samples (6.5 ms) after
+            // the encoder took it (its lookahead; RTP does not say so, and WebRTC senders do
+            // not shift their timestamps for it): pictures wait as long.
+            src.set_offset(self.half_frame_ns + OPUS_LOOKAHEAD_NS);
         }
         // The track's latency is covered by the mixer's minimum: its answer must not depend
         // on whether the track flows yet (a failed query makes an aggregator non-live).

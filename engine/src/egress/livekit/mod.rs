@@ -364,6 +364,7 @@ mod tests {
             kind,
             target: target.into(),
             live_target: None,
+            segment_prefix: None,
             started_at: Some(2.0),
             ended_at: Some(4.5),
             status,

@@ -17,7 +17,10 @@ pub fn recover(output: &mut OutputSnapshot, storage: &Path) {
         return;
     }
     let mut segments = listed(&text, &dir);
-    let prefix = segment_prefix(&segments, &playlist);
+    let prefix = match &output.segment_prefix {
+        Some(prefix) => storage.join(prefix),
+        None => dir.join(segment_prefix(&segments, &playlist)),
+    };
     for path in unlisted(&prefix, &segments, &dir) {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let Some(duration) = std::fs::read(&path).ok().and_then(|data| ts_duration(&data)) else { continue };
@@ -49,8 +52,9 @@ fn listed(text: &str, dir: &Path) -> Vec<Segment> {
     segments
 }
 
-/// Segment files are `<prefix>_<index or time>.ts`: the prefix of the listed ones, else the
-/// playlist's own name (the default when a request names only one of them).
+/// Segment files are `<prefix>_<index or time>.ts`. Records written before the prefix was
+/// kept: the prefix of the listed ones, else the playlist's own name (the default when a
+/// request names only one of them).
 fn segment_prefix(segments: &[Segment], playlist: &Path) -> String {
     segments
         .first()
@@ -59,8 +63,10 @@ fn segment_prefix(segments: &[Segment], playlist: &Path) -> String {
 }
 
 /// Segment files on disk that the playlist does not name, in the order they were written.
-fn unlisted(prefix: &str, segments: &[Segment], dir: &Path) -> Vec<PathBuf> {
-    let pattern = dir.join(format!("{prefix}_"));
+fn unlisted(prefix: &Path, segments: &[Segment], dir: &Path) -> Vec<PathBuf> {
+    let mut pattern = prefix.as_os_str().to_os_string();
+    pattern.push("_");
+    let pattern = PathBuf::from(pattern);
     let (Some(folder), Some(start)) = (pattern.parent(), pattern.file_name()) else { return Vec::new() };
     let start = start.to_string_lossy().to_string();
     let known: std::collections::HashSet<PathBuf> = segments.iter().map(|s| dir.join(&s.uri)).collect();

@@ -11,7 +11,8 @@
 //! `moof` are renamed `free` (their bytes stay, so no offset moves), the unfinished tail (the
 //! fragment being written, ≤ one fragment of media) is cut, and a new plain `moov` describing
 //! every sample is appended. The track headers, sample descriptions and start edits are kept.
-//! A repaired file has no `mvex`, so running the repair again does nothing.
+//! A repaired file has no `mvex`, so running the repair again does nothing; a repair cut
+//! short is finished from its journal.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -26,43 +27,129 @@ pub struct Repaired {
 
 /// Repairs `path` if it is a crash-left fragmented MP4; `Ok(None)` if it needs nothing
 /// (already a plain MP4) or cannot be repaired (killed before the first `moov`).
+///
+/// The changes are planned first and written to a journal beside the file (written aside,
+/// synced, renamed) before the file is touched; each change is idempotent. Killed midway, the
+/// next repair finds the journal and finishes it, so the file is never left without an index.
 pub fn repair(path: &Path) -> Result<Option<Repaired>> {
-    let mut file = OpenOptions::new().read(true).write(true).open(path).context("opening the MP4")?;
-    let len = file.metadata()?.len();
-    let top = top_level_boxes(&mut file, len)?;
-    let Some(moov) = top.iter().find(|b| &b.kind == b"moov" && b.complete) else { return Ok(None) };
-    let moov_bytes = read_at(&mut file, moov.start, moov.size)?;
-    let mut movie = Movie::parse(&moov_bytes[moov.header..])?;
-    if !movie.fragmented {
-        return Ok(None);
+    let journal = journal_path(path);
+    if let Some(plan) = Plan::read(&journal)? {
+        plan.apply(path)?;
+        std::fs::remove_file(&journal)?;
+        return Ok(Some(Repaired { duration: plan.duration }));
     }
-    // The data of a fragment precedes its moof: the file ends with the last complete moof.
-    let mut end = moov.start + moov.size;
-    for b in top.iter().filter(|b| b.start > moov.start) {
-        if &b.kind != b"moof" {
-            continue;
-        }
-        if !b.complete {
-            break;
-        }
-        let bytes = read_at(&mut file, b.start, b.size)?;
-        movie.add_fragment(&bytes[b.header..], b.start)?;
-        end = b.start + b.size;
-    }
-    let mdat_ends: Vec<u64> =
-        top.iter().filter(|b| &b.kind == b"mdat" && b.complete).map(|b| b.start + b.size).collect();
-    movie.complete_samples(&mdat_ends, end);
+    let Some(plan) = Plan::make(path)? else { return Ok(None) };
+    plan.write(&journal)?;
+    plan.apply(path)?;
+    std::fs::remove_file(&journal)?;
+    Ok(Some(Repaired { duration: plan.duration }))
+}
 
-    // The old boxes become padding; sizes stay, so every sample keeps its offset.
-    for b in top.iter().filter(|b| b.start < end && (&b.kind == b"moov" || &b.kind == b"moof")) {
-        file.seek(SeekFrom::Start(b.start + 4))?;
-        file.write_all(b"free")?;
+fn journal_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".repair");
+    path.with_file_name(name)
+}
+
+/// What a repair does to the file: boxes renamed `free`, the file cut at `end`, the new
+/// `moov` appended there.
+struct Plan {
+    end: u64,
+    freed: Vec<u64>,
+    moov: Vec<u8>,
+    duration: f64,
+}
+
+const JOURNAL_MAGIC: &[u8; 8] = b"EGRETMP4";
+
+impl Plan {
+    fn make(path: &Path) -> Result<Option<Plan>> {
+        let mut file = std::fs::File::open(path).context("opening the MP4")?;
+        let len = file.metadata()?.len();
+        let top = top_level_boxes(&mut file, len)?;
+        let Some(moov) = top.iter().find(|b| &b.kind == b"moov" && b.complete) else { return Ok(None) };
+        let moov_bytes = read_at(&mut file, moov.start, moov.size)?;
+        let mut movie = Movie::parse(&moov_bytes[moov.header..])?;
+        if !movie.fragmented {
+            return Ok(None);
+        }
+        // The data of a fragment precedes its moof: the file ends with the last complete moof.
+        let mut end = moov.start + moov.size;
+        for b in top.iter().filter(|b| b.start > moov.start) {
+            if &b.kind != b"moof" {
+                continue;
+            }
+            if !b.complete {
+                break;
+            }
+            let bytes = read_at(&mut file, b.start, b.size)?;
+            movie.add_fragment(&bytes[b.header..], b.start)?;
+            end = b.start + b.size;
+        }
+        let mdat_ends: Vec<u64> =
+            top.iter().filter(|b| &b.kind == b"mdat" && b.complete).map(|b| b.start + b.size).collect();
+        movie.complete_samples(&mdat_ends, end);
+        // The old index boxes become padding; sizes stay, so every sample keeps its offset.
+        let freed = top
+            .iter()
+            .filter(|b| b.start < end && (&b.kind == b"moov" || &b.kind == b"moof"))
+            .map(|b| b.start)
+            .collect();
+        Ok(Some(Plan { end, freed, moov: movie.plain_moov(), duration: movie.duration_seconds() }))
     }
-    file.set_len(end)?;
-    file.seek(SeekFrom::Start(end))?;
-    file.write_all(&movie.plain_moov())?;
-    file.sync_all()?;
-    Ok(Some(Repaired { duration: movie.duration_seconds() }))
+
+    fn apply(&self, path: &Path) -> Result<()> {
+        let mut file = OpenOptions::new().write(true).open(path).context("opening the MP4")?;
+        for &at in &self.freed {
+            file.seek(SeekFrom::Start(at + 4))?;
+            file.write_all(b"free")?;
+        }
+        file.set_len(self.end)?;
+        file.seek(SeekFrom::Start(self.end))?;
+        file.write_all(&self.moov)?;
+        file.sync_all()?;
+        Ok(())
+    }
+
+    fn write(&self, journal: &Path) -> Result<()> {
+        let mut bytes = JOURNAL_MAGIC.to_vec();
+        bytes.extend(self.end.to_be_bytes());
+        bytes.extend(self.duration.to_bits().to_be_bytes());
+        bytes.extend((self.freed.len() as u64).to_be_bytes());
+        self.freed.iter().for_each(|at| bytes.extend(at.to_be_bytes()));
+        bytes.extend(&self.moov);
+        let aside = journal.with_extension("repair.tmp");
+        let mut file = std::fs::File::create(&aside)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&aside, journal)?;
+        if let Some(dir) = journal.parent().and_then(|d| std::fs::File::open(d).ok()) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// The journal of a repair that was cut short, if there is one.
+    fn read(journal: &Path) -> Result<Option<Plan>> {
+        let bytes = match std::fs::read(journal) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut r = Reader::new(&bytes);
+        if r.take(8)? != JOURNAL_MAGIC {
+            bail!("{} is not a repair journal", journal.display());
+        }
+        let end = r.u64()?;
+        let duration = f64::from_bits(r.u64()?);
+        let n = r.u64()?;
+        if n > bytes.len() as u64 / 8 {
+            bail!("{} is damaged", journal.display());
+        }
+        let freed = (0..n).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+        let moov = bytes[r.at..].to_vec();
+        Ok(Some(Plan { end, freed, moov, duration }))
+    }
 }
 
 struct TopBox {

@@ -96,3 +96,22 @@ fn a_file_killed_before_its_first_fragment_is_left_alone() {
     write_interrupted(&path, 1000);
     assert!(repair(&path).unwrap().is_none());
 }
+
+#[test]
+fn a_repair_cut_short_is_finished_from_its_journal() {
+    let path = scratch("journal.mp4");
+    write_interrupted(&path, 300_000);
+    let plan = super::Plan::make(&path).unwrap().unwrap();
+    let journal = super::journal_path(&path);
+    plan.write(&journal).unwrap();
+    // Killed after cutting the file, before the new index: no index at all.
+    let half = super::Plan { moov: Vec::new(), ..plan };
+    half.apply(&path).unwrap();
+    assert!(super::Plan::make(&path).unwrap().is_none(), "no index left: only the journal can finish it");
+
+    let repaired = repair(&path).unwrap().expect("finished from the journal");
+    assert!(!journal.exists());
+    let probed = probe(&path).expect("ffprobe reads the finished repair");
+    assert!(probed.contains("codec_name=h264") && probed.contains("codec_name=aac"), "{probed}");
+    assert!(repaired.duration > 0.5);
+}

@@ -90,6 +90,7 @@ impl OutputSpec for SegmentOutput {
         target.claim(&paths.prefix, true, &format!("{field}.filename_prefix"))?;
         let status = OutputStatus::new(field.into(), &KIND, target.relative(&paths.playlist));
         *status.live_target.lock().unwrap() = paths.live_playlist.as_deref().map(|p| target.relative(p));
+        *status.segment_prefix.lock().unwrap() = Some(target.relative(&paths.prefix));
         let parts =
             build(target.encoder(encoder), paths, status.clone(), target.queue_for(&self.upload)).map_err(fail)?;
         target.attach(encoder, parts, status, None).map_err(fail)

@@ -20,6 +20,10 @@ pub struct OutputSnapshot {
     pub target: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_target: Option<String>,
+    /// HLS: where segment files start (`<prefix>_00000.ts`), relative to storage; read back to
+    /// find the segments of a crashed output that its playlist does not name yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_prefix: Option<String>,
     /// Unix seconds: first byte written, and the end.
     pub started_at: Option<f64>,
     pub ended_at: Option<f64>,
@@ -69,6 +73,7 @@ pub struct OutputStatus {
     pub count: AtomicU64,
     /// A second location some kinds have (the HLS live playlist), relative like `target`.
     pub live_target: Mutex<Option<String>>,
+    pub segment_prefix: Mutex<Option<String>>,
     /// Unix seconds: first byte written, and the end (finalized, removed or failed).
     times: Mutex<(Option<f64>, Option<f64>)>,
     first_pts: AtomicU64,
@@ -90,6 +95,7 @@ impl OutputStatus {
             bytes: AtomicU64::new(0),
             count: AtomicU64::new(0),
             live_target: Mutex::new(None),
+            segment_prefix: Mutex::new(None),
             times: Mutex::new((None, None)),
             first_pts: AtomicU64::new(NO_PTS),
             last_pts: AtomicU64::new(0),
@@ -179,6 +185,7 @@ impl OutputStatus {
             kind: self.kind,
             target: self.target.clone(),
             live_target: self.live_target.lock().unwrap().clone(),
+            segment_prefix: self.segment_prefix.lock().unwrap().clone(),
             started_at,
             ended_at,
             status,
