@@ -66,7 +66,17 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, String> {
 const MAX_CONNECTIONS: usize = 512;
 
 /// Serves until `shutdown` turns true; then stops accepting connections.
-pub async fn serve(api: Arc<Api>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+///
+/// Runs on a runtime of its own (see main): connections, header and body reading and
+/// /healthz never wait for the engine's threads, which a recipe's Lua holds while it runs.
+/// Each request is handled on the `engine` runtime, entering it through its shared queue,
+/// which any free engine thread takes from.
+pub async fn serve(
+    api: Arc<Api>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    engine: tokio::runtime::Handle,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
@@ -81,10 +91,21 @@ pub async fn serve(api: Arc<Api>, listener: TcpListener, mut shutdown: watch::Re
             continue;
         };
         let api = api.clone();
+        let engine = engine.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(req).await) }
+                let engine = engine.clone();
+                async move {
+                    if req.uri().path().trim_end_matches('/') == "/healthz" {
+                        return Ok::<_, Infallible>(reply(200, json!({ "ok": true })));
+                    }
+                    let handled = engine.spawn(async move { api.handle(req).await }).await;
+                    Ok(handled.unwrap_or_else(|e| {
+                        tracing::error!("request handler failed: {e}");
+                        error(500, "internal error (see egret's log)", None)
+                    }))
+                }
             });
             let connection = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -90,6 +90,9 @@ fn main() -> ExitCode {
         }
         "check" => check(&config),
         _ => tokio::runtime::Builder::new_multi_thread()
+            // At least 4 threads even on 2 cores: a recipe's Lua holds a thread while it runs
+            // (up to its budget), and the other egresses must go on meanwhile.
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()).max(4))
             .enable_all()
             .build()
             .map_err(Into::into)
@@ -209,7 +212,22 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     tracing::info!(listen = %config.server.listen, storage = %config.storage.dir.display(), "egret ready");
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(http::serve(api, listener, shutdown_rx));
+    // The API gets threads of its own: while a recipe's Lua runs, it holds an engine thread,
+    // and requests (above all /healthz) must not queue behind it.
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("egret-api")
+        .enable_all()
+        .build()
+        .context("starting the API's runtime")?;
+    let listener = listener.into_std()?;
+    let engine = tokio::runtime::Handle::current();
+    let server = api_runtime.spawn(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => http::serve(api, listener, shutdown_rx, engine).await,
+            Err(e) => tracing::error!("the API cannot listen: {e}"),
+        }
+    });
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
@@ -230,6 +248,7 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     media::chrome::pool::clear().await;
     let _ = shutdown_tx.send(true);
     let _ = server.await;
+    api_runtime.shutdown_background();
     tracing::info!("all egresses finalized; bye");
     Ok(())
 }

@@ -256,7 +256,18 @@ impl Manager {
             self.egresses.write().unwrap().retain(|e| e.id != id);
             Err(StartError { error, egress: Some(record.to_json()) })
         };
-        match started_rx.await {
+        // The supervisor answers within start_timeout by itself, unless a recipe is stuck where
+        // no budget reaches (inside a built-in C function): the caller is answered regardless.
+        let answer_limit = self.config.server.start_timeout + std::time::Duration::from_secs(10);
+        let Ok(answer) = tokio::time::timeout(answer_limit, started_rx).await else {
+            tracing::error!(egress_id = %id, "the recipe's start never returned: the egress is abandoned");
+            return refused(Error::new(
+                ErrorKind::RecipeFailed,
+                "",
+                format!("the recipe's start did not return within {} s", answer_limit.as_secs()),
+            ));
+        };
+        match answer {
             Ok(Ok(())) => {
                 self.tell_observers(&record);
                 Ok(record.clone())

@@ -5,6 +5,7 @@ pub mod api;
 pub mod budget;
 pub mod ctx;
 mod page;
+mod patterns;
 pub mod room;
 
 #[cfg(test)]
@@ -37,6 +38,7 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
         globals.set(unsafe_global, Value::Nil)?;
     }
     globals.get::<Table>("string")?.set("dump", Value::Nil)?;
+    patterns::guard(&lua)?;
 
     let os = lua.create_table()?;
     os.set("time", lua.create_function(|_, ()| Ok(crate::clock::now().floor() as i64))?)?;
@@ -50,7 +52,11 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
             if StrftimeItems::new(&fmt).any(|item| matches!(item, Item::Error)) || fmt.len() > 256 {
                 return Err(mlua::Error::runtime(format!("os.date: `{fmt}` is not a valid strftime format")));
             }
-            Ok(chrono::Utc::now().format(&fmt).to_string())
+            // Some specifiers parse but cannot be formatted (`%#z`): `to_string` would panic.
+            let mut text = String::new();
+            std::fmt::Write::write_fmt(&mut text, format_args!("{}", chrono::Utc::now().format(&fmt)))
+                .map_err(|_| mlua::Error::runtime(format!("os.date: `{fmt}` cannot be formatted")))?;
+            Ok(text)
         })?,
     )?;
     globals.set("os", os)?;
@@ -258,6 +264,8 @@ mod tests {
         let lua = sandbox(Path::new("scripts")).unwrap();
         let err = lua.load("return os.date('%Q')").exec().unwrap_err().to_string();
         assert!(err.contains("not a valid strftime format"), "{err}");
+        let err = lua.load("return os.date('%#z')").exec().unwrap_err().to_string();
+        assert!(err.contains("cannot be formatted"), "{err}");
         let year: String = lua.load("return os.date('%Y')").eval().unwrap();
         assert_eq!(year.len(), 4);
     }
