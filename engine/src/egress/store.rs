@@ -157,7 +157,11 @@ fn interrupted(egress: &mut EgressSnapshot, storage: &Path) {
         output.error = Some(reason::RESTARTED.to_string());
     }
     for output in &mut egress.outputs {
-        output.ended_at = output.ended_at.or(Some(last_write));
+        // Never before its own start (which may postdate every write a crash left).
+        output.ended_at = output.ended_at.or(Some(last_write.max(output.started_at.unwrap_or(0.0))));
+        if output.duration <= 0.0 {
+            output.duration = 0.0; // also -0.0, from rounding an empty sum
+        }
     }
     egress.status = EgressStatus::Failed;
     egress.reason = Some(reason::RESTARTED.to_string());
