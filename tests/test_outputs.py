@@ -63,6 +63,23 @@ def test_ogg_audio_only(egret):
     assert mean_volume_db(egret.storage / "ogg/a.ogg") > -40
 
 
+def test_mp3_audio_only(egret):
+    """LiveKit's MP3 file type (audio only): LAME, constant bitrate; by name or extension."""
+    info = egret.api.record("testsrc", 2, audio_only=True, file_outputs=[{"file_type": "MP3", "filepath": "mp3/a"}],
+                            advanced={"audio_bitrate": 96})
+    path = egret.storage / "mp3/a.mp3"
+    media = probe(path)
+    assert [(s["codec_name"], int(s["sample_rate"])) for s in media["streams"]] == [("mp3", 48000)]
+    assert abs(int(media["format"]["bit_rate"]) - 96000) < 8000, media["format"]
+    assert abs(duration(media) - ran_for(info)) <= 0.5
+    assert mean_volume_db(path) > -40
+    assert info["outputs"][0]["target"] == "mp3/a.mp3"
+
+    status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
+        "file_outputs": [{"filepath": "mp3/v.mp3"}]}})
+    assert status in (400, 422) and "audio only" in reply["error"], reply
+
+
 def test_webm_vp8_opus(egret):
     info = egret.api.record("testsrc", 2, file_outputs=[{"file_type": "WEBM", "filepath": "webm/w"}])
     path = egret.storage / "webm/w.webm"

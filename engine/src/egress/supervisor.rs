@@ -102,6 +102,7 @@ impl Supervisor {
         let mut answer = Some(started);
         let request = self.lua.to_value(&self.ctx.request.params);
         let handle = EgressHandle(self.ctx.clone());
+        crate::lua::budget::enter(&self.lua);
         let start_call = async move { start.call_async::<()>((request?, handle)).await };
         tokio::pin!(start_call);
         let mut starting = true;

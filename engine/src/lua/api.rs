@@ -96,7 +96,9 @@ impl UserData for EgressHandle {
         super::room::add_egress_methods(methods);
 
         // egress:chrome { url = ..., video = true, audio = true }: a page captured with its sound.
-        methods.add_async_method("chrome", |_, this, opts: Table| async move {
+        methods.add_async_method("chrome", |lua, this, opts: Table| async move {
+            // Waiting is not running: the budget starts again when Lua resumes.
+            let _waiting = crate::lua::budget::waiting(&lua);
             super::page::open(this.0.clone(), opts).await
         });
 

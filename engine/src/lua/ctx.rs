@@ -224,6 +224,7 @@ impl EgressCtx {
 
     fn fire_matching(&self, lua: &Lua, event: &str, matches: impl Fn(&str) -> bool, arg: Value) {
         for f in self.handlers_for(lua, event, matches) {
+            super::budget::enter(lua);
             if let Err(e) = f.call::<()>(arg.clone()) {
                 self.handler_failed(event, &e);
             }
@@ -244,6 +245,7 @@ impl EgressCtx {
     pub async fn fire_update(&self, lua: &Lua, event: &str, value: &str) -> Result<bool, String> {
         let handlers = self.handlers_for(lua, event, |_| true);
         for f in &handlers {
+            super::budget::enter(lua);
             f.call_async::<()>(value).await.map_err(|e| {
                 if let Some(reason) = super::budget::runaway(&e) {
                     let _ = self.commands.send(Command::Fail { reason });
@@ -257,6 +259,7 @@ impl EgressCtx {
     /// Runs and forgets a due `egress:after` timer.
     pub fn run_timer(&self, lua: &Lua, id: u64) {
         let key = self.timers.lock().unwrap().remove(&id);
+        super::budget::enter(lua);
         if let Some(f) = key.and_then(|k| lua.registry_value::<Function>(&k).ok())
             && let Err(e) = f.call::<()>(())
         {

@@ -189,6 +189,7 @@ pub fn chunk_name(dir: &Path, path: &Path) -> String {
 
 /// Runs a recipe's source in `lua` and returns its declaration table.
 pub fn eval_recipe(lua: &Lua, source: &str, chunk: &str) -> mlua::Result<Table> {
+    budget::enter(lua);
     match lua.load(source).set_name(format!("@{chunk}")).eval::<Value>()? {
         Value::Table(t) => Ok(t),
         _ => Err(mlua::Error::runtime(format!("{chunk}: must end with `return recipe {{ ... }}`"))),

@@ -1,14 +1,15 @@
 //! Lua patterns under a cost limit. The budget hook counts VM instructions, and a pattern
 //! match runs inside one C call: `("a"):rep(30) .. "b"` matched by thirty `a*` backtracks for
 //! hours without the hook ever running, holding an engine thread. `string.find`, `match`,
-//! `gmatch` and `gsub` first bound the work a pattern can take on its subject (each
-//! repetition may try every position: (length + 1) ^ repetitions) and refuse the hopeless.
+//! `gmatch` and `gsub` first bound the work a pattern can take on its subject and refuse the
+//! hopeless: every start position, times (length + 1) for each `*`, `+`, `-` or `%b` (each
+//! may try every position), times 2 for each `?`.
 
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
-/// Above this many steps a match could run for minutes; typical recipe patterns stay far
-/// below (two repetitions over a 10 KB string: 10^8).
-const MAX_STEPS: f64 = 1e10;
+/// Above this many steps a match could run for seconds (Lua matches ~10^8 a second); typical
+/// recipe patterns stay far below (`(.-)=(.-)` anchored on a 1 KB line: 10^6).
+const MAX_STEPS: f64 = 1e9;
 
 /// Wraps the pattern functions of `string` (also what `s:find(...)` calls).
 pub fn guard(lua: &Lua) -> mlua::Result<()> {
@@ -18,16 +19,23 @@ pub fn guard(lua: &Lua) -> mlua::Result<()> {
         let guarded = lua.create_function(move |_, args: MultiValue| {
             let subject = match args.front() {
                 Some(Value::String(s)) => s.as_bytes().len(),
+                // Numbers are matched as their text.
+                Some(Value::Integer(i)) => i.to_string().len(),
+                Some(Value::Number(n)) => n.to_string().len() + 2,
                 _ => 0,
             };
             let plain = name == "find" && args.get(3).is_some_and(|v| !matches!(v, Value::Nil | Value::Boolean(false)));
             if let (Some(Value::String(pattern)), false) = (args.get(1), plain) {
-                let repetitions = repetitions(&pattern.as_bytes());
-                let steps = ((subject + 1) as f64).powi(repetitions as i32);
-                if repetitions >= 2 && steps > MAX_STEPS {
+                let shape = shape(&pattern.as_bytes());
+                let positions = if shape.anchored { 1.0 } else { (subject + 1) as f64 };
+                let steps = positions
+                    * ((subject + 1) as f64).powi(shape.repetitions as i32)
+                    * 2f64.powi(shape.optionals as i32);
+                if shape.repetitions + shape.optionals > 0 && steps > MAX_STEPS {
                     return Err(mlua::Error::runtime(format!(
-                        "string.{name}: a pattern with {repetitions} repetitions over a {subject}-byte string \
-                         could run for hours; match smaller pieces"
+                        "string.{name}: a pattern with {} repetitions over a {subject}-byte string \
+                         could run for hours; match smaller pieces",
+                        shape.repetitions + shape.optionals
                     )));
                 }
             }
@@ -38,10 +46,20 @@ pub fn guard(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
-/// How many `*`, `+` or `-` repetitions a Lua pattern has (`?` tries at most two ways).
-fn repetitions(pattern: &[u8]) -> u32 {
-    let mut count = 0;
-    let mut i = usize::from(pattern.first() == Some(&b'^'));
+/// What makes a Lua pattern's work grow.
+#[derive(Debug, PartialEq)]
+struct Shape {
+    anchored: bool,
+    /// `*`, `+`, `-` and `%b`: each may try every position.
+    repetitions: u32,
+    /// `?`: each tries two ways.
+    optionals: u32,
+}
+
+fn shape(pattern: &[u8]) -> Shape {
+    let anchored = pattern.first() == Some(&b'^');
+    let (mut count, mut optionals) = (0, 0);
+    let mut i = usize::from(anchored);
     while i < pattern.len() {
         let single = match pattern[i] {
             b'(' | b')' => {
@@ -51,6 +69,7 @@ fn repetitions(pattern: &[u8]) -> u32 {
             b'%' => match pattern.get(i + 1) {
                 Some(b'b') => {
                     i += 4;
+                    count += 1;
                     false
                 }
                 Some(b'f') => {
@@ -75,10 +94,11 @@ fn repetitions(pattern: &[u8]) -> u32 {
             count += 1;
             i += 1;
         } else if single && pattern.get(i) == Some(&b'?') {
+            optionals += 1;
             i += 1;
         }
     }
-    count
+    Shape { anchored, repetitions: count, optionals }
 }
 
 /// The index after the set `[...]` starting at `start`.
@@ -107,11 +127,16 @@ mod tests {
 
     #[test]
     fn repetitions_are_counted_outside_escapes_and_sets() {
-        assert_eq!(repetitions(b"^(%w+)=(%w+)$"), 2);
-        assert_eq!(repetitions(b"%*%+[*+-]"), 0);
-        assert_eq!(repetitions(b"[]*]*.-x?"), 2);
-        assert_eq!(repetitions(b"%b()*%f[%w]a*"), 1);
-        assert_eq!(repetitions(&b"a*".repeat(30)), 30);
+        let reps = |p: &[u8]| {
+            let s = shape(p);
+            (s.repetitions, s.optionals)
+        };
+        assert_eq!(reps(b"^(%w+)=(%w+)$"), (2, 0));
+        assert!(shape(b"^a").anchored && !shape(b"a^").anchored);
+        assert_eq!(reps(b"%*%+[*+-]"), (0, 0));
+        assert_eq!(reps(b"[]*]*.-x?"), (2, 1));
+        assert_eq!(reps(b"%b()*%f[%w]a*"), (2, 0));
+        assert_eq!(reps(&b"a*".repeat(30)), (30, 0));
     }
 
     #[test]
@@ -124,6 +149,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("30 repetitions over a 31-byte string"), "{err}");
+        for hopeless in [
+            r#"return ("a"):rep(40):match("^" .. ("a?"):rep(40) .. ("a"):rep(40) .. "$")"#,
+            r#"return string.find(1111111111111111111, ("1*"):rep(12) .. "c")"#,
+            r#"return ("a"):rep(60000):find("a*c")"#,
+            r#"return ("("):rep(120000):find("%b()")"#,
+        ] {
+            let err = lua.load(hopeless).exec().unwrap_err().to_string();
+            assert!(err.contains("could run for hours"), "{hopeless}: {err}");
+        }
         let (k, v): (String, String) = lua.load(r#"return ("key=value"):match("^(%w+)=(%w+)$")"#).eval().unwrap();
         assert_eq!((k.as_str(), v.as_str()), ("key", "value"));
         let n: i64 =

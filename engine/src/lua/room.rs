@@ -150,7 +150,9 @@ impl UserData for RoomHandle {
 
         // room:wait_track(sid [, { timeout = 5 }]) → the track, waiting for it to be published
         // (its first packets must reach the server); an error naming the room if it is not.
-        methods.add_async_method("wait_track", |_, this, (sid, opts): (String, Option<Table>)| async move {
+        methods.add_async_method("wait_track", |lua, this, (sid, opts): (String, Option<Table>)| async move {
+            // Waiting is not running: the budget starts again when Lua resumes.
+            let _waiting = crate::lua::budget::waiting(&lua);
             let timeout = match opts {
                 Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(TRACK_TIMEOUT_S),
                 None => TRACK_TIMEOUT_S,
@@ -173,6 +175,8 @@ impl UserData for RoomHandle {
         methods.add_async_method(
             "wait_participant",
             |lua, this, (identity, opts): (String, Option<Table>)| async move {
+                // Waiting is not running: the budget starts again when Lua resumes.
+                let _waiting = crate::lua::budget::waiting(&lua);
                 let timeout = match opts {
                     Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(PARTICIPANT_TIMEOUT_S),
                     None => PARTICIPANT_TIMEOUT_S,
@@ -230,7 +234,9 @@ impl UserData for RoomHandle {
 
         // room:set_metadata(identity, text): another participant's metadata (LiveKit's
         // RoomService), e.g. `{"layout":"speaker"}` for a layout page.
-        methods.add_async_method("set_metadata", |_, this, (identity, metadata): (String, String)| async move {
+        methods.add_async_method("set_metadata", |lua, this, (identity, metadata): (String, String)| async move {
+            // Waiting is not running: the budget starts again when Lua resumes.
+            let _waiting = crate::lua::budget::waiting(&lua);
             let config = this.ctx.livekit.clone().ok_or_else(|| runtime("set_metadata: no [livekit] section"))?;
             crate::livekit::room_service::update_metadata(&config, &this.room.name, &identity, &metadata)
                 .await
@@ -399,7 +405,9 @@ impl UserData for SlotHandle {
 
 /// Registers `egress:join`, `egress:copy` and `egress:slot` (called from the egress userdata).
 pub fn add_egress_methods<M: UserDataMethods<EgressHandle>>(methods: &mut M) {
-    methods.add_async_method("join", |_, this, (name, opts): (String, Option<Table>)| async move {
+    methods.add_async_method("join", |lua, this, (name, opts): (String, Option<Table>)| async move {
+        // Waiting is not running: the budget starts again when Lua resumes.
+        let _waiting = crate::lua::budget::waiting(&lua);
         let identity = match &opts {
             Some(o) => o.get::<Option<String>>("identity")?,
             None => None,

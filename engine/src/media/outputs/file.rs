@@ -1,5 +1,5 @@
 //! File output (`file_outputs`, LiveKit's EncodedFileOutput): MP4 (H.264 + AAC/Opus;
-//! fragmented when crash-safe), OGG (Opus), WebM (VP8 + Opus).
+//! fragmented when crash-safe), OGG (Opus), WebM (VP8 + Opus), MP3 (audio only, LAME).
 
 use std::path::Path;
 
@@ -33,6 +33,7 @@ pub enum FileType {
     Mp4,
     Ogg,
     Webm,
+    Mp3,
 }
 
 impl FileType {
@@ -41,6 +42,7 @@ impl FileType {
             FileType::Mp4 => ".mp4",
             FileType::Ogg => ".ogg",
             FileType::Webm => ".webm",
+            FileType::Mp3 => ".mp3",
         }
     }
 
@@ -49,6 +51,7 @@ impl FileType {
             FileType::Mp4 => "MP4",
             FileType::Ogg => "OGG",
             FileType::Webm => "WEBM",
+            FileType::Mp3 => "MP3",
         }
     }
 }
@@ -75,17 +78,15 @@ fn parse(request: &mut Obj, settings: &EncodeSettings) -> FieldResult<Vec<Output
 fn parse_one(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<FileOutput> {
     let mut o = Obj::new(v, field)?;
     let filepath = o.string("filepath")?.unwrap_or_default();
-    let from_extension = [FileType::Mp4, FileType::Ogg, FileType::Webm]
+    let from_extension = [FileType::Mp4, FileType::Ogg, FileType::Webm, FileType::Mp3]
         .into_iter()
         .find(|t| filepath.to_ascii_lowercase().ends_with(t.extension()));
     let file_type = match o.enumeration("file_type", FILE_TYPES)? {
         None | Some(0) => from_extension.unwrap_or(FileType::Mp4),
         Some(1) => FileType::Mp4,
         Some(2) => FileType::Ogg,
-        Some(4) => FileType::Webm,
-        Some(_) => {
-            return Err(FieldError::new(o.field_path("file_type"), "MP3 is not supported; use MP4, OGG or WEBM"));
-        }
+        Some(3) => FileType::Mp3,
+        Some(_) => FileType::Webm,
     };
     check_relative(&filepath, &o.field_path("filepath"))?;
     let upload = upload_target(&mut o)?;
@@ -93,6 +94,8 @@ fn parse_one(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<F
         FileType::Mp4 => (&[VideoCodec::H264], &[AudioCodec::Aac, AudioCodec::Opus]),
         FileType::Ogg => (&[], &[AudioCodec::Opus]),
         FileType::Webm => (&[VideoCodec::Vp8], &[AudioCodec::Opus]),
+        // Always MP3 (as LiveKit does): the request's audio codec is for its other outputs.
+        FileType::Mp3 => (&[], &[AudioCodec::Aac, AudioCodec::Opus]),
     };
     check_codecs(settings, video_ok, audio_ok, &format!("{field}.file_type"), file_type.container_name())?;
     o.finish(&[])?;
@@ -129,11 +132,15 @@ fn livekit_result(output: &OutputSnapshot, ctx: &ResultContext, info: &mut lk::E
 }
 
 fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bool) -> Result<BranchParts> {
+    if file_type == FileType::Mp3 {
+        return build_mp3(encoder, path);
+    }
     let s = &encoder.settings;
     let (video, audio) = match file_type {
         FileType::Mp4 => (Some(VideoCodec::H264), s.audio_codec.or(Some(AudioCodec::Aac))),
         FileType::Ogg => (None, Some(AudioCodec::Opus)),
         FileType::Webm => (Some(VideoCodec::Vp8), Some(AudioCodec::Opus)),
+        FileType::Mp3 => unreachable!("built by build_mp3"),
     };
     let video = video.filter(|_| encoder.has(MediaKind::Video));
     let audio = audio.filter(|_| encoder.has(MediaKind::Audio));
@@ -163,6 +170,7 @@ fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bool) 
         }
         FileType::Ogg => make("oggmux", None)?,
         FileType::Webm => make("webmmux", None)?,
+        FileType::Mp3 => unreachable!("built by build_mp3"),
     };
     let sink = make("filesink", None)?;
     sink.set_property("location", path.to_string_lossy().to_string());
@@ -186,6 +194,42 @@ fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bool) 
         fix_opus_header_byte_order(&measure);
     }
     Ok(BranchParts { bin, inputs, measure, handler: None, file: Some(path.to_path_buf()) })
+}
+
+/// MP3 from the egress's raw sound: LAME at the request's audio bitrate (constant), with a
+/// Xing header so players know the duration.
+fn build_mp3(encoder: &Encoder, path: &Path) -> Result<BranchParts> {
+    if encoder.has(MediaKind::Video) {
+        bail!("MP3 holds audio only, and this egress has video (ask for audio only)");
+    }
+    if !encoder.has(MediaKind::Audio) {
+        bail!("this egress has no sound for an MP3 file");
+    }
+    let bin = gst::Bin::new();
+    let q = super::queue(3, false)?;
+    let convert = make("audioconvert", None)?;
+    let resample = make("audioresample", None)?;
+    // The egress's rate (else LAME picks 44.1 kHz); MPEG audio has every usual rate.
+    let rate = super::super::capsfilter(&format!("audio/x-raw,rate={}", encoder.settings.audio_frequency))?;
+    let lame = make("lamemp3enc", None)?;
+    lame.set_property_from_str("target", "bitrate");
+    lame.set_property("bitrate", encoder.settings.audio_bitrate.clamp(8, 320) as i32);
+    lame.set_property("cbr", true);
+    let xing = make("xingmux", None)?;
+    let sink = make("filesink", None)?;
+    sink.set_property("location", path.to_string_lossy().to_string());
+    sink.set_property("async", false);
+    bin.add_many([&q, &convert, &resample, &rate, &lame, &xing, &sink])?;
+    gst::Element::link_many([&q, &convert, &resample, &rate, &lame, &xing, &sink])?;
+    let input = super::ghost_sink(&bin, &q, "audio")?;
+    let measure = sink.static_pad("sink").expect("filesink sink");
+    Ok(BranchParts {
+        bin,
+        inputs: vec![(super::Input::Raw(MediaKind::Audio), input)],
+        measure,
+        handler: None,
+        file: Some(path.to_path_buf()),
+    })
 }
 
 /// GStreamer 1.22's mp4mux writes the Opus header box (`dOps`) little-endian where the spec
