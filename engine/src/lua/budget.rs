@@ -127,7 +127,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
                 let file = d.source().short_src.map(|f| f.to_string()).filter(|f| !f.starts_with('['))?;
                 Some(format!(" at {file}:{}", d.current_line().unwrap_or(0)))
             };
-            let at = located(&debug).or_else(|| lua.inspect_stack(1, |caller| located(&caller)).flatten());
+            let at = located(debug).or_else(|| lua.inspect_stack(1, |caller| located(caller)).flatten());
             slice.over = Some(at.unwrap_or_default());
         }
         Err(exceeded(slice.over.as_deref().unwrap_or_default()))
