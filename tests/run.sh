@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh
-cargo test --release --quiet
+# One at a time: the unit tests run live GStreamer pipelines, and the audio slot test's track
+# sometimes stops ("not-linked") when others run beside it (an open question, in the notes).
+cargo test --release --quiet -- --test-threads=1
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 $SUDO bash tests/netns.sh up
 exec $SUDO ip netns exec "${EGRET_NETNS:-egret-test}" .venv/bin/python -m pytest -q tests "$@"

@@ -1,6 +1,7 @@
 """Every output kind, recorded from the test source over HTTP and checked with ffprobe."""
 
 import re
+import subprocess
 import time
 
 import pytest
@@ -137,6 +138,42 @@ def test_rtmp_read_back_from_nginx(egret, nginx):
     egret.api.stop(eid)
     info = egret.api.wait_status(eid, "complete")
     assert info["outputs"][0]["status"] == "complete" and info["outputs"][0]["bytes"] > 10_000
+
+
+def test_srt_read_back_by_a_listener(egret, tmp_path):
+    """LiveKit's SRT protocol: MPEG-TS over SRT in caller mode, read back by ffmpeg listening
+    (an independent SRT implementation); the URL is reported as given."""
+    from conftest import free_port
+
+    port = free_port()
+    url = f"srt://127.0.0.1:{port}"
+    received = tmp_path / "srt.ts"
+    listener = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", f"{url}?mode=listener",
+                                 "-c", "copy", "-f", "mpegts", str(received)], stderr=subprocess.PIPE, text=True)
+    try:
+        # The listener must be up before egret calls: wait for its UDP socket.
+        deadline = time.monotonic() + 10
+        while f":{port:04X}" not in open("/proc/net/udp").read():
+            assert time.monotonic() < deadline and listener.poll() is None, "ffmpeg did not listen"
+            time.sleep(0.05)
+        started = egret.api.start("testsrc", stream_outputs=[{"protocol": "SRT", "urls": [url]}])
+        eid = started["egress_id"]
+        egret.api.wait(eid, lambda i: i["outputs"][0]["duration"] >= 3, what="3 s streamed")
+        egret.api.stop(eid)
+        info = egret.api.wait_status(eid, "complete")
+        listener.wait(timeout=30)
+    finally:
+        listener.kill()
+    assert info["outputs"][0]["status"] == "complete" and info["outputs"][0]["target"] == url, info
+    media = probe(received)
+    assert {s["codec_name"] for s in media["streams"]} == {"h264", "aac"}
+    assert duration(media) >= 2.5, media["format"]
+    _, _, items = egret.api.twirp("ListEgress", {"egressId": eid})
+    assert items["items"][0]["streamResults"][0]["url"] == url
+
+    status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
+        "stream_outputs": [{"protocol": "SRT", "urls": ["rtmp://127.0.0.1/live/x"]}]}})
+    assert status == 400 and reply["field"] == "stream_outputs[0].urls[0]", reply
 
 
 def test_rtmp_server_restart_reconnects(egret, tmp_path):

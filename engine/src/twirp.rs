@@ -87,7 +87,8 @@ pub async fn handle(
                 .filter(|e| !req.active || !e.status().is_terminal())
                 .map(|e| info(e))
                 .collect();
-            encode(body, &lk::ListEgressResponse { items, next_page_token: None })
+            let (items, next_page_token) = page(items, req.page_token.as_ref());
+            encode(body, &lk::ListEgressResponse { items, next_page_token })
         }),
         "StopEgress" => match body.decode::<lk::StopEgressRequest>() {
             Ok(req) => manager
@@ -115,6 +116,28 @@ pub async fn handle(
     }
 }
 
+/// Egresses per ListEgress page, when the caller pages (sends a `page_token`, empty for the
+/// first page); a caller that does not page gets every egress, as before pagination existed.
+const LIST_PAGE: usize = 100;
+
+/// One page of `items` (oldest first): the token names the last egress of the previous page,
+/// so a page stays right while egresses start and end between calls.
+fn page(
+    items: Vec<lk::EgressInfo>,
+    token: Option<&lk::TokenPagination>,
+) -> (Vec<lk::EgressInfo>, Option<lk::TokenPagination>) {
+    let Some(token) = token else { return (items, None) };
+    let from = match token.token.as_str() {
+        "" => 0,
+        after => items.iter().position(|e| e.egress_id == after).map_or(items.len(), |i| i + 1),
+    };
+    let rest: Vec<lk::EgressInfo> = items.into_iter().skip(from).collect();
+    let more = rest.len() > LIST_PAGE;
+    let page: Vec<lk::EgressInfo> = rest.into_iter().take(LIST_PAGE).collect();
+    let next = page.last().filter(|_| more).map(|e| lk::TokenPagination { token: e.egress_id.clone() });
+    (page, next)
+}
+
 fn encode<T: Message + Serialize>(body: Body, message: &T) -> Reply {
     let (content_type, bytes) = match body {
         Body::Protobuf(_) => ("application/protobuf", message.encode_to_vec()),
@@ -125,4 +148,27 @@ fn encode<T: Message + Serialize>(body: Body, message: &T) -> Reply {
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(bytes)))
         .expect("valid")
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    fn infos(n: usize) -> Vec<lk::EgressInfo> {
+        (0..n).map(|i| lk::EgressInfo { egress_id: format!("EG_{i}"), ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn list_egress_pages_only_when_asked() {
+        assert_eq!(page(infos(250), None).0.len(), 250);
+        let first = lk::TokenPagination { token: String::new() };
+        let (items, next) = page(infos(250), Some(&first));
+        assert_eq!((items.len(), items[0].egress_id.as_str()), (100, "EG_0"));
+        let (items, next) = page(infos(250), next.as_ref());
+        assert_eq!((items.len(), items[0].egress_id.as_str()), (100, "EG_100"));
+        let (items, next) = page(infos(250), next.as_ref());
+        assert_eq!((items.len(), items[0].egress_id.as_str(), next), (50, "EG_200", None));
+        let gone = lk::TokenPagination { token: "EG_gone".into() };
+        assert!(page(infos(3), Some(&gone)).0.is_empty());
+    }
 }

@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn offers_are_trimmed_to_the_tracks_codec() {
-        gst::init().unwrap();
+        crate::media::init_for_tests();
         let mut message = gst_sdp::SDPMessage::parse_buffer(OFFER.as_bytes()).unwrap();
         keep_codec(message.media_mut(0).unwrap(), Some("H264"));
         let media = message.media(0).unwrap();

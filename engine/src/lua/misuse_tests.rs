@@ -9,7 +9,7 @@ use crate::media::graph::Graph;
 use crate::request::filepath::Template;
 
 fn egress() -> (mlua::Lua, Arc<EgressCtx>) {
-    gstreamer::init().unwrap();
+    crate::media::init_for_tests();
     let storage = std::env::temp_dir().join(format!("egret-misuse-{}", std::process::id()));
     std::fs::create_dir_all(&storage).unwrap();
     let toml = "[server]\nlisten = \"127.0.0.1:0\"\napi_key = \"k\"\napi_secret = \"0123456789abcdef0123456789abcdef\"\n\

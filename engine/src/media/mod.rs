@@ -92,6 +92,28 @@ pub fn preload_plugins() -> Vec<&'static str> {
         .collect()
 }
 
+/// GStreamer for unit tests, which run in parallel threads of one process: plugins loaded
+/// once, up front, as `serve` does (two tests loading plugins at the same moment could hang
+/// one of them: seen as a stalled audio mixer test beside an MP4 writing one).
+#[cfg(test)]
+pub fn init_for_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        gst::init().expect("GStreamer starts");
+        preload_plugins();
+        for extra in ["mp4mux", "h264parse", "aacparse", "opusenc", "opusdec", "rtpopuspay", "filesink", "appsink"] {
+            let _ = gst::ElementFactory::find(extra).and_then(|f| f.load().ok());
+        }
+    });
+}
+
+/// Held by the audio slot test and the MP4 repair tests, which must not run at once: while
+/// the repair tests spawn ffprobe/ffmpeg, the slot test's track source sometimes stops with
+/// "not-linked" just as it joins (about half the runs; never when they run one after the
+/// other). Not understood yet: a process spawned during a live pipeline's linking is the lead.
+#[cfg(test)]
+pub static LIVE_PIPELINE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Makes an element or says which one is missing (a plugin package not installed).
 pub fn make(factory: &str, name: Option<&str>) -> Result<gst::Element> {
     let mut builder = gst::ElementFactory::make(factory);

@@ -179,7 +179,8 @@ mod tests {
     /// as webrtcbin would hand it over.
     #[test]
     fn a_track_joins_the_audio_slot_without_a_gap() {
-        gst::init().unwrap();
+        let _alone = crate::media::LIVE_PIPELINE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        crate::media::init_for_tests();
         let pipeline = gst::Pipeline::new();
         let mut slot = Slot::audio(&pipeline).unwrap();
         let sink = gst_app::AppSink::builder().sync(false).build();
@@ -190,7 +191,14 @@ mod tests {
         let pull = |n: usize| -> Vec<(u64, u64, i16)> {
             (0..n)
                 .map(|_| {
-                    let sample = sink.pull_sample().expect("the slot keeps flowing");
+                    let sample = sink.try_pull_sample(gst::ClockTime::from_seconds(10)).unwrap_or_else(|| {
+                        let bus = pipeline.bus().unwrap();
+                        let problems: Vec<String> = std::iter::from_fn(|| bus.pop())
+                            .filter(|m| matches!(m.view(), gst::MessageView::Error(_) | gst::MessageView::Warning(_)))
+                            .map(|m| format!("{m:?}"))
+                            .collect();
+                        panic!("the slot stopped flowing: {problems:?}")
+                    });
                     let buffer = sample.buffer().unwrap();
                     let map = buffer.map_readable().unwrap();
                     let peak = map.chunks_exact(2).map(|s| i16::from_le_bytes([s[0], s[1]]).saturating_abs()).max();

@@ -179,7 +179,7 @@ mod tests {
     /// what follows counts as many samples as time passed.
     #[test]
     fn dtx_gaps_become_timed_filler_frames() {
-        gst::init().unwrap();
+        crate::media::init_for_tests();
         let pipeline = gst::Pipeline::new();
         let src = gst_app::AppSrc::builder()
             .caps(&gst::Caps::builder("audio/x-opus").field("channel-mapping-family", 0i32).build())

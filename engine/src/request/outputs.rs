@@ -72,10 +72,19 @@ pub fn check_stream_url(url: &str, field: &str) -> FieldResult<()> {
     if url.chars().any(char::is_control) {
         return Err(FieldError::new(field, "holds a control character; URLs are plain text"));
     }
+    if let Some(rest) = url.strip_prefix("srt://") {
+        // srt://host:port[?streamid=...&mode=...], or srt://:port?mode=listener
+        let authority = rest.split(['?', '/']).next().unwrap_or_default();
+        let port = authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).filter(|p| *p > 0);
+        if port.is_none() {
+            return Err(FieldError::new(field, format!("`{url}` needs a port (srt://host:port)")));
+        }
+        return Ok(());
+    }
     let rest = url
         .strip_prefix("rtmp://")
         .or_else(|| url.strip_prefix("rtmps://"))
-        .ok_or_else(|| FieldError::new(field, format!("`{url}` is not an rtmp:// or rtmps:// URL")))?;
+        .ok_or_else(|| FieldError::new(field, format!("`{url}` is not an rtmp://, rtmps:// or srt:// URL")))?;
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() || !rest.contains('/') {
         return Err(FieldError::new(field, format!("`{url}` needs a host and an application path")));

@@ -12,7 +12,7 @@ use super::repair;
 /// Writes H.264 + AAC through mp4mux as egret's file output does, and stops the pipeline
 /// without EOS once `bytes` are on disk.
 fn write_interrupted(path: &Path, bytes: u64) {
-    gst::init().unwrap();
+    crate::media::init_for_tests();
     let pipeline = gst::parse::launch(&format!(
         "mp4mux name=m start-gap-threshold=1 fragment-duration=250 fragment-mode=first-moov-then-finalise \
          ! filesink name=sink buffer-mode=unbuffered async=false location={} \
@@ -31,7 +31,6 @@ fn write_interrupted(path: &Path, bytes: u64) {
             let total = written.fetch_add(buffer.size() as u64, std::sync::atomic::Ordering::Relaxed);
             if total + buffer.size() as u64 >= bytes {
                 let _ = tx.try_send(());
-                return gst::PadProbeReturn::Drop;
             }
         }
         gst::PadProbeReturn::Ok
@@ -61,6 +60,7 @@ fn probe(path: &Path) -> Option<String> {
 
 #[test]
 fn a_cut_off_crash_safe_mp4_is_repaired_in_place() {
+    let _alone = crate::media::LIVE_PIPELINE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
     let path = scratch("cut.mp4");
     write_interrupted(&path, 400_000);
     assert!(probe(&path).is_none(), "mp4mux's unfinished layout is expected to be unreadable");
@@ -92,6 +92,7 @@ fn a_cut_off_crash_safe_mp4_is_repaired_in_place() {
 
 #[test]
 fn a_file_killed_before_its_first_fragment_is_left_alone() {
+    let _alone = crate::media::LIVE_PIPELINE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
     let path = scratch("early.mp4");
     write_interrupted(&path, 1000);
     assert!(repair(&path).unwrap().is_none());
@@ -99,6 +100,7 @@ fn a_file_killed_before_its_first_fragment_is_left_alone() {
 
 #[test]
 fn a_repair_cut_short_is_finished_from_its_journal() {
+    let _alone = crate::media::LIVE_PIPELINE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
     let path = scratch("journal.mp4");
     write_interrupted(&path, 300_000);
     let plan = super::Plan::make(&path).unwrap().unwrap();

@@ -1,6 +1,7 @@
-//! Stream output (`stream_outputs`, LiveKit's StreamOutput): one RTMP(S) URL per branch, so
-//! each URL has its own status and a failing one is cut off alone. Leaky queues keep a slow
-//! server from stalling the other outputs.
+//! Stream output (`stream_outputs`, LiveKit's StreamOutput): one RTMP(S) or SRT URL per
+//! branch, so each URL has its own status and a failing one is cut off alone. Leaky queues
+//! keep a slow server from stalling the other outputs. RTMP carries FLV; SRT carries MPEG-TS
+//! (caller mode, or listener with `?mode=listener`, as srtsink reads its URL).
 
 use std::sync::Arc;
 
@@ -43,20 +44,27 @@ fn parse(request: &mut Obj, settings: &EncodeSettings) -> FieldResult<Vec<Output
 
 fn parse_one(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<StreamOutput> {
     let mut o = Obj::new(v, field)?;
-    if o.enumeration("protocol", &["DEFAULT_PROTOCOL", "RTMP", "SRT"])? == Some(2) {
-        return Err(FieldError::new(o.field_path("protocol"), "SRT is not supported yet; use RTMP"));
-    }
+    let protocol = o.enumeration("protocol", &["DEFAULT_PROTOCOL", "RTMP", "SRT"])?;
     let mut urls = Vec::new();
     for (i, u) in o.array("urls")?.iter().enumerate() {
         let path = format!("{field}.urls[{i}]");
         let url = u.as_str().ok_or_else(|| FieldError::new(&path, "must be a string"))?;
         check_stream_url(url, &path)?;
+        // As LiveKit: every URL of an output is of its protocol (RTMP unless it says SRT).
+        let srt = url.starts_with("srt://");
+        match protocol {
+            Some(2) if !srt => {
+                return Err(FieldError::new(&path, format!("`{url}` is not an srt:// URL (protocol SRT)")));
+            }
+            Some(1) if srt => return Err(FieldError::new(&path, format!("`{url}` is an SRT URL (protocol RTMP)"))),
+            _ => {}
+        }
         urls.push(url.to_string());
     }
     if urls.is_empty() {
-        return Err(FieldError::new(o.field_path("urls"), "at least one rtmp:// or rtmps:// URL is required"));
+        return Err(FieldError::new(o.field_path("urls"), "at least one rtmp://, rtmps:// or srt:// URL is required"));
     }
-    check_codecs(settings, &[VideoCodec::H264], &[AudioCodec::Aac], field, "RTMP (FLV)")?;
+    check_codecs(settings, &[VideoCodec::H264], &[AudioCodec::Aac], field, "a stream (FLV or MPEG-TS)")?;
     o.finish(&[])?;
     Ok(StreamOutput { urls })
 }
@@ -135,22 +143,37 @@ pub fn redact_stream_url(url: &str) -> String {
 
 fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
     let bin = gst::Bin::new();
-    let mux = make("flvmux", None)?;
-    mux.set_property("streamable", true);
-    let sink = make("rtmp2sink", None)?;
-    sink.set_property("location", url);
+    let srt = url.starts_with("srt://");
+    let (mux, sink) = if srt {
+        let mux = make("mpegtsmux", None)?;
+        // Whole 7-packet groups: SRT sends 1316-byte payloads.
+        mux.set_property("alignment", 7i32);
+        let sink = make("srtsink", None)?;
+        sink.set_property("uri", url);
+        // A listener does not hold the pipeline until a peer connects.
+        sink.set_property("wait-for-connection", false);
+        (mux, sink)
+    } else {
+        let mux = make("flvmux", None)?;
+        mux.set_property("streamable", true);
+        let sink = make("rtmp2sink", None)?;
+        sink.set_property("location", url);
+        (mux, sink)
+    };
     sink.set_property("async", false);
     sink.set_property("sync", false);
     bin.add_many([&mux, &sink])?;
     mux.link(&sink)?;
     let mut inputs = Vec::new();
     if encoder.has(MediaKind::Video) {
-        inputs.push(mux_input(&bin, &mux, Codec::Video(VideoCodec::H264), "video", true)?);
+        let pad = if srt { "sink_%d" } else { "video" };
+        inputs.push(mux_input(&bin, &mux, Codec::Video(VideoCodec::H264), pad, true)?);
     }
     if encoder.has(MediaKind::Audio) {
-        inputs.push(mux_input(&bin, &mux, Codec::Audio(AudioCodec::Aac), "audio", true)?);
+        let pad = if srt { "sink_%d" } else { "audio" };
+        inputs.push(mux_input(&bin, &mux, Codec::Audio(AudioCodec::Aac), pad, true)?);
     }
     super::align_video_to_aac(&inputs, encoder.settings.audio_frequency);
-    let measure = sink.static_pad("sink").expect("rtmp2sink sink");
+    let measure = sink.static_pad("sink").expect("stream sink");
     Ok(BranchParts { bin, inputs, measure, handler: None, file: None })
 }
