@@ -173,7 +173,7 @@ def test_srt_read_back_by_a_listener(egret, tmp_path):
 
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
         "stream_outputs": [{"protocol": "SRT", "urls": ["rtmp://127.0.0.1/live/x"]}]}})
-    assert status == 400 and reply["field"] == "stream_outputs[0].urls[0]", reply
+    assert status == 400 and reply["field"].endswith("stream_outputs[0].urls[0]"), reply
 
 
 def test_rtmp_server_restart_reconnects(egret, tmp_path):

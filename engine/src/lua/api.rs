@@ -96,10 +96,8 @@ impl UserData for EgressHandle {
         super::room::add_egress_methods(methods);
 
         // egress:chrome { url = ..., video = true, audio = true }: a page captured with its sound.
-        methods.add_async_method("chrome", |lua, this, opts: Table| async move {
-            // Waiting is not running: the budget starts again when Lua resumes.
-            let _waiting = crate::lua::budget::waiting(&lua);
-            super::page::open(this.0.clone(), opts).await
+        methods.add_async_method("chrome", |lua, this, opts: Table| {
+            crate::lua::budget::paused(lua.clone(), async move { super::page::open(this.0.clone(), opts).await })
         });
 
         // egress:fail(reason): ends the egress as failed; what was recorded is finalized.

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mlua::{DebugEvent, HookTriggers, Lua, VmState};
+use mlua::{HookTriggers, Lua, VmState};
 
 /// How long Lua may run without a break. Recipes describe and react; none needs this long.
 pub const SLICE_BUDGET: Duration = Duration::from_secs(2);
@@ -17,13 +17,11 @@ pub const SLICE_BUDGET: Duration = Duration::from_secs(2);
 /// Memory one Lua state may hold (its tables and strings; media never goes through Lua).
 pub const MEMORY_LIMIT: usize = 256 * 1024 * 1024;
 
-/// The hook runs every this many VM instructions (a few microseconds of Lua), and at every
-/// call and return.
-const CHECK_EVERY: u32 = 1_000;
+/// The hook runs every this many VM instructions (tens of microseconds of Lua).
+const CHECK_EVERY: u32 = 10_000;
 
-/// A gap longer than this between two checks, when Lua was not inside a function it called,
-/// means Lua was not running in between (it returned to the engine and was called again): a
-/// new slice starts.
+/// A gap longer than this between two checks means Lua was not running in between (it waited,
+/// or it returned and was called again): a new slice starts.
 const PAUSE: Duration = Duration::from_millis(50);
 
 /// The error a call over budget fails with (typed, so the engine can tell it from a recipe's
@@ -43,104 +41,74 @@ impl std::error::Error for BudgetExceeded {}
 struct Slice {
     last_check: Instant,
     started: Instant,
-    /// The last hook event was a call: until it returns, the time goes to that function
-    /// (a slow C function such as `table.sort` on a huge table counts as running).
-    in_call: bool,
-    /// The budget ran out in this slice: every later check fails too, with this location.
-    over: Option<String>,
+    /// The budget ran out in this slice: every later check fails too.
+    over: bool,
 }
 
 impl Slice {
     /// Brings the slice up to `now`: a pause since the last check starts a new one.
     fn at(&mut self, now: Instant) {
-        if !self.in_call && now.duration_since(self.last_check) > PAUSE {
-            self.restart(now);
+        if now.duration_since(self.last_check) > PAUSE {
+            (self.started, self.over) = (now, false);
         }
         self.last_check = now;
-    }
-
-    fn restart(&mut self, now: Instant) {
-        (self.started, self.last_check, self.over, self.in_call) = (now, now, None, false);
     }
 }
 
 /// The slice of one Lua state, kept as its app data for the engine's entry points and waits.
 struct SliceHandle(Arc<Mutex<Slice>>);
 
-fn with_slice(lua: &Lua, f: impl FnOnce(&mut Slice)) {
-    if let Some(handle) = lua.app_data_ref::<SliceHandle>() {
-        f(&mut handle.0.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-}
-
 /// The engine is about to call into Lua (a recipe's top level, `start`, a handler, a timer):
 /// a new slice starts.
 pub fn enter(lua: &Lua) {
-    with_slice(lua, |slice| slice.restart(Instant::now()));
-}
-
-/// Held by a host function while it waits (a page loading, a participant joining): the wait
-/// is not Lua running, and Lua starts a new slice when it resumes.
-pub struct Waiting(Option<Lua>);
-
-pub fn waiting(lua: &Lua) -> Waiting {
-    Waiting(Some(lua.clone()))
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        if let Some(lua) = self.0.take() {
-            enter(&lua);
-        }
+    if let Some(handle) = lua.app_data_ref::<SliceHandle>() {
+        let now = Instant::now();
+        let mut slice = handle.0.lock().unwrap_or_else(|p| p.into_inner());
+        (slice.started, slice.last_check, slice.over) = (now, now, false);
     }
+}
+
+/// A host function's future (a page loading, a participant joining): the time it waits is not
+/// Lua running; each poll starts a new slice.
+pub fn paused<F: std::future::Future>(lua: Lua, future: F) -> impl std::future::Future<Output = F::Output> {
+    let mut future = Box::pin(future);
+    std::future::poll_fn(move |cx| {
+        enter(&lua);
+        let polled = future.as_mut().poll(cx);
+        enter(&lua);
+        polled
+    })
 }
 
 /// Puts `lua` (and every coroutine it creates) under the budget and the memory limit.
 pub fn install(lua: &Lua) -> mlua::Result<()> {
     lua.set_memory_limit(MEMORY_LIMIT)?;
     let now = Instant::now();
-    let slice = Arc::new(Mutex::new(Slice { last_check: now, started: now, in_call: false, over: None }));
+    let slice = Arc::new(Mutex::new(Slice { last_check: now, started: now, over: false }));
     lua.set_app_data(SliceHandle(slice.clone()));
     let in_hook = slice.clone();
-    // Calls too: a loop around a slow C function runs few instructions per second.
-    let triggers = HookTriggers {
-        every_nth_instruction: Some(CHECK_EVERY),
-        on_calls: true,
-        on_returns: true,
-        ..HookTriggers::new()
-    };
-    lua.set_global_hook(triggers, move |lua, debug| {
+    let triggers = HookTriggers { every_nth_instruction: Some(CHECK_EVERY), ..HookTriggers::new() };
+    lua.set_global_hook(triggers, move |_, debug| {
         let now = Instant::now();
         let mut slice = in_hook.lock().unwrap_or_else(|p| p.into_inner());
         slice.at(now);
-        match debug.event() {
-            DebugEvent::Call | DebugEvent::TailCall => slice.in_call = true,
-            DebugEvent::Ret => slice.in_call = false,
-            _ => {}
-        }
-        if slice.over.is_none() && now.duration_since(slice.started) <= SLICE_BUDGET {
+        if !slice.over && now.duration_since(slice.started) <= SLICE_BUDGET {
             return Ok(VmState::Continue);
         }
-        if slice.over.is_none() {
-            // In a C function (the hook at its call or return): the recipe line that called it.
-            let located = |d: &mlua::Debug| {
-                let file = d.source().short_src.map(|f| f.to_string()).filter(|f| !f.starts_with('['))?;
-                Some(format!(" at {file}:{}", d.current_line().unwrap_or(0)))
-            };
-            let at = located(debug).or_else(|| lua.inspect_stack(1, |caller| located(caller)).flatten());
-            slice.over = Some(at.unwrap_or_default());
-        }
-        Err(exceeded(slice.over.as_deref().unwrap_or_default()))
+        slice.over = true;
+        let source = debug.source();
+        let at = match source.short_src.as_deref() {
+            Some(file) => format!(" at {file}:{}", debug.current_line().unwrap_or(0)),
+            None => String::new(),
+        };
+        Err(exceeded(&at))
     })?;
     // `pcall`, `xpcall` and `coroutine.resume` hand a runaway's error back at once: catching it
     // does not buy the loop around them more time. (Wrapped in Lua, so they stay yieldable.)
     let check = lua.create_function(move |_, results: mlua::MultiValue| {
         let mut slice = slice.lock().unwrap_or_else(|p| p.into_inner());
         slice.at(Instant::now());
-        match &slice.over {
-            Some(at) => Err(exceeded(at)),
-            None => Ok(results),
-        }
+        if slice.over { Err(exceeded("")) } else { Ok(results) }
     })?;
     lua.load(
         r#"
@@ -201,24 +169,6 @@ mod tests {
     }
 
     #[test]
-    fn a_loop_of_slow_c_calls_is_stopped() {
-        // Each sort is one C call of ~100 ms and a handful of instructions: only a check at
-        // every call sees the time pass.
-        let lua = state();
-        let began = Instant::now();
-        let err = lua
-            .load(
-                "local t = {}\nfor i = 1, 1000000 do t[i] = (i * 7919) % 1000003 end\nwhile true do table.sort(t) end",
-            )
-            .set_name("@scripts/sort.lua")
-            .exec()
-            .unwrap_err();
-        assert!(began.elapsed() < SLICE_BUDGET + Duration::from_secs(2), "took {:?}", began.elapsed());
-        let text = runaway(&err).expect("a budget error");
-        assert!(text.contains("at scripts/sort.lua:3"), "{text}");
-    }
-
-    #[test]
     fn pcall_does_not_save_a_runaway_loop() {
         let lua = state();
         for guarded in [
@@ -226,9 +176,8 @@ mod tests {
             "xpcall(function() while true do end end, tostring)",
             "coroutine.resume(coroutine.create(function() while true do end end))",
         ] {
-            let err = lua.load(format!("while true do {guarded} end")).set_name("@scripts/p.lua").exec().unwrap_err();
-            let text = runaway(&err).unwrap_or_else(|| panic!("{guarded}: {err}"));
-            assert!(text.contains("at scripts/p.lua:1"), "{guarded}: {text}");
+            let err = lua.load(format!("while true do {guarded} end")).exec().unwrap_err();
+            assert!(runaway(&err).is_some(), "{guarded}: {err}");
             std::thread::sleep(PAUSE * 2); // the next test call is a new slice
         }
     }

@@ -71,16 +71,16 @@ impl UserData for PageHandle {
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         // page:wait_console("START_RECORDING", { timeout = 30 }) -> true, or false on timeout
-        methods.add_async_method("wait_console", |lua, this, (pattern, opts): (String, Option<Table>)| async move {
-            // Waiting is not running: the budget starts again when Lua resumes.
-            let _waiting = crate::lua::budget::waiting(&lua);
-            let timeout = match &opts {
-                Some(o) => o.get::<Option<f64>>("timeout")?.unwrap_or(30.0),
-                None => 30.0,
-            };
-            let wait = crate::clock::seconds(timeout.min(3600.0));
-            this.ctx.waiting_for(format!("the page's console message `{pattern}`"), wait);
-            Ok(this.console.wait_for(&pattern, wait).await)
+        methods.add_async_method("wait_console", |lua, this, (pattern, opts): (String, Option<Table>)| {
+            crate::lua::budget::paused(lua.clone(), async move {
+                let timeout = match &opts {
+                    Some(o) => o.get::<Option<f64>>("timeout")?.unwrap_or(30.0),
+                    None => 30.0,
+                };
+                let wait = crate::clock::seconds(timeout.min(3600.0));
+                this.ctx.waiting_for(format!("the page's console message `{pattern}`"), wait);
+                Ok(this.console.wait_for(&pattern, wait).await)
+            })
         });
 
         // page:on_console("END_RECORDING", fn): fn(text) for each matching console message

@@ -150,33 +150,32 @@ impl UserData for RoomHandle {
 
         // room:wait_track(sid [, { timeout = 5 }]) → the track, waiting for it to be published
         // (its first packets must reach the server); an error naming the room if it is not.
-        methods.add_async_method("wait_track", |lua, this, (sid, opts): (String, Option<Table>)| async move {
-            // Waiting is not running: the budget starts again when Lua resumes.
-            let _waiting = crate::lua::budget::waiting(&lua);
-            let timeout = match opts {
-                Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(TRACK_TIMEOUT_S),
-                None => TRACK_TIMEOUT_S,
-            };
-            let wait = crate::clock::seconds(timeout.min(3600.0));
-            this.ctx.waiting_for(format!("track {sid} in room `{}`", this.room.name), wait);
-            let (info, participant) = this.room.wait_track(&sid, wait).await.ok_or_else(|| {
-                let text =
-                    format!("track {sid} not found (not published in room `{}` within {timeout} s)", this.room.name);
-                not_found(text)
-            })?;
-            this.ctx.announce(format!("track:{}", info.sid));
-            let view = track_json(&info, &participant);
-            Ok(TrackHandle { room: this.room.clone(), info, participant_sid: participant.sid, view })
+        methods.add_async_method("wait_track", |lua, this, (sid, opts): (String, Option<Table>)| {
+            crate::lua::budget::paused(lua.clone(), async move {
+                let timeout = match opts {
+                    Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(TRACK_TIMEOUT_S),
+                    None => TRACK_TIMEOUT_S,
+                };
+                let wait = crate::clock::seconds(timeout.min(3600.0));
+                this.ctx.waiting_for(format!("track {sid} in room `{}`", this.room.name), wait);
+                let (info, participant) = this.room.wait_track(&sid, wait).await.ok_or_else(|| {
+                    let text = format!(
+                        "track {sid} not found (not published in room `{}` within {timeout} s)",
+                        this.room.name
+                    );
+                    not_found(text)
+                })?;
+                this.ctx.announce(format!("track:{}", info.sid));
+                let view = track_json(&info, &participant);
+                Ok(TrackHandle { room: this.room.clone(), info, participant_sid: participant.sid, view })
+            })
         });
 
         // room:wait_participant(identity [, { timeout = 30 }]) → the participant, once it is in
         // the room; else the error LiveKit gives ("participant X not found"). The caller is
         // answered meanwhile (the egress shows starting).
-        methods.add_async_method(
-            "wait_participant",
-            |lua, this, (identity, opts): (String, Option<Table>)| async move {
-                // Waiting is not running: the budget starts again when Lua resumes.
-                let _waiting = crate::lua::budget::waiting(&lua);
+        methods.add_async_method("wait_participant", |lua, this, (identity, opts): (String, Option<Table>)| {
+            crate::lua::budget::paused(lua.clone(), async move {
                 let timeout = match opts {
                     Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(PARTICIPANT_TIMEOUT_S),
                     None => PARTICIPANT_TIMEOUT_S,
@@ -189,8 +188,8 @@ impl UserData for RoomHandle {
                     .await
                     .ok_or_else(|| not_found(format!("participant {identity} not found")))?;
                 lua.to_value(&crate::livekit::participant_json(&participant))
-            },
-        );
+            })
+        });
 
         // room:tracks() / room:participants(): what the room holds now, as tables.
         methods.add_method("tracks", |lua, this, ()| lua.to_value(&this.room.tracks_json()));
@@ -234,13 +233,13 @@ impl UserData for RoomHandle {
 
         // room:set_metadata(identity, text): another participant's metadata (LiveKit's
         // RoomService), e.g. `{"layout":"speaker"}` for a layout page.
-        methods.add_async_method("set_metadata", |lua, this, (identity, metadata): (String, String)| async move {
-            // Waiting is not running: the budget starts again when Lua resumes.
-            let _waiting = crate::lua::budget::waiting(&lua);
-            let config = this.ctx.livekit.clone().ok_or_else(|| runtime("set_metadata: no [livekit] section"))?;
-            crate::livekit::room_service::update_metadata(&config, &this.room.name, &identity, &metadata)
-                .await
-                .map_err(|e| runtime(format!("set_metadata `{identity}`: {e:#}")))
+        methods.add_async_method("set_metadata", |lua, this, (identity, metadata): (String, String)| {
+            crate::lua::budget::paused(lua.clone(), async move {
+                let config = this.ctx.livekit.clone().ok_or_else(|| runtime("set_metadata: no [livekit] section"))?;
+                crate::livekit::room_service::update_metadata(&config, &this.room.name, &identity, &metadata)
+                    .await
+                    .map_err(|e| runtime(format!("set_metadata `{identity}`: {e:#}")))
+            })
         });
 
         // room:on(event, fn)
@@ -405,14 +404,14 @@ impl UserData for SlotHandle {
 
 /// Registers `egress:join`, `egress:copy` and `egress:slot` (called from the egress userdata).
 pub fn add_egress_methods<M: UserDataMethods<EgressHandle>>(methods: &mut M) {
-    methods.add_async_method("join", |lua, this, (name, opts): (String, Option<Table>)| async move {
-        // Waiting is not running: the budget starts again when Lua resumes.
-        let _waiting = crate::lua::budget::waiting(&lua);
-        let identity = match &opts {
-            Some(o) => o.get::<Option<String>>("identity")?,
-            None => None,
-        };
-        join(this.0.clone(), name, identity).await
+    methods.add_async_method("join", |lua, this, (name, opts): (String, Option<Table>)| {
+        crate::lua::budget::paused(lua.clone(), async move {
+            let identity = match &opts {
+                Some(o) => o.get::<Option<String>>("identity")?,
+                None => None,
+            };
+            join(this.0.clone(), name, identity).await
+        })
     });
     methods.add_method("copy", |_, this, opts: Table| copy(&this.0, opts));
     methods.add_method("slot", |_, this, kind: String| slot(&this.0, &kind));
