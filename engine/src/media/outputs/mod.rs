@@ -8,6 +8,7 @@
 pub mod file;
 mod hls_recovery;
 pub mod images;
+mod mp4_boxes;
 mod mp4_repair;
 pub mod segments;
 mod status;
