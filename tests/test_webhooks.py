@@ -1,20 +1,23 @@
 """Webhooks as LiveKit sends them, verified by LiveKit's own WebhookReceiver."""
 
+import asyncio
 import http.server
 import threading
 import time
 
+import pytest
 from livekit import api
 
 from conftest import API_KEY, API_SECRET, EgretProcess
 
 
 class Receiver:
-    """Collects webhook requests; answers 500 to the very first one to exercise retries."""
+    """Collects webhook requests; answers 500 to the very first one to exercise retries
+    (unless `refuse_first` is False)."""
 
-    def __init__(self):
+    def __init__(self, refuse_first=True):
         self.requests = []
-        self.refused = 0
+        self.refused = 0 if refuse_first else 1
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -70,3 +73,65 @@ def test_egress_webhooks_signed_and_in_order(tmp_path):
     finally:
         egret.stop()
         receiver.server.shutdown()
+
+
+def received(receiver, verifier, timeout=20):
+    """The verified events once `egress_ended` has arrived."""
+    deadline = time.monotonic() + timeout
+    events = []
+    while not events or events[-1].event != "egress_ended":
+        assert time.monotonic() < deadline, [e.event for e in events]
+        time.sleep(0.05)
+        events = [verifier.receive(body.decode(), auth) for _, auth, body in receiver.requests]
+    return events
+
+
+def test_request_webhooks_through_livekit_client(tmp_path, pages):
+    """LiveKit's per-request `webhooks`: each URL hears of that egress only, signed with the
+    secret of the API key `signing_key` names (empty = the default key); `[webhooks]` URLs
+    still hear of every egress. An unknown signing key is refused by field."""
+    configured, default_key, named_key = Receiver(), Receiver(refuse_first=False), Receiver(refuse_first=False)
+    egret = EgretProcess(tmp_path, extra_config=f'[webhooks]\nurls = ["{configured.url}"]\n'
+                                                 '[livekit]\nurl = "ws://127.0.0.1:9"\napi_key = "lk-key"\n'
+                                                 'api_secret = "lk-secret-0123456789-0123456789-0123"\n')
+
+    async def scenario():
+        lk = api.LiveKitAPI(url=f"http://127.0.0.1:{egret.port}", api_key=API_KEY, api_secret=API_SECRET)
+        try:
+            request = api.WebEgressRequest(
+                url=pages.url("animated.html?tone=440"), audio_only=True,
+                file_outputs=[api.EncodedFileOutput(file_type=api.EncodedFileType.OGG, filepath="hook/req.ogg")],
+                webhooks=[api.WebhookConfig(url=default_key.url),
+                          api.WebhookConfig(url=named_key.url, signing_key="lk-key")])
+            info = await lk.egress.start_web_egress(request)
+            bad = api.WebEgressRequest(url=pages.url("animated.html"), audio_only=True,
+                                       file_outputs=[api.EncodedFileOutput(filepath="hook/bad.ogg")],
+                                       webhooks=[api.WebhookConfig(url=named_key.url, signing_key="nobody")])
+            with pytest.raises(api.TwirpError) as refused:
+                await lk.egress.start_web_egress(bad)
+            return info.egress_id, refused.value
+        finally:
+            await lk.aclose()
+
+    try:
+        eid, refused = asyncio.run(scenario())
+        assert refused.status == 400 and "webhooks[0].signing_key" in refused.message, refused.message
+        egret.api.wait_status(eid, "active")
+        egret.api.stop(eid)
+        server_verifier = api.WebhookReceiver(api.TokenVerifier(API_KEY, API_SECRET))
+        lk_verifier = api.WebhookReceiver(api.TokenVerifier("lk-key", "lk-secret-0123456789-0123456789-0123"))
+        for receiver, verifier in [(configured, server_verifier), (default_key, server_verifier),
+                                   (named_key, lk_verifier)]:
+            events = received(receiver, verifier)
+            names = [e.event for e in events]
+            assert names[0] == "egress_started" and names[-1] == "egress_ended", names
+            assert {e.egress_info.egress_id for e in events} == {eid}, "only its own egress"
+            assert events[-1].egress_info.status == api.EGRESS_COMPLETE
+        # the named key's receiver cannot be fooled by the server's key, nor the reverse
+        _, auth, body = named_key.requests[-1]
+        with pytest.raises(Exception):
+            server_verifier.receive(body.decode(), auth)
+    finally:
+        egret.stop()
+        for r in (configured, default_key, named_key):
+            r.server.shutdown()

@@ -263,12 +263,21 @@ impl Config {
                     errors.push(format!("webhooks.urls[{i}]: `{url}` is not an http(s) URL"));
                 }
             }
+            // The signing key must be one egret has the secret of: the server's or LiveKit's.
             let key = reader.str("webhooks.api_key");
-            let server_key = reader.str("server.api_key");
-            if !key.is_empty() && key != server_key {
-                errors.push("webhooks.api_key: only server.api_key has a known secret".to_string());
-            }
-            WebhooksConfig { urls, api_key: server_key, api_secret: reader.str("server.api_secret") }
+            let known = [("server.api_key", "server.api_secret"), ("livekit.api_key", "livekit.api_secret")];
+            let pairs: Vec<(String, String)> =
+                known.iter().map(|(k, s)| (reader.str(k), reader.str(s))).filter(|(k, _)| !k.is_empty()).collect();
+            let (api_key, api_secret) = match pairs.iter().find(|(k, _)| key.is_empty() || *k == key) {
+                Some(pair) => pair.clone(),
+                None => {
+                    errors.push(format!(
+                        "webhooks.api_key: `{key}` has no known secret (use server.api_key or livekit.api_key)"
+                    ));
+                    (String::new(), String::new())
+                }
+            };
+            WebhooksConfig { urls, api_key, api_secret }
         });
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));

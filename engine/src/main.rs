@@ -181,7 +181,8 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     let store = egress::store::Store::open(&config.server.state_dir).context("[server] state_dir")?;
     manager.observe(store.observer());
     // Webhooks follow every egress as an observer (so does the worker mode below).
-    if let Some(webhooks) = webhooks::Notifier::start(config.webhooks.as_ref()) {
+    {
+        let webhooks = webhooks::Notifier::start(&config);
         let storage = config.storage.dir.clone();
         manager.observe(Arc::new(move |record| {
             let storage = storage.clone();

@@ -133,6 +133,7 @@ impl Manager {
         let output_fields: Vec<&str> = crate::media::outputs::request_fields().collect();
         let outputs = version.decl.outputs.then_some(output_fields.as_slice());
         let request = request::validate(params, &version.decl.params, outputs).map_err(invalid)?;
+        crate::webhooks::KeyRing::from_config(&self.config).request_targets(&request.params).map_err(invalid)?;
         if version.decl.outputs {
             // Checked now so a bad output is a 400 before anything starts; the recipe builds it.
             crate::media::outputs::parse_outputs(&request.params, &request.settings).map_err(invalid)?;

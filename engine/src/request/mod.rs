@@ -121,7 +121,7 @@ const KNOWN_OUTPUT_FIELDS: &[&str] =
 const MAX_DURATION_S: f64 = 365.0 * 86400.0;
 
 /// Params the engine itself reads, for every recipe that does not declare them itself.
-pub const ENGINE_FIELDS: &[&str] = &["max_duration"];
+pub const ENGINE_FIELDS: &[&str] = &["max_duration", "webhooks"];
 
 /// Checks params against a recipe's declaration. `output_fields` are the request fields that
 /// name outputs when the recipe takes outputs (None when it takes none): they and the encoding

@@ -238,10 +238,6 @@ fn params_from(request: Value) -> Value {
                 list.push(output);
             }
         }
-        // Per-request webhooks are not supported yet: drop rather than refuse LiveKit's own field.
-        if map.remove("webhooks").is_some() {
-            tracing::warn!("request webhooks are ignored");
-        }
     }
     params
 }
