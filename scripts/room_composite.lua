@@ -13,11 +13,32 @@ local function check_layout(req, layout)
   end
 end
 
+-- LiveKit's `audio_mixing`: which side of the stereo mix each track's sound goes to. A route
+-- is a function of the track (its participant's identity, kind and attributes are there) and of
+-- what the route remembers; edit or add one to route by anything else.
+local ROUTES = {
+  DEFAULT_MIXING = function() return "both" end,
+  -- Agents on the left, everyone else on the right.
+  DUAL_CHANNEL_AGENT = function(t)
+    return t.participant_kind == "agent" and "left" or "right"
+  end,
+  -- Participants alternately left and right, in the order they are first heard; a
+  -- participant keeps its side for all its tracks and across a rejoin.
+  DUAL_CHANNEL_ALTERNATE = function(t, sides)
+    if not sides[t.participant] then
+      sides.count = (sides.count or 0) + 1
+      sides[t.participant] = (sides.count % 2 == 1) and "left" or "right"
+    end
+    return sides[t.participant]
+  end,
+}
+
 -- Every audio track of the room, mixed: attached as published, detached as unpublished.
-local function mix_room_audio(room, mix)
+local function mix_room_audio(room, mix, route)
+  local memory = {}
   room:on("track_published", function(t)
     local track = t.kind == "audio" and room:track(t.sid)
-    if track then mix:add(track) end
+    if track then mix:add(track, { channel = route(t, memory) }) end
   end)
   room:on("track_unpublished", function(t)
     if t.kind == "audio" then mix:detach(t.sid) end
@@ -33,7 +54,7 @@ return recipe {
     audio_only      = "boolean?",
     video_only      = "boolean?",
     custom_base_url = "url?",      -- a template page; gets ?url=&token=&layout= like LiveKit's
-    audio_mixing    = "string?",   -- DEFAULT_MIXING only
+    audio_mixing    = "string?",   -- DEFAULT_MIXING, DUAL_CHANNEL_AGENT, DUAL_CHANNEL_ALTERNATE
   },
   outputs = true,
 
@@ -41,8 +62,14 @@ return recipe {
     if req.audio_only and req.video_only then
       field_error("video_only", "audio_only and video_only cannot both be set")
     end
-    if req.audio_mixing and req.audio_mixing ~= "DEFAULT_MIXING" then
-      field_error("audio_mixing", ("`%s` is not supported (DEFAULT_MIXING)"):format(req.audio_mixing))
+    local mixing = req.audio_mixing or "DEFAULT_MIXING"
+    local route = ROUTES[mixing]
+    if not route then
+      field_error("audio_mixing", ("unknown audio_mixing `%s` (DEFAULT_MIXING, DUAL_CHANNEL_AGENT, "
+        .. "DUAL_CHANNEL_ALTERNATE)"):format(mixing))
+    end
+    if mixing ~= "DEFAULT_MIXING" and req.video_only then
+      field_error("audio_mixing", ("%s needs audio; video_only is set"):format(mixing))
     end
     local layout = (req.layout ~= nil and req.layout ~= "") and req.layout or "grid"
     check_layout(req, layout)
@@ -50,15 +77,22 @@ return recipe {
     -- UpdateLayout writes); egret watches the room under another name.
     local room = egress:join(req.room_name, { identity = egress.id .. "_watch" })
 
-    if req.audio_only and not req.custom_base_url then
-      local mix = egress:slot("audio")
+    -- The room's sound mixed here rather than by the page: audio only (no browser at all), or
+    -- routed channels (a page plays every participant on both sides).
+    local native_audio = not req.video_only and (mixing ~= "DEFAULT_MIXING" or (req.audio_only and not req.custom_base_url))
+    local mix
+    if native_audio then
+      mix = egress:slot("audio")
+      mix_room_audio(room, mix, route)
+    end
+    if req.audio_only and native_audio then
       egress:encode { audio = mix }:output(req)
-      mix_room_audio(room, mix)
       return
     end
 
     local template = room:layout_page { layout = layout, base = req.custom_base_url }
-    local page = egress:chrome { url = template.url, video = not req.audio_only, audio = not req.video_only }
+    local page = egress:chrome { url = template.url, video = not req.audio_only,
+                                 audio = not req.video_only and not native_audio }
     if not page:wait_console("START_RECORDING", { timeout = 30 }) then
       error("the layout page did not log START_RECORDING within 30 s", 0)
     end
@@ -68,6 +102,6 @@ return recipe {
       check_layout(req, new_layout)
       room:set_metadata(template.identity, json.encode { layout = new_layout })
     end)
-    egress:encode { video = page.video, audio = page.audio }:output(req)
+    egress:encode { video = page.video, audio = mix or page.audio }:output(req)
   end,
 }

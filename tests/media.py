@@ -148,6 +148,20 @@ def tone_levels(path, freqs, rate=48000):
     return {f: float(spectrum[(bins > f - 15) & (bins < f + 15)].sum() / total) for f in freqs}
 
 
+def channel_tone_levels(path, freqs, rate=48000):
+    """Per channel ("left", "right"): the spectral energy near each frequency as a fraction of
+    the whole file's energy (both channels), so a silent channel reads about 0."""
+    pcm = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "2", "-ar", str(rate),
+         "-f", "s16le", "-"], capture_output=True, timeout=120).stdout
+    stereo = np.frombuffer(pcm, np.int16).astype(np.float32).reshape(-1, 2) / 32768.0
+    spectra = {side: np.abs(np.fft.rfft(stereo[:, i])) ** 2 for i, side in enumerate(("left", "right"))}
+    bins = np.fft.rfftfreq(len(stereo), 1.0 / rate)
+    total = sum(s.sum() for s in spectra.values()) or 1.0
+    return {side: {f: float(s[(bins > f - 15) & (bins < f + 15)].sum() / total) for f in freqs}
+            for side, s in spectra.items()}
+
+
 def frames_differ(path, at=(1.0, 1.5)):
     """True if two frames half a second apart differ (the picture moves)."""
     grabs = []

@@ -126,6 +126,7 @@ async def main():
     p.add_argument("--color", type=lambda v: [int(c) for c in v.split(",")], help="solid R,G,B video")
     p.add_argument("--tone", type=float, default=TONE_HZ, help="tone frequency (Hz)")
     p.add_argument("--volume", type=float, default=0.3, help="tone amplitude, 0..1")
+    p.add_argument("--kind", default="", help="participant kind in the token (agent, sip, ...)")
     args = p.parse_args()
     # A flash is a whole frame turning white: at 640x360 that frame is large enough for the
     # sender's pacer (low bandwidth estimate at the start) to hold it back by up to 300 ms,
@@ -137,6 +138,7 @@ async def main():
         api.AccessToken(args.api_key, args.api_secret)
         .with_identity(args.identity)
         .with_grants(api.VideoGrants(room_join=True, room=args.room, can_publish=True, can_subscribe=False))
+        .with_kind(args.kind or "standard")
         .to_jwt()
     )
     room = rtc.Room()

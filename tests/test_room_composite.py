@@ -12,7 +12,8 @@ from livekit import api
 from conftest import API_KEY, API_SECRET, EgretProcess
 from egret_client import ApiError
 from livekit_harness import SMALL, recorded
-from media import duration, frame_rgb, frame_times, near, probe, region_color, streams, tone_levels
+from media import (channel_tone_levels, duration, frame_rgb, frame_times, near, probe, region_color, streams,
+                   tone_levels)
 
 RED, GREEN, BLUE = (230, 30, 30), (30, 200, 30), (30, 30, 230)
 TONES = {RED: 440.0, GREEN: 660.0, BLUE: 880.0}
@@ -93,6 +94,36 @@ def test_audio_only_mixes_the_room_and_ends_with_it(lk_egret, livekit, publish, 
     assert levels[440.0] > 0.1 and levels[660.0] > 0.1, levels
 
 
+@pytest.mark.parametrize("mixing, video", [("DUAL_CHANNEL_AGENT", False), ("DUAL_CHANNEL_ALTERNATE", False),
+                                           ("DUAL_CHANNEL_AGENT", True)])
+def test_dual_channel_mixing_puts_each_participant_on_its_side(lk_egret, publish, room, mixing, video):
+    """LiveKit's audio_mixing: the agent (440 Hz) left and the other participant (660 Hz)
+    right; alternating, the first participant heard left and the second right. With video,
+    the layout page draws the picture and egret mixes the sound."""
+    first = publish("--no-video", "--tone", "440", "--kind", "agent" if mixing == "DUAL_CHANNEL_AGENT" else "",
+                    identity="first")
+    extension, extra = ("mp4", SMALL) if video else ("ogg", {"audio_only": True})
+    info = lk_egret.api.start("room_composite", room_name=room, audio_mixing=mixing,
+                              file_outputs=[{"filepath": f"rc-dual/{{room_name}}.{extension}"}], **extra)
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active", timeout=45)
+    lk_egret.api.wait(eid, lambda i: i["duration"] >= 1, what="the first participant heard")
+    publish("--no-video", "--tone", "660", identity="second")
+    started = lk_egret.api.get(eid)["duration"]
+    lk_egret.api.wait(eid, lambda i: i["duration"] >= started + 4, what="both participants heard")
+    lk_egret.api.stop(eid)
+    info = lk_egret.api.wait_status(eid, "complete")
+    path, media = recorded(lk_egret, info)
+    (audio,) = streams(media, "audio")
+    assert audio["channels"] == 2 and audio["codec_name"] == ("aac" if video else "opus"), audio
+    assert bool(streams(media, "video")) == video
+    levels = channel_tone_levels(path, [440.0, 660.0])
+    print(mixing, levels)
+    left, right = levels["left"], levels["right"]
+    assert left[440.0] > 0.05 and right[660.0] > 0.05, levels
+    assert right[440.0] < left[440.0] / 100 and left[660.0] < right[660.0] / 100, levels
+
+
 def test_custom_template_is_recorded_until_the_room_is_deleted(lk_egret, livekit, publish, pages, room):
     publish("--no-audio", "--color", "0,0,255", identity="x")
     info = lk_egret.api.start("room_composite", room_name=room, layout="magenta", video_only=True,
@@ -113,7 +144,8 @@ def test_custom_template_is_recorded_until_the_room_is_deleted(lk_egret, livekit
 @pytest.mark.parametrize(
     "params, field",
     [({"layout": "mosaic"}, "layout"), ({"audio_only": True, "video_only": True}, "video_only"),
-     ({"audio_mixing": "DUAL_CHANNEL_AGENT"}, "audio_mixing")],
+     ({"audio_mixing": "TRIPLE_CHANNEL"}, "audio_mixing"),
+     ({"audio_mixing": "DUAL_CHANNEL_AGENT", "video_only": True}, "audio_mixing")],
 )
 def test_bad_room_composite_requests_name_the_field(lk_egret, room, params, field):
     with pytest.raises(ApiError) as e:

@@ -79,12 +79,28 @@ pub fn track_json(track: &proto::TrackInfo, participant: &proto::ParticipantInfo
         "height": track.height,
         "participant": participant.identity,
         "participant_sid": participant.sid,
+        "participant_kind": participant_kind(participant),
+        "participant_attributes": participant.attributes,
     })
 }
 
 /// What Lua sees of a participant.
 pub fn participant_json(p: &proto::ParticipantInfo) -> Value {
-    json!({ "sid": p.sid, "identity": p.identity, "name": p.name, "metadata": p.metadata })
+    json!({
+        "sid": p.sid,
+        "identity": p.identity,
+        "name": p.name,
+        "metadata": p.metadata,
+        "kind": participant_kind(p),
+        "attributes": p.attributes,
+    })
+}
+
+/// LiveKit's participant kind in lower case: "standard", "agent", "sip", "ingress", "egress"...
+pub fn participant_kind(p: &proto::ParticipantInfo) -> String {
+    proto::participant_info::Kind::try_from(p.kind)
+        .map(|k| k.as_str_name().to_ascii_lowercase())
+        .unwrap_or_else(|_| "standard".into())
 }
 
 #[cfg(test)]

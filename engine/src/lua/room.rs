@@ -17,7 +17,7 @@ use crate::livekit::room::{Room, RoomEvent, RoomEvents};
 use crate::livekit::{codec_of, track_json};
 use crate::media::MediaKind;
 use crate::media::encoder::kind_of;
-use crate::media::slot::Slot;
+use crate::media::slot::{Channel, Slot};
 
 /// Events `room:on` takes. Handlers of `participant_joined` and `track_published` are also
 /// called at once for the participants and tracks already in the room.
@@ -343,7 +343,7 @@ impl SlotHandle {
 }
 
 impl SlotHandle {
-    fn add(&self, track: &TrackHandle) -> mlua::Result<()> {
+    fn add(&self, track: &TrackHandle, channel: Channel) -> mlua::Result<()> {
         let codec = track.codec()?;
         if kind_of(codec) != self.media.0.kind {
             return Err(runtime(format!(
@@ -356,13 +356,25 @@ impl SlotHandle {
         if self.rooms.lock().unwrap().contains_key(&track.info.sid) {
             return Ok(());
         }
-        let sink = {
-            let mut graph = self.ctx.graph.lock().unwrap();
-            let pipeline = graph.pipeline.clone();
-            graph.slots[self.index].attach(&pipeline, &track.info.sid, codec).map_err(runtime)?
-        };
+        let mut graph = self.ctx.graph.lock().unwrap();
+        let pipeline = graph.pipeline.clone();
+        let slot = &mut graph.slots[self.index];
+        let sink = slot.attach(&pipeline, &track.info.sid, codec, channel).map_err(runtime)?;
         self.rooms.lock().unwrap().insert(track.info.sid.clone(), track.room.clone());
-        track.room.subscribe(&track.info, &track.participant_sid, sink);
+        // The track's RTP is asked for once the slot runs (its output linked to an encoder),
+        // unless it was detached meanwhile.
+        let (room, info, participant_sid) = (track.room.clone(), track.info.clone(), track.participant_sid.clone());
+        let still_here = self.rooms.clone();
+        let subscribe = Box::new(move || {
+            if still_here.lock().unwrap().contains_key(&info.sid) {
+                room.subscribe(&info, &participant_sid, sink);
+            }
+        });
+        let now = slot.when_running(subscribe);
+        drop(graph);
+        if let Some(subscribe) = now {
+            subscribe();
+        }
         Ok(())
     }
 }
@@ -379,11 +391,24 @@ impl UserData for SlotHandle {
             for sid in previous.iter().filter(|s| **s != track.info.sid) {
                 this.detach_sid(sid);
             }
-            this.add(&track)
+            this.add(&track, Channel::Both)
         });
 
-        // slot:add(track): the track joins those already attached (an audio slot mixes them).
-        methods.add_method("add", |_, this, track: mlua::UserDataRef<TrackHandle>| this.add(&track));
+        // slot:add(track [, { channel = "left" | "right" | "both" }]): the track joins those
+        // already attached (an audio slot mixes them); `channel` puts its sound, downmixed to
+        // mono, on one side of the stereo mix (default both: as it is).
+        methods.add_method("add", |_, this, (track, opts): (mlua::UserDataRef<TrackHandle>, Option<Table>)| {
+            let channel = match opts.map(|o| o.get::<Option<String>>("channel")).transpose()?.flatten() {
+                None => Channel::Both,
+                Some(name) => Channel::parse(&name).ok_or_else(|| {
+                    runtime(format!("add: channel must be \"left\", \"right\" or \"both\", not `{name}`"))
+                })?,
+            };
+            if channel != Channel::Both && this.media.0.kind != MediaKind::Audio {
+                return Err(runtime("add: a channel applies to audio slots only"));
+            }
+            this.add(&track, channel)
+        });
 
         // slot:detach([track or sid]): back to black/silence; without argument, any track.
         methods.add_method("detach", |_, this, which: Value| {

@@ -163,6 +163,10 @@ impl Encoder {
             AudioCodec::Aac => {
                 let enc = make("avenc_aac", None)?;
                 enc.set_property("bitrate", (s.audio_bitrate * 1000) as i32);
+                // GStreamer's wrapper turns ffmpeg's "M/S stereo where it helps" into "M/S
+                // always", which leaks a hard-panned channel into the other at half its level
+                // (dual-channel recordings): no M/S.
+                enc.set_property("aac-ms", false);
                 chain.push(enc);
                 chain.push(make("aacparse", None)?);
             }

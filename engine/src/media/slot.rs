@@ -32,9 +32,36 @@ pub struct Slot {
     /// Set once the output is linked and the slot runs; track chains attached before wait
     /// in `pending` (pushing into a mixer that is not running would stop them for good).
     running: Arc<Mutex<Option<Vec<gst::Element>>>>,
+    /// What waits for the slot to run (a track's RTP routed to it: RTP pushed into a chain
+    /// that is not running yet would stop its source for good).
+    waiting: Arc<Mutex<Vec<Deferred>>>,
 }
 
+pub type Deferred = Box<dyn FnOnce() + Send>;
+
 const AUDIO_CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=2";
+
+/// Where a track's sound goes in a stereo audio slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// As the track is (its stereo kept).
+    Both,
+    /// Downmixed to mono, in the left channel only.
+    Left,
+    /// Downmixed to mono, in the right channel only.
+    Right,
+}
+
+impl Channel {
+    pub fn parse(name: &str) -> Option<Channel> {
+        match name {
+            "both" => Some(Channel::Both),
+            "left" => Some(Channel::Left),
+            "right" => Some(Channel::Right),
+            _ => None,
+        }
+    }
+}
 
 impl Slot {
     /// A video slot of `width`x`height` at `fps`, black while empty.
@@ -94,34 +121,65 @@ impl Slot {
         let pending =
             Arc::new(Mutex::new(Some(vec![base.clone(), base_caps.clone(), mixer.clone(), out_caps.clone()])));
         let start = pending.clone();
+        let waiting: Arc<Mutex<Vec<Deferred>>> = Arc::default();
+        let ready = waiting.clone();
         pad.connect_linked(move |_, _| {
             tracing::debug!(?kind, "slot output linked");
-            if let Some(elements) = start.lock().unwrap().take() {
+            let mut elements = start.lock().unwrap();
+            if let Some(elements) = elements.take() {
                 // The mixer and its base first, then the tracks' chains (each downstream
                 // first): nothing pushes into an element that is not running yet.
                 let (own, tracks) = elements.split_at(4);
                 sync_states(&own.iter().collect::<Vec<_>>());
                 sync_states(&tracks.iter().collect::<Vec<_>>());
             }
+            // Off this streaming-side callback: what waited may link pads of its own.
+            let deferred = std::mem::take(&mut *ready.lock().unwrap());
+            if !deferred.is_empty() {
+                std::thread::spawn(move || deferred.into_iter().for_each(|f| f()));
+            }
         });
         let output = MediaPad { kind, pad };
-        Ok(Slot { kind, mixer, output, attached: HashMap::new(), size, half_frame_ns: 0, running: pending })
+        Ok(Slot { kind, mixer, output, attached: HashMap::new(), size, half_frame_ns: 0, running: pending, waiting })
+    }
+
+    /// Keeps `f` until the slot runs; gives it back when the slot runs already (for the
+    /// caller to run once it holds no lock).
+    pub fn when_running(&self, f: Deferred) -> Option<Deferred> {
+        let running = self.running.lock().unwrap();
+        if running.is_none() {
+            return Some(f);
+        }
+        // Queued under the `running` lock: the linked callback takes both in this order.
+        self.waiting.lock().unwrap().push(f);
+        None
     }
 
     /// Decodes track `sid` onto the slot; returns the pad its RTP must reach.
-    pub fn attach(&mut self, pipeline: &gst::Pipeline, sid: &str, codec: Codec) -> Result<gst::Pad> {
+    /// `channel` places an audio track's sound (video tracks ignore it).
+    pub fn attach(&mut self, pipeline: &gst::Pipeline, sid: &str, codec: Codec, channel: Channel) -> Result<gst::Pad> {
         if self.attached.contains_key(sid) {
             return Err(anyhow!("track {sid} is already on this slot"));
         }
         let chain = track::decode(pipeline, codec)?;
         let mut tail = vec![];
         if self.kind == MediaKind::Audio {
+            if channel != Channel::Both {
+                // Mono, then all of it to one side ("simple" panning at ±1 silences the
+                // other channel and leaves this one at full level).
+                tail.push(capsfilter("audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=1")?);
+                let pan = make("audiopanorama", None)?;
+                pan.set_property_from_str("method", "simple");
+                pan.set_property("panorama", if channel == Channel::Left { -1.0f32 } else { 1.0f32 });
+                tail.push(pan);
+            }
             tail.push(capsfilter(AUDIO_CAPS)?);
         }
         let refs: Vec<&gst::Element> = tail.iter().collect();
         if !tail.is_empty() {
             pipeline.add_many(&refs)?;
             chain.src.link(&tail[0].static_pad("sink").expect("sink"))?;
+            gst::Element::link_many(&refs)?;
         }
         let src = tail.last().map(|e| e.static_pad("src").expect("src")).unwrap_or_else(|| chain.src.clone());
         let pad = self.mixer.request_pad_simple("sink_%u").ok_or_else(|| anyhow!("the mixer refused a pad"))?;
@@ -209,7 +267,7 @@ mod tests {
         let before = pull(20);
         assert!(before.iter().all(|b| b.2 == 0), "silent while empty");
 
-        let track_sink = slot.attach(&pipeline, "TR_tone", Codec::Audio(AudioCodec::Opus)).unwrap();
+        let track_sink = slot.attach(&pipeline, "TR_tone", Codec::Audio(AudioCodec::Opus), Channel::Both).unwrap();
         let source: Vec<gst::Element> =
             [("audiotestsrc", true), ("audioconvert", false), ("opusenc", false), ("rtpopuspay", false)]
                 .iter()
