@@ -113,12 +113,22 @@ pub static KINDS: &[EgressKind] = &[
         recipe: "track_composite",
         source_type: lk::EgressSourceType::Sdk,
         cost: 0.6,
-        unified_source: Some("media"),
+        unified_source: None,
         decode: |b| LiveKitRequest::of("track_composite", &b.decode::<lk::TrackCompositeEgressRequest>()?),
         dispatched: |r| match r {
             DispatchedRequest::TrackComposite(r) => Some(LiveKitRequest::of("track_composite", r)),
             _ => None,
         },
+    },
+    EgressKind {
+        // Only through StartEgress (v2): LiveKit's MediaSource.
+        method: UNIFIED_METHOD,
+        recipe: "media",
+        source_type: lk::EgressSourceType::Sdk,
+        cost: 0.6,
+        unified_source: Some("media"),
+        decode: |b| unified_body(b),
+        dispatched: |_| None,
     },
     EgressKind {
         method: "StartTrackEgress",
@@ -137,6 +147,9 @@ pub static KINDS: &[EgressKind] = &[
 /// The unified request (LiveKit's `StartEgress`, v2).
 pub const UNIFIED_METHOD: &str = "StartEgress";
 
+/// `EncodingOptionsPreset.PASSTHROUGH` (newer than the protocol crate): copy, do not encode.
+const PASSTHROUGH_PRESET: i32 = 8;
+
 pub fn by_method(method: &str) -> Option<&'static EgressKind> {
     KINDS.iter().find(|k| k.method == method)
 }
@@ -148,7 +161,7 @@ pub fn by_recipe(recipe: &str) -> Option<&'static EgressKind> {
 /// A Start call (any Start method, or the unified StartEgress) as egret runs it.
 pub fn start_request(method: &str, body: Body) -> Result<LiveKitRequest, Error> {
     if method == UNIFIED_METHOD {
-        return unified(&body.decode::<lk::StartEgressRequest>()?);
+        return unified_body(body);
     }
     let kind =
         by_method(method).ok_or_else(|| Error::new(ErrorKind::UnknownRecipe, "", format!("no method {method}")))?;
@@ -167,9 +180,40 @@ pub fn dispatched_request(request: &DispatchedRequest) -> Result<LiveKitRequest,
 }
 
 fn unified(request: &lk::StartEgressRequest) -> Result<LiveKitRequest, Error> {
-    let value = as_json(request)?;
-    let (recipe, params) = unified_params(params_from(value.clone()))?;
+    let mut request = request.clone();
+    let passthrough = request.encoding == Some(lk::start_egress_request::Encoding::Preset(PASSTHROUGH_PRESET));
+    if passthrough {
+        request.encoding = None;
+    }
+    let value = as_json(&request)?;
+    let (recipe, mut params) = unified_params(params_from(value.clone()))?;
+    if passthrough {
+        if recipe != "media" {
+            return Err(Error::new(ErrorKind::InvalidArgument, "preset", "PASSTHROUGH takes a media source only"));
+        }
+        params["passthrough"] = json!(true);
+    }
     Ok(LiveKitRequest { recipe, params, original: json!({ "egress": value }) })
+}
+
+/// A StartEgress body. Its JSON may name the PASSTHROUGH preset, which the protocol crate
+/// does not know yet: read as its number.
+fn unified_body(body: Body) -> Result<LiveKitRequest, Error> {
+    let Body::Json(bytes) = body else { return unified(&body.decode::<lk::StartEgressRequest>()?) };
+    let mut request = match serde_json::from_slice::<Value>(if bytes.is_empty() { b"{}" } else { bytes }) {
+        Ok(Value::Object(map)) => map,
+        _ => return unified(&body.decode::<lk::StartEgressRequest>()?), // its own error
+    };
+    let passthrough = matches!(request.get("preset"), Some(p) if p == "PASSTHROUGH" || p == PASSTHROUGH_PRESET);
+    if passthrough {
+        request.remove("preset");
+    }
+    let bytes = serde_json::to_vec(&request).expect("serializable");
+    let mut decoded = Body::Json(&bytes).decode::<lk::StartEgressRequest>()?;
+    if passthrough {
+        decoded.encoding = Some(lk::start_egress_request::Encoding::Preset(PASSTHROUGH_PRESET));
+    }
+    unified(&decoded)
 }
 
 /// The unified StartEgress: its `source` picks the kind, its source's fields become params
@@ -280,7 +324,7 @@ mod tests {
 
     #[test]
     fn every_start_method_reaches_its_recipe_in_both_encodings() {
-        for kind in KINDS {
+        for kind in KINDS.iter().filter(|k| k.method != UNIFIED_METHOD) {
             assert_eq!(start_request(kind.method, Body::Json(b"{}")).unwrap().recipe, kind.recipe);
             assert_eq!(start_request(kind.method, Body::Protobuf(b"")).unwrap().recipe, kind.recipe);
         }
