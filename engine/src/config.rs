@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// How long a stream URL that was live keeps reconnecting after it failed
     /// (`stream_reconnect_timeout`, seconds, default 60; 0 fails it at once).
     pub stream_reconnect_timeout: std::time::Duration,
+    /// `GET /metrics` without a token (`metrics_public`, default true: whoever reaches
+    /// `listen`, which is loopback in the shipped config).
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +142,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("server.start_timeout", Kind::Number, false),
     ("server.state_dir", Kind::Str, false),
     ("server.stream_reconnect_timeout", Kind::Number, false),
+    ("server.metrics_public", Kind::Bool, false),
     ("storage", Kind::Section, true),
     ("storage.dir", Kind::Str, true),
     ("storage.crash_safe_mp4", Kind::Bool, false),
@@ -291,6 +295,7 @@ impl Config {
                 stream_reconnect_timeout: std::time::Duration::from_secs_f64(
                     stream_reconnect_timeout.clamp(0.0, 86400.0),
                 ),
+                metrics_public: reader.bool("server.metrics_public").unwrap_or(true),
                 state_dir: match reader.str("server.state_dir") {
                     dir if dir.is_empty() => base.join(".egret"),
                     dir => base.join(dir),

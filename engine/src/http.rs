@@ -29,6 +29,9 @@ pub struct Api {
     pub verifier: Arc<std::sync::RwLock<Verifier>>,
     /// Served without auth: Chrome loads them, and they hold no secret (the token is in the URL).
     pub layouts: std::path::PathBuf,
+    pub metrics: crate::metrics::Metrics,
+    /// `GET /metrics` needs no token (`[server] metrics_public`).
+    pub metrics_public: bool,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -132,6 +135,9 @@ impl Api {
         if let Some(twirp_method) = path.strip_prefix("/twirp/livekit.Egress/") {
             return self.twirp(twirp_method.to_string(), req).await;
         }
+        if method == Method::GET && path == "/metrics" && self.metrics_public {
+            return self.metrics_reply();
+        }
         let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
         let verified = self.verifier.read().unwrap().check_header(auth);
         match verified {
@@ -142,6 +148,9 @@ impl Api {
             Err(AuthError::PermissionDenied(m)) => {
                 return error(ErrorKind::PermissionDenied.http_status(), m, Some("authorization"));
             }
+        }
+        if method == Method::GET && path == "/metrics" {
+            return self.metrics_reply();
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (&method, segments.as_slice()) {
@@ -165,6 +174,14 @@ impl Api {
             }
             _ => error(404, format!("no route {method} {path}"), None),
         }
+    }
+
+    fn metrics_reply(&self) -> Reply {
+        Response::builder()
+            .status(200)
+            .header("content-type", crate::metrics::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(self.metrics.render())))
+            .expect("static response parts")
     }
 
     async fn twirp(&self, method: String, req: Request<Incoming>) -> Reply {

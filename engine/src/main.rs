@@ -12,6 +12,7 @@ mod http_client;
 mod livekit;
 mod lua;
 mod media;
+mod metrics;
 mod proto;
 mod recipes;
 mod reload;
@@ -189,6 +190,7 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
             webhooks.follow(record.clone(), move |r| egress::livekit::info_of(r, &storage));
         }));
     }
+    manager.observe(Arc::new(metrics::follow));
     // Before anything starts: the worker reports every egress to livekit-server.
     let worker = match &config.worker {
         Some(w) => {
@@ -209,7 +211,14 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
         Arc::new(std::sync::RwLock::new(auth::Verifier::new(&config.server.api_key, &config.server.api_secret)));
     let reloader = reload::Reloader::new(as_written, always_on.clone(), verifier.clone());
     let _config_watcher = reloader.watch(&config_path).context("watching the config file")?;
-    let api = Arc::new(http::Api { manager: manager.clone(), verifier, layouts: config.recipes.layouts.clone() });
+    let metrics = metrics::Metrics::new(manager.clone(), worker.as_ref().map(|w| w.admission()));
+    let api = Arc::new(http::Api {
+        manager: manager.clone(),
+        verifier,
+        layouts: config.recipes.layouts.clone(),
+        metrics,
+        metrics_public: config.server.metrics_public,
+    });
     tracing::info!(listen = %config.server.listen, storage = %config.storage.dir.display(), "egret ready");
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -89,6 +89,7 @@ impl Recipes {
             Err(error) => {
                 let kept = entry.current.as_ref().map(|c| c.version);
                 tracing::error!(recipe = %name, kept_version = ?kept, "recipe failed to load: {error}");
+                crate::metrics::recipe_load_failed();
                 entry.last_error = Some(error);
             }
         }

@@ -96,6 +96,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             return Ok(VmState::Continue);
         }
         slice.over = true;
+        crate::metrics::budget_hit();
         let source = debug.source();
         let at = match source.short_src.as_deref() {
             Some(file) => format!(" at {file}:{}", debug.current_line().unwrap_or(0)),

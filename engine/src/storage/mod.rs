@@ -66,8 +66,12 @@ impl Uploader {
                 let body = Bytes::from(body);
                 for attempt in 1..=ATTEMPTS {
                     match self.client.put(&key, body.clone(), content_type(local)).await {
-                        Ok(location) => return Upload::Uploaded { location },
+                        Ok(location) => {
+                            crate::metrics::upload("uploaded");
+                            return Upload::Uploaded { location };
+                        }
                         Err(e) => {
+                            crate::metrics::upload("attempt_failed");
                             error = format!("{e:#}");
                             tracing::warn!(file = %local.display(), attempt, "upload failed: {error}");
                         }
@@ -84,6 +88,7 @@ impl Uploader {
 
     /// Moves a file whose upload failed into the backup directory (same relative path).
     fn back_up(&self, local: &Path, key: &str, error: String, keep_local: bool) -> Upload {
+        crate::metrics::upload("backed_up");
         let target = self.backup_dir.join(key);
         let copy = || std::fs::copy(local, &target).map(|_| ());
         let moved = target

@@ -21,6 +21,7 @@ pub fn default_costs() -> HashMap<String, f64> {
     kinds.chain([("audio_only", 0.25), ("testsrc", 0.5)]).map(|(k, v)| (k.to_string(), v)).collect()
 }
 
+#[derive(Debug)]
 pub struct Admission {
     capacity: f64,
     costs: HashMap<String, f64>,
@@ -68,7 +69,13 @@ impl Admission {
         self.reserved.lock().unwrap().remove(egress_id);
     }
 
-    fn load(&self) -> f64 {
+    /// Cores the admitted egresses may use (`cpus` × the safe fraction).
+    pub fn capacity(&self) -> f64 {
+        self.capacity
+    }
+
+    /// Cores in use now plus those reserved by egresses just claimed.
+    pub fn load(&self) -> f64 {
         let mut reserved = self.reserved.lock().unwrap();
         reserved.retain(|_, (_, at)| at.elapsed() < RESERVATION);
         let fresh: f64 = reserved.values().map(|(cost, _)| cost).sum();
@@ -90,11 +97,38 @@ impl Admission {
     }
 }
 
+/// CPU and memory of egret and of its process tree, for /metrics.
+pub struct ProcessFigures {
+    pub own_cpu_s: f64,
+    pub tree_cpu_s: f64,
+    pub own_rss: u64,
+    pub tree_rss: u64,
+}
+
+pub fn process_figures() -> ProcessFigures {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let me = std::process::id();
+    let (tree_ticks, tree_pages, own) = tree_stats(me);
+    ProcessFigures {
+        own_cpu_s: own.0 as f64 / ticks,
+        tree_cpu_s: tree_ticks as f64 / ticks,
+        own_rss: own.1 * page,
+        tree_rss: tree_pages * page,
+    }
+}
+
 /// utime + stime of `root` and its live descendants, in clock ticks.
 fn tree_ticks(root: u32) -> u64 {
+    tree_stats(root).0
+}
+
+/// (ticks, resident pages) of `root`'s tree, and (ticks, pages) of `root` alone.
+fn tree_stats(root: u32) -> (u64, u64, (u64, u64)) {
     let mut parent_of = HashMap::new();
     let mut ticks = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut pages = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return (0, 0, (0, 0)) };
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) else {
@@ -103,9 +137,11 @@ fn tree_ticks(root: u32) -> u64 {
         // Fields after the command's closing parenthesis: state ppid ... utime(12) stime(13).
         let Some((_, rest)) = stat.rsplit_once(')') else { continue };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 13 {
+        if fields.len() > 21 {
             parent_of.insert(pid, fields[1].parse::<u32>().unwrap_or(0));
             ticks.insert(pid, fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0));
+            // rss (field 24 of stat, 22 after the command)
+            pages.insert(pid, fields[21].parse::<u64>().unwrap_or(0));
         }
     }
     let in_tree = |mut pid: u32| {
@@ -117,7 +153,9 @@ fn tree_ticks(root: u32) -> u64 {
         }
         false
     };
-    ticks.iter().filter(|(pid, _)| in_tree(**pid)).map(|(_, t)| t).sum()
+    let tree: Vec<u32> = ticks.keys().copied().filter(|pid| in_tree(*pid)).collect();
+    let own = (ticks.get(&root).copied().unwrap_or(0), pages.get(&root).copied().unwrap_or(0));
+    (tree.iter().map(|p| ticks[p]).sum(), tree.iter().map(|p| pages.get(p).copied().unwrap_or(0)).sum(), own)
 }
 
 #[cfg(test)]

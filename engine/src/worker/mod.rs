@@ -60,6 +60,11 @@ pub fn now_ns() -> i64 {
 const MAX_FOLLOWED: u32 = 1 << 16;
 
 impl Worker {
+    /// Its admission (load and capacity), for /metrics.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.admission.clone()
+    }
+
     /// Connects to Redis, starts serving livekit-server's requests and reporting every egress.
     pub async fn start(config: &WorkerConfig, manager: Arc<Manager>) -> Result<Arc<Worker>> {
         let id = new_id("EW");
