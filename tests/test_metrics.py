@@ -2,6 +2,7 @@
 checked against a running egress (bytes growing, bitrate, status), its end, a broken recipe
 and a runaway handler."""
 
+import time
 import urllib.error
 import urllib.request
 
@@ -49,6 +50,10 @@ def test_metrics_follow_egresses_recipes_and_the_process(tmp_path):
     try:
         (egret.recipes / "broken.lua").write_text("return recipe {")
         (egret.recipes / "spin.lua").write_text(SPIN)
+        deadline = time.monotonic() + 10
+        while not {"broken", "spin"} <= set(egret.api.recipes()):
+            assert time.monotonic() < deadline, egret.api.recipes().keys()
+            time.sleep(0.02)
         eid = egret.api.start("testsrc", file_outputs=[{"filepath": "metrics/a.mp4"}])["egress_id"]
         egret.api.wait(eid, lambda i: i["status"] == "active" and i["bytes"] > 0 and i["duration"] > 1.5,
                        what="recording")

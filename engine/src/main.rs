@@ -3,6 +3,7 @@
 
 mod always_on;
 mod auth;
+mod cli;
 mod clock;
 mod config;
 mod egress;
@@ -31,7 +32,9 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-const USAGE: &str = "usage: egret [--config egress.toml] [serve | token [--ttl SECONDS] | check | repair FILE…]
+const USAGE: &str =
+    "usage: egret [--config egress.toml] [--url URL] [serve | token [--ttl SECONDS] | check | repair FILE…
+             | start … | list | show ID | stop ID | watch]
   serve   run the engine (default)
   token   print a roomRecord access token for this config's API key
   check   validate the config and every recipe, then exit
@@ -47,15 +50,23 @@ fn main() -> ExitCode {
     let mut command = String::from("serve");
     let mut ttl = 3600u64;
     let mut files = Vec::new();
+    let mut url = None;
+    let mut client_args: Vec<String> = Vec::new();
     while let Some(arg) = args.next() {
+        if cli::COMMANDS.contains(&command.as_str()) {
+            client_args.push(arg); // everything after a client command is its own
+            continue;
+        }
         match arg.as_str() {
             "--config" | "-c" => config_path = args.next().map(PathBuf::from).unwrap_or_default(),
             "--ttl" => ttl = args.next().and_then(|v| v.parse().ok()).unwrap_or(ttl),
+            "--url" => url = args.next(),
             "serve" | "token" | "check" | "repair" => command = arg,
+            client if cli::COMMANDS.contains(&client) => command = arg,
             file if command == "repair" && !file.starts_with('-') => files.push(PathBuf::from(file)),
             "-h" | "--help" => {
                 // A reader that closes early (`egret --help | head -1`) is not an error.
-                let _ = writeln!(std::io::stdout(), "{USAGE}");
+                let _ = writeln!(std::io::stdout(), "{USAGE}\n{}", cli::USAGE);
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -81,6 +92,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli::COMMANDS.contains(&command.as_str()) {
+        return cli::run(&config, &command, &client_args, url);
+    }
     let result = match command.as_str() {
         "token" => {
             println!(
