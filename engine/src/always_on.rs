@@ -19,8 +19,22 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// An egress that ran this long counts as healthy: the next retry starts from FIRST_RETRY.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
+/// What an operator sees of one entry (`GET /v1/always_on`, the status page).
+#[derive(Default, Clone, serde::Serialize)]
+pub struct EntryState {
+    pub name: String,
+    pub recipe: String,
+    /// Egresses started for it; every one after the first is a restart.
+    pub starts: u64,
+    /// Starts that failed before an egress ran.
+    pub failed_starts: u64,
+    pub egress_id: Option<String>,
+    pub last_error: Option<String>,
+}
+
 struct Running {
     entry: AlwaysOnEntry,
+    state: Arc<Mutex<EntryState>>,
     /// Set to the reason when the entry must stop for good.
     stop: watch::Sender<Option<String>>,
     task: tokio::task::JoinHandle<()>,
@@ -71,9 +85,22 @@ impl AlwaysOn {
             }
             tracing::info!(always_on = %name, recipe = %entry.recipe, "always-on entry starting");
             let (stop, stopped) = watch::channel(None);
-            let task = tokio::spawn(keep_running(self.manager.clone(), entry.clone(), stopped));
-            running.insert(name, Running { entry, stop, task });
+            let state = Arc::new(Mutex::new(EntryState {
+                name: name.clone(),
+                recipe: entry.recipe.clone(),
+                ..Default::default()
+            }));
+            let task = tokio::spawn(keep_running(self.manager.clone(), entry.clone(), stopped, state.clone()));
+            running.insert(name, Running { entry, state, stop, task });
         }
+    }
+
+    /// Every entry's state, by name.
+    pub fn states(&self) -> Vec<EntryState> {
+        let mut states: Vec<EntryState> =
+            self.running.lock().unwrap().values().map(|r| r.state.lock().unwrap().clone()).collect();
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        states
     }
 
     /// Engine shutdown: no more restarts; the manager's drain stops the egresses themselves.
@@ -84,7 +111,12 @@ impl AlwaysOn {
     }
 }
 
-async fn keep_running(manager: Arc<Manager>, entry: AlwaysOnEntry, mut stop: watch::Receiver<Option<String>>) {
+async fn keep_running(
+    manager: Arc<Manager>,
+    entry: AlwaysOnEntry,
+    mut stop: watch::Receiver<Option<String>>,
+    state: Arc<Mutex<EntryState>>,
+) {
     let mut retry = FIRST_RETRY;
     loop {
         let began = Instant::now();
@@ -97,6 +129,11 @@ async fn keep_running(manager: Arc<Manager>, entry: AlwaysOnEntry, mut stop: wat
             .await
         {
             Ok(record) => {
+                {
+                    let mut state = state.lock().unwrap();
+                    state.starts += 1;
+                    state.egress_id = Some(record.id.clone());
+                }
                 tokio::select! {
                     status = record.finished() => {
                         if record.snapshot().limit_reached() {
@@ -106,6 +143,7 @@ async fn keep_running(manager: Arc<Manager>, entry: AlwaysOnEntry, mut stop: wat
                             continue;
                         }
                         tracing::warn!(always_on = %entry.name, egress = %record.id, ?status, "always-on egress ended");
+                        state.lock().unwrap().last_error = record.snapshot().error;
                     }
                     reason = async { stop.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
                         let reason = reason.ok().flatten().unwrap_or_else(|| "always-on entry dropped".into());
@@ -115,7 +153,12 @@ async fn keep_running(manager: Arc<Manager>, entry: AlwaysOnEntry, mut stop: wat
                     }
                 }
             }
-            Err(e) => tracing::warn!(always_on = %entry.name, "always-on egress did not start: {}", e.error),
+            Err(e) => {
+                tracing::warn!(always_on = %entry.name, "always-on egress did not start: {}", e.error);
+                let mut state = state.lock().unwrap();
+                state.failed_starts += 1;
+                state.last_error = Some(e.error.to_string());
+            }
         }
         if began.elapsed() >= HEALTHY_RUN {
             retry = FIRST_RETRY;

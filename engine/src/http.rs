@@ -30,6 +30,7 @@ pub struct Api {
     /// Served without auth: Chrome loads them, and they hold no secret (the token is in the URL).
     pub layouts: std::path::PathBuf,
     pub metrics: crate::metrics::Metrics,
+    pub always_on: Arc<crate::always_on::AlwaysOn>,
     /// `GET /metrics` needs no token (`[server] metrics_public`).
     pub metrics_public: bool,
 }
@@ -129,6 +130,15 @@ impl Api {
         if path == "/healthz" {
             return reply(200, json!({ "ok": true }));
         }
+        if method == Method::GET && (path.is_empty() || path == "/index.html") {
+            // The status page holds no data: it asks the API with the token the user gives it.
+            return Response::builder()
+                .status(200)
+                .header("content-type", "text/html; charset=utf-8")
+                .header("cache-control", "no-store")
+                .body(Full::new(Bytes::from_static(include_bytes!("status_page.html"))))
+                .expect("static response parts");
+        }
         if method == Method::GET && (path == "/layouts" || path.starts_with("/layouts/")) {
             return layout_file(&self.layouts, path.trim_start_matches("/layouts").trim_start_matches('/')).await;
         }
@@ -169,9 +179,26 @@ impl Api {
                 }
             }
             (&Method::GET, ["v1", "recipes"]) => reply(200, json!({ "recipes": self.manager.recipes().to_json() })),
-            (_, ["v1", "egress"] | ["v1", "egress", _] | ["v1", "egress", _, "stop"] | ["v1", "recipes"]) => {
-                error(405, format!("{method} is not allowed on {path}"), None)
+            (&Method::GET, ["v1", "always_on"]) => reply(200, json!({ "entries": self.always_on.states() })),
+            (&Method::GET, ["v1", "egress", id, "picture.jpg"]) => {
+                let width = query_number(req.uri().query(), "width").unwrap_or(320.0).clamp(16.0, 1920.0) as u32;
+                match self.manager.picture(id, width).await {
+                    Ok(jpeg) => Response::builder()
+                        .status(200)
+                        .header("content-type", "image/jpeg")
+                        .header("cache-control", "no-store")
+                        .body(Full::new(Bytes::from(jpeg)))
+                        .expect("static response parts"),
+                    Err(e) => error(e.kind.http_status(), e.message, Some("egress_id")),
+                }
             }
+            (
+                _,
+                ["v1", "egress"]
+                | ["v1", "egress", _]
+                | ["v1", "egress", _, "stop" | "picture.jpg"]
+                | ["v1", "recipes" | "always_on"],
+            ) => error(405, format!("{method} is not allowed on {path}"), None),
             _ => error(404, format!("no route {method} {path}"), None),
         }
     }
@@ -288,4 +315,9 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// `name=<number>` from a query string.
+fn query_number(query: Option<&str>, name: &str) -> Option<f64> {
+    query?.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name)?.1.parse().ok()
 }

@@ -232,6 +232,7 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
         layouts: config.recipes.layouts.clone(),
         metrics,
         metrics_public: config.server.metrics_public,
+        always_on: always_on.clone(),
     });
     tracing::info!(listen = %config.server.listen, storage = %config.storage.dir.display(), "egret ready");
 

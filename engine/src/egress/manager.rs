@@ -328,6 +328,29 @@ impl Manager {
         Ok(record)
     }
 
+    /// A JPEG still of a running egress's picture, `width` pixels wide.
+    pub async fn picture(&self, id: &str, width: u32) -> crate::errors::Result<Vec<u8>> {
+        let record = self.get(id).ok_or_else(|| Error::egress_not_found(id))?;
+        let ended = || Error::already_ended(id, record.status());
+        if record.status().is_terminal() {
+            return Err(ended());
+        }
+        let (reply, answer) = oneshot::channel();
+        if !record.send(Command::Picture { reply }) {
+            return Err(ended());
+        }
+        let pad = answer.await.map_err(|_| ended())?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::FailedPrecondition,
+                "",
+                format!("egress {id} encodes no picture (sound only, or copied)"),
+            )
+        })?;
+        crate::media::thumbnail::jpeg(pad, width)
+            .await
+            .map_err(|e| Error::new(ErrorKind::FailedPrecondition, "", format!("no picture of {id}: {e:#}")))
+    }
+
     /// Switches the layout of a running egress whose recipe handles `update_layout`.
     pub async fn update_layout(&self, id: &str, layout: String) -> crate::errors::Result<Arc<EgressRecord>> {
         let record = self.get(id).ok_or_else(|| Error::egress_not_found(id))?;

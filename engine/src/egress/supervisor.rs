@@ -186,6 +186,9 @@ impl Supervisor {
                             // the pipeline down while its unlink is under way crashes GStreamer.
                         }
                     }
+                    Command::Picture { reply } => {
+                        let _ = reply.send(self.ctx.graph.lock().unwrap().raw_video_pad());
+                    }
                     Command::UpdateLayout { layout, reply } => {
                         let result = match self.ctx.fire_update(&self.lua, "update_layout", &layout).await {
                             Ok(true) => Ok(()),

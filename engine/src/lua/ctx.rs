@@ -46,6 +46,10 @@ pub enum Command {
         remove: Vec<String>,
         reply: oneshot::Sender<crate::errors::Result<()>>,
     },
+    /// The status page wants a still: where the raw picture flows, if there is one.
+    Picture {
+        reply: oneshot::Sender<Option<gstreamer::Pad>>,
+    },
     /// LiveKit's UpdateLayout: handed to the recipe's `update_layout` handlers.
     UpdateLayout {
         layout: String,

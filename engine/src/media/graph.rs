@@ -37,6 +37,11 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// The first encoder's raw picture (see `media::thumbnail`); None for copies and sound.
+    pub fn raw_video_pad(&self) -> Option<gst::Pad> {
+        self.encoders.iter().find_map(|e| e.raw_video_pad())
+    }
+
     pub fn new(
         name: &str,
         storage: &Path,

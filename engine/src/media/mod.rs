@@ -7,6 +7,7 @@ pub mod graph;
 pub mod outputs;
 pub mod slot;
 pub mod testsrc;
+pub mod thumbnail;
 pub mod track;
 
 use anyhow::{Context, Result};
