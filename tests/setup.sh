@@ -20,6 +20,10 @@ APT_PACKAGES=(
   redis-server
 )
 
+# Each step says what it does, so a first run (minutes of downloads and builds) is not silent.
+step() { echo "setup: [$1/8] $2"; }
+
+step 1 "Debian packages (GStreamer, chromium, Xvfb, PulseAudio, ffmpeg, nginx-rtmp, redis)"
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,6 +33,7 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "setup: installed ${#missing[@]} packages"
 fi
 # Debian starts nginx on port 80 when installed; the tests run their own instances.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
@@ -36,14 +41,16 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/
 fi
 
 # Python: pytest, and LiveKit's own client (livekit-api) as an independent token/API client.
+step 2 "Python venv (.venv: pytest, livekit, livekit-api, numpy, prometheus-client)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pytest, livekit.api, livekit.rtc, numpy, websockets" 2>/dev/null; then
+if ! .venv/bin/python -c "import pytest, livekit.api, livekit.rtc, numpy, websockets, prometheus_client" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 
 # S3: versitygw, a real S3-compatible server (posix backend), for the upload tests.
+step 3 "versitygw (S3 server for the upload tests)"
 GOBIN_DIR="$(go env GOPATH)/bin"
 if [ ! -x "$GOBIN_DIR/versitygw" ]; then
   echo "setup: building versitygw (go install, pinned)"
@@ -51,6 +58,7 @@ if [ ! -x "$GOBIN_DIR/versitygw" ]; then
 fi
 
 # LiveKit: the real server, pinned (the module's binary is called `server`).
+step 4 "livekit-server"
 if [ ! -x "$GOBIN_DIR/livekit-server" ]; then
   echo "setup: building livekit-server (go install, pinned)"
   go install github.com/livekit/livekit-server/cmd/server@v1.13.5
@@ -58,18 +66,21 @@ if [ ! -x "$GOBIN_DIR/livekit-server" ]; then
 fi
 
 # psrpc's .proto files (its envelopes), which build.rs compiles for the worker mode.
+step 5 "psrpc protocol files (worker mode)"
 PSRPC_DIR="$(go env GOMODCACHE)/github.com/livekit/psrpc@v0.7.2"
 if [ ! -f "$PSRPC_DIR/internal/internal.proto" ]; then
   (cd /tmp && go mod download github.com/livekit/psrpc@v0.7.2)
 fi
 
 # JS: LiveKit's server SDK (pinned by tests/js/package-lock.json) as a second API client.
+step 6 "LiveKit's JS server SDK (tests)"
 if [ ! -d tests/js/node_modules/livekit-server-sdk ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
 
 # Layouts: the room composite pages' livekit-client (pinned by layouts/package-lock.json),
 # bundled by esbuild into layouts/build/ (not committed); rebuilt when a source changed.
+step 7 "room composite layout pages (livekit-client bundled by esbuild)"
 if [ ! -d layouts/node_modules/livekit-client ]; then
   npm ci --prefix layouts --no-audit --no-fund --loglevel=error
 fi
@@ -77,5 +88,6 @@ if [ ! -f layouts/build/layout.js ] || [ -n "$(find layouts/src layouts/package-
   npm run --prefix layouts --silent build >/dev/null
 fi
 
+step 8 "building egret (cargo build --release; several minutes the first time)"
 cargo build --release --quiet
 echo "setup: done ($(./target/release/egret --help | head -1))"
