@@ -101,3 +101,22 @@ def test_a_restart_reports_what_a_crash_interrupted_and_closes_its_playlist(fres
     assert info["outputs"][1]["count"] == len(on_disk)
     media = probe(playlist)
     assert abs(duration(media) - info["outputs"][1]["duration"]) < 0.5, (duration(media), info["outputs"][1])
+
+
+def test_a_clean_restart_keeps_how_each_egress_ended(fresh_egret):
+    """Egresses that ended (by themselves, or stopped) read back the same after a SIGTERM and a
+    restart: a record saved while ending must not be taken for one a crash interrupted."""
+    egret = fresh_egret
+    ids = [egret.api.start("testsrc", duration=0.5 + i * 0.1, file_outputs=[{"filepath": f"clean/{i}.mp4"}])["egress_id"]
+           for i in range(4)]
+    stopped = egret.api.start("testsrc", file_outputs=[{"filepath": "clean/stopped.mp4"}])["egress_id"]
+    egret.api.wait_status(stopped, "active")
+    egret.api.stop(stopped)
+    before = {eid: egret.api.wait_status(eid, "complete", "failed")["status"] for eid in ids + [stopped]}
+    assert set(before.values()) == {"complete"}, before
+    egret.proc.send_signal(signal.SIGTERM)
+    assert egret.proc.wait(timeout=30) == 0
+    egret.restart()
+    after = {eid: (egret.api.get(eid)["status"], egret.api.get(eid)["reason"]) for eid in ids + [stopped]}
+    assert all(status == "complete" for status, _ in after.values()), after
+    assert after[stopped][1] == "stopped by API", after

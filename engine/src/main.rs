@@ -267,6 +267,11 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
         tracing::error!(seconds = DRAIN_LIMIT.as_secs(), "egresses did not finalize in time; exiting anyway");
         std::process::exit(1);
     }
+    // Every record as it ended, on disk before the process goes (the store's own followers
+    // may not have run since the last change).
+    for record in manager.list().iter().filter(|r| !r.is_restored()) {
+        store.save(record);
+    }
     if let Some(worker) = &worker {
         worker.flush().await;
     }

@@ -56,13 +56,19 @@ pub fn follow(record: &Arc<EgressRecord>) {
     let ended = move |record: &EgressRecord| {
         let snapshot = record.snapshot();
         let status = if snapshot.limit_reached() { "limit_reached".into() } else { status_name(snapshot.status) };
-        let reason = snapshot.failure.map_or("none".to_string(), |k| snake(&format!("{k:?}")));
+        let reason = match (snapshot.failure, snapshot.status) {
+            (Some(kind), _) => snake(&format!("{kind:?}")),
+            (None, EgressStatus::Failed) if record.is_restored() => "restarted".into(),
+            (None, EgressStatus::Failed) => "error".into(),
+            (None, _) => "none".into(),
+        };
         bump(&EVENTS.ended, vec![("recipe", record.recipe.clone()), ("status", status), ("reason", reason)]);
     };
-    if record.status().is_terminal() {
+    if record.is_restored() {
         ended(record); // interrupted by a restart: only its end happens in this run
         return;
     }
+    // Observers hear of an egress once its start returns, which may be after it ended.
     bump(&EVENTS.started, vec![("recipe", recipe)]);
     let record = record.clone();
     tokio::spawn(async move {

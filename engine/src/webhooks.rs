@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::egress::{EgressRecord, EgressStatus};
+use crate::egress::EgressRecord;
 use crate::request::FieldError;
 
 const ATTEMPTS: u32 = 4;
@@ -174,20 +174,26 @@ impl Notifier {
                 let _ = queue.send((event.to_string(), body.clone()));
             }
         };
-        if record.status().is_terminal() {
+        if record.is_restored() {
             // An egress a restart interrupted: only its end is news.
             send("egress_ended", info(&record));
             return;
         }
         send("egress_started", info(&record));
+        if record.status().is_terminal() {
+            // It ended before its start returned (observers hear of it then).
+            send("egress_ended", info(&record));
+            return;
+        }
         let mut changes = record.watch_updates();
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 changes.borrow_and_update();
-                let status: EgressStatus = record.status();
-                let event = if status.is_terminal() { "egress_ended" } else { "egress_updated" };
-                send(event, info(&record));
-                if status.is_terminal() {
+                // The info sent decides the event: the status may change between two looks.
+                let now = info(&record);
+                let ended = now.status >= lk::EgressStatus::EgressComplete as i32;
+                send(if ended { "egress_ended" } else { "egress_updated" }, now);
+                if ended {
                     break;
                 }
             }

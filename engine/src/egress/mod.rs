@@ -166,6 +166,11 @@ impl EgressRecord {
         self.lifecycle.lock().unwrap().status
     }
 
+    /// An egress of an earlier run, read back from the store.
+    pub fn is_restored(&self) -> bool {
+        self.frozen.is_some()
+    }
+
     pub fn send(&self, command: Command) -> bool {
         self.commands.send(command).is_ok()
     }

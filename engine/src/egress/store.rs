@@ -85,22 +85,29 @@ impl Store {
         Arc::new(move |record| {
             let (store, record) = (store.clone(), record.clone());
             let mut changes = record.watch_updates();
-            store.save(&record);
+            if store.save(&record).is_terminal() {
+                return;
+            }
             tokio::spawn(async move {
+                // Done once a terminal state is on disk: the status may turn terminal between
+                // a snapshot and a look at the record, so the saved snapshot decides.
                 while changes.changed().await.is_ok() {
                     changes.borrow_and_update();
-                    store.save(&record);
-                    if record.status().is_terminal() {
-                        break;
+                    if store.save(&record).is_terminal() {
+                        return;
                     }
                 }
+                store.save(&record); // the record went away: keep its last state
             });
         })
     }
 
-    fn save(&self, record: &EgressRecord) {
+    /// Writes the record's state now; returns the status written.
+    pub fn save(&self, record: &EgressRecord) -> super::EgressStatus {
         let egress = record.snapshot();
+        let status = egress.status;
         self.write(&Stored { failure: egress.failure, egress, livekit_request: record.livekit_request.clone() });
+        status
     }
 
     fn path_of(&self, id: &str) -> PathBuf {

@@ -285,7 +285,7 @@ impl Worker {
     fn follow(self: &Arc<Self>, record: Arc<EgressRecord>) {
         let Ok(permit) = self.following.clone().try_acquire_owned() else { return };
         let worker = self.clone();
-        if record.status().is_terminal() {
+        if record.is_restored() {
             // An egress a restart interrupted: livekit-server still lists it as running.
             tokio::spawn(async move {
                 if let Err(e) = worker.io.update_egress(&worker.info(&record)).await {
@@ -310,17 +310,24 @@ impl Worker {
                 tracing::warn!(egress = %record.id, "livekit-server not told of the egress: {e:#}");
             }
 
-            while changes.changed().await.is_ok() {
+            // The state reported decides whether a report was the last: the record may turn
+            // terminal between a look at it and the report (or before its start returned,
+            // when observers hear of it), and no change follows a terminal state.
+            let is_final = |info: &lk::EgressInfo| info.status >= lk::EgressStatus::EgressComplete as i32;
+            let mut done = is_final(&info);
+            if done && let Err(e) = worker.io.update_egress(&info).await {
+                tracing::warn!(egress = %record.id, "status not reported to livekit-server: {e:#}");
+            }
+            while !done && changes.changed().await.is_ok() {
                 changes.borrow_and_update();
-                let terminal = record.status().is_terminal();
                 let info = worker.info(&record);
+                done = is_final(&info);
                 if let Err(e) = worker.io.update_egress(&info).await {
                     tracing::warn!(egress = %record.id, "status not reported to livekit-server: {e:#}");
                 }
-                if terminal {
-                    break;
+                if !done {
+                    worker.reaper.track(&info).await;
                 }
-                worker.reaper.track(&info).await;
             }
             worker.reaper.untrack(&record.id).await;
             worker.admission.release(&record.id);
