@@ -33,7 +33,8 @@ def test_start_list_show_watch_stop_with_exit_codes(tmp_path):
 
         (tmp_path / "req.json").write_text(json.dumps({"recipe": "testsrc", "params": {
             "file_outputs": [{"filepath": "cli/b.mp4"}]}}))
-        started = egret_cli(server, "start", "testsrc", "--json", str(tmp_path / "req.json"))
+        started = subprocess.run([str(BINARY), "--config", str(server.config), "start", "testsrc", "--json", "-"],
+                                 input=(tmp_path / "req.json").read_text(), capture_output=True, text=True, timeout=90)
         assert started.returncode == 0, started.stderr
         running = started.stdout.strip()
         server.api.wait(running, lambda i: i["status"] == "active" and i["bytes"] > 0, what="recording")
@@ -44,7 +45,8 @@ def test_start_list_show_watch_stop_with_exit_codes(tmp_path):
         assert header.split()[:3] == ["ID", "RECIPE", "STATUS"]
         assert any(r.split()[:3] == [running, "testsrc", "active"] for r in rows), listed.stdout
         assert any(r.split()[:3] == [first, "testsrc", "complete"] for r in rows), listed.stdout
-        assert {e["egress_id"] for e in json.loads(egret_cli(server, "list", "--json").stdout)} >= {first, running}
+        listed_json = json.loads(egret_cli(server, "list", "--json").stdout)["egresses"]
+        assert {e["egress_id"] for e in listed_json} >= {first, running}
 
         shown = egret_cli(server, "show", running)
         assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "active"
@@ -65,8 +67,13 @@ def test_start_list_show_watch_stop_with_exit_codes(tmp_path):
         assert again.returncode == 1 and "409" in again.stderr, again.stderr
         usage = egret_cli(server, "start")
         assert usage.returncode == 2 and "RECIPE" in usage.stderr
-        unreachable = egret_cli(server, "list", url="http://127.0.0.1:9")
-        assert unreachable.returncode == 3 and "cannot reach" in unreachable.stderr, unreachable.stderr
+        unreachable = egret_cli(server, "list", url="127.0.0.1:9")
+        assert unreachable.returncode == 3 and "Connection refused" in unreachable.stderr, unreachable.stderr
+        for typo in (["list", "--jsn"], ["list", "extra"], ["stop", running, "--force"],
+                     ["start", "testsrc", "duration=1", "duration=2"]):
+            wrong = egret_cli(server, *typo)
+            assert wrong.returncode == 2, (typo, wrong.stderr)
+        assert "params.bogus: unknown parameter" in refused.stderr and "bogus: bogus" not in refused.stderr
     finally:
         server.stop()
 

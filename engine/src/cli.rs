@@ -35,7 +35,11 @@ struct Failure(u8, String);
 type Outcome = Result<(), Failure>;
 
 pub fn run(config: &Config, command: &str, args: &[String], url: Option<String>) -> ExitCode {
-    let base = url.or_else(|| std::env::var("EGRET_URL").ok()).unwrap_or_else(|| {
+    let base = url.or_else(|| std::env::var("EGRET_URL").ok()).map(|u| {
+        // `host:port`, as `listen` is written, means http.
+        if u.contains("://") { u } else { format!("http://{u}") }
+    });
+    let base = base.unwrap_or_else(|| {
         let listen = config.server.listen;
         let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
         format!("http://{host}:{}", listen.port())
@@ -85,7 +89,7 @@ impl Client {
         let response = tokio::time::timeout(Duration::from_secs(60), self.http.request(request))
             .await
             .map_err(|_| unreachable("no answer within 60 s".into()))?
-            .map_err(|e| unreachable(format!("{e:?}").chars().take(200).collect()))?;
+            .map_err(|e| unreachable(root_cause(&e)))?;
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -101,12 +105,34 @@ impl Client {
     }
 }
 
-/// "HTTP 400: params.url: must be an http(s) URL".
+/// The innermost error of a chain ("Connection refused (os error 111)").
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// "HTTP 400: params.url: must be an http(s) URL" (the field once, however the server put it).
 fn refusal(status: u16, body: &Value) -> String {
     let message = body["error"].as_str().unwrap_or("(no message)");
-    match body["field"].as_str() {
-        Some(field) if !message.starts_with(field) => format!("HTTP {status}: {field}: {message}"),
-        _ => format!("HTTP {status}: {message}"),
+    let Some(field) = body["field"].as_str().filter(|f| !f.is_empty()) else {
+        return format!("HTTP {status}: {message}");
+    };
+    let last = field.rsplit('.').next().unwrap_or(field);
+    let message = [field, last]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix).and_then(|m| m.strip_prefix(": ")))
+        .unwrap_or(message);
+    format!("HTTP {status}: {field}: {message}")
+}
+
+/// Refuses arguments a command does not take (a typo must not pass for a default).
+fn no_more(args: impl IntoIterator<Item = impl AsRef<str>>) -> Outcome {
+    match args.into_iter().next() {
+        Some(extra) => Err(Failure(2, format!("unexpected argument `{}`", extra.as_ref()))),
+        None => Ok(()),
     }
 }
 
@@ -125,7 +151,9 @@ fn params_from_pairs(pairs: &[String]) -> Result<Map<String, Value>, Failure> {
             let slot = at.entry(part.to_string()).or_insert_with(|| json!({}));
             at = slot.as_object_mut().ok_or_else(|| Failure(2, format!("`{key}`: `{part}` is not an object")))?;
         }
-        at.insert(last.to_string(), value);
+        if at.insert(last.to_string(), value).is_some() {
+            return Err(Failure(2, format!("`{key}` is given twice")));
+        }
     }
     Ok(params)
 }
@@ -144,7 +172,11 @@ async fn start(client: &Client, args: &[String]) -> Outcome {
     let recipe = recipe.ok_or_else(|| Failure(2, "name the recipe: egret start RECIPE ...".into()))?;
     let mut params = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Failure(2, format!("{path}: {e}")))?;
+            let text = if path == "-" {
+                std::io::read_to_string(std::io::stdin()).map_err(|e| Failure(2, format!("stdin: {e}")))?
+            } else {
+                std::fs::read_to_string(path).map_err(|e| Failure(2, format!("{path}: {e}")))?
+            };
             match serde_json::from_str::<Value>(&text).map_err(|e| Failure(2, format!("{path}: {e}")))? {
                 // Either the params alone or a whole `POST /v1/egress` body.
                 Value::Object(mut o) if o.contains_key("params") && o.len() <= 2 => match o.remove("params") {
@@ -169,8 +201,11 @@ async fn wait_for_end(client: &Client, id: &str) -> Outcome {
         let info = client.egress(id).await?;
         let status = info["status"].as_str().unwrap_or_default();
         if ["complete", "failed", "aborted"].contains(&status) {
-            eprintln!("{id}: {status} ({})", info["reason"].as_str().unwrap_or(""));
-            return if status == "complete" { Ok(()) } else { Err(Failure(4, ended_text(&info))) };
+            if status != "complete" {
+                return Err(Failure(4, ended_text(&info)));
+            }
+            eprintln!("{id}: complete ({})", info["reason"].as_str().unwrap_or(""));
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -187,6 +222,9 @@ fn ended_text(info: &Value) -> String {
 
 async fn show(client: &Client, args: &[String]) -> Outcome {
     let [id] = args else { return Err(Failure(2, "give one egress id".into())) };
+    if id.starts_with('-') {
+        return Err(Failure(2, format!("unexpected option `{id}`")));
+    }
     let info = client.egress(id).await?;
     println!("{}", serde_json::to_string_pretty(&info).expect("JSON"));
     Ok(())
@@ -194,7 +232,8 @@ async fn show(client: &Client, args: &[String]) -> Outcome {
 
 async fn stop(client: &Client, args: &[String]) -> Outcome {
     let no_wait = args.iter().any(|a| a == "--no-wait");
-    let ids: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    no_more(args.iter().filter(|a| a.starts_with('-') && *a != "--no-wait"))?;
+    let ids: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let [id] = ids.as_slice() else { return Err(Failure(2, "give one egress id".into())) };
     let path = format!("/v1/egress/{}/stop", crate::http_client::uri_encode(id));
     let info = client.call("POST", &path, None).await?;
@@ -209,9 +248,12 @@ async fn stop(client: &Client, args: &[String]) -> Outcome {
 }
 
 async fn list(client: &Client, args: &[String]) -> Outcome {
+    let json = args.iter().any(|a| a == "--json");
+    no_more(args.iter().filter(|a| *a != "--json"))?;
     let listed = client.call("GET", "/v1/egress", None).await?;
-    if args.iter().any(|a| a == "--json") {
-        println!("{}", serde_json::to_string_pretty(&listed["egresses"]).expect("JSON"));
+    if json {
+        // As the API answers it: {"egresses": [...]}.
+        println!("{}", serde_json::to_string_pretty(&listed).expect("JSON"));
     } else {
         print!("{}", table(&listed["egresses"]));
     }
@@ -233,13 +275,18 @@ async fn watch(client: &Client, args: &[String]) -> Outcome {
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut shown = 0u64;
     loop {
-        let listed = client.call("GET", "/v1/egress", None).await?;
+        // A server that restarts or is away for a while is waited for, not given up on.
+        let shown_list = match client.call("GET", "/v1/egress", None).await {
+            Ok(listed) => table(&listed["egresses"]),
+            Err(Failure(3, message)) => format!("{message} (retrying)\n"),
+            Err(other) => return Err(other),
+        };
         let mut out = std::io::stdout().lock();
         if terminal {
             let _ = write!(out, "\x1b[H\x1b[2J"); // home, clear
         }
         let now = chrono::Local::now().format("%H:%M:%S");
-        let _ = write!(out, "egret at {} — {now}\n{}", client.base, table(&listed["egresses"]));
+        let _ = write!(out, "egret at {} — {now}\n{shown_list}", client.base);
         if !terminal {
             let _ = writeln!(out);
         }

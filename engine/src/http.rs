@@ -170,7 +170,7 @@ impl Api {
             }
             (&Method::GET, ["v1", "egress", id]) => match self.manager.get(id) {
                 Some(e) => reply(200, e.to_json()),
-                None => error(404, format!("no egress `{id}`"), Some("egress_id")),
+                None => error(404, crate::errors::Error::egress_not_found(id).message, Some("egress_id")),
             },
             (&Method::POST, ["v1", "egress", id, "stop"]) => {
                 match self.manager.stop(id, crate::egress::reason::STOPPED_BY_API).await {

@@ -59,7 +59,13 @@ fn main() -> ExitCode {
         }
         match arg.as_str() {
             "--config" | "-c" => config_path = args.next().map(PathBuf::from).unwrap_or_default(),
-            "--ttl" => ttl = args.next().and_then(|v| v.parse().ok()).unwrap_or(ttl),
+            "--ttl" => match args.next().and_then(|v| v.parse::<u64>().ok()).filter(|t| *t > 0) {
+                Some(seconds) => ttl = seconds,
+                None => {
+                    eprintln!("--ttl takes a whole number of seconds above 0\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             "--url" => url = args.next(),
             "serve" | "token" | "check" | "repair" => command = arg,
             client if cli::COMMANDS.contains(&client) => command = arg,
