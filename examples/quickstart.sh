@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quick start on a fresh Debian 12, one command: installs what is missing, builds egret, starts a
+# Quick start on Debian 12, one command: installs what is missing, builds egret, starts a
 # local livekit-server and egret (the shipped egress.toml), puts two synthetic publishers in a
 # room, records that room as a grid room composite to MP4 + HLS for about 10 s through LiveKit's
 # own API client, then shows what was written (ffprobe) and where the status page is.
@@ -16,7 +16,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step 1 "installing what is missing and building egret (tests/setup.sh; the first run takes a while)"
+step 1 "installing what is missing and building egret (tests/setup.sh; the first run takes minutes)"
 bash tests/setup.sh
 
 # WebRTC needs an address that is not loopback. As root, everything runs in the tests' own
@@ -90,8 +90,9 @@ async def main(url, key, secret):
     async with api.LiveKitAPI(url, key, secret) as lk:
         info = await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
             room_name="quickstart", layout="grid",
-            file_outputs=[api.EncodedFileOutput(filepath="quickstart/room.mp4")],
-            segment_outputs=[api.SegmentedFileOutput(filename_prefix="quickstart/hls/room",
+            # {time}: every run writes new files (egret never overwrites a recording).
+            file_outputs=[api.EncodedFileOutput(filepath="quickstart/room-{time}.mp4")],
+            segment_outputs=[api.SegmentedFileOutput(filename_prefix="quickstart/hls-{time}/room",
                                                      playlist_name="room.m3u8", segment_duration=2)]))
         print(f"started {info.egress_id}", file=sys.stderr)
         began = None
@@ -127,7 +128,14 @@ while read -r output; do
     -of compact "$output"
 done <"$work/outputs.txt"
 echo
-echo "Status page (while egret runs): http://$listen/?token=$($EGRET --config egress.toml token)"
-if [ ${#RUN[@]} -gt 0 ]; then echo "  (egret runs inside network namespace egret-test here: open it from there)"; fi
-echo "egret stays up for the 'egret list' below; everything stops when this script ends."
 "${RUN[@]}" $EGRET --config egress.toml list
+echo
+echo "Status page: http://$listen/?token=$($EGRET --config egress.toml token --ttl 86400)"
+if [ ${#RUN[@]} -gt 0 ]; then
+  echo "  (egret runs inside network namespace egret-test here: open it from there, e.g."
+  echo "   ip netns exec egret-test chromium --headless=new --no-sandbox --screenshot URL)"
+fi
+if [ -t 0 ]; then
+  # On a terminal, everything stays up to be looked at; a script or CI just ends here.
+  read -r -p "egret, livekit-server and the publishers run until you press Enter... " _
+fi

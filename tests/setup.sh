@@ -18,7 +18,15 @@ APT_PACKAGES=(
   nftables
   # LiveKit rooms for room/track/participant egress: livekit-server (go install below) needs redis
   redis-server
+  # the tests' Python environment, and network namespaces
+  python3-venv iproute2
 )
+
+# Toolchains Debian 12 does not ship recent enough: said up front, with where to get them.
+need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: $1 is missing: $2" >&2; exit 1; }; }
+need cargo "install Rust 1.95 or later from https://rustup.rs"
+need go "install Go 1.26 or later from https://go.dev/dl (livekit-server needs it; Debian 12 ships 1.19)"
+need npm "install Node.js 20 and npm (https://nodejs.org, or Debian's nodejs + npm from bookworm-backports)"
 
 # Each step says what it does, so a first run (minutes of downloads and builds) is not silent.
 step() { echo "setup: [$1/8] $2"; }
@@ -31,8 +39,9 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO apt-get update -q
+  # -q keeps apt's per-package lines (Get:, Unpacking, Setting up): progress, not silence.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
   echo "setup: installed ${#missing[@]} packages"
 fi
 # Debian starts nginx on port 80 when installed; the tests run their own instances.
@@ -54,14 +63,14 @@ step 3 "versitygw (S3 server for the upload tests)"
 GOBIN_DIR="$(go env GOPATH)/bin"
 if [ ! -x "$GOBIN_DIR/versitygw" ]; then
   echo "setup: building versitygw (go install, pinned)"
-  go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+  go install -v github.com/versity/versitygw/cmd/versitygw@v1.8.0 2>&1 | sed -u 's/^/  go: /' 
 fi
 
 # LiveKit: the real server, pinned (the module's binary is called `server`).
 step 4 "livekit-server"
 if [ ! -x "$GOBIN_DIR/livekit-server" ]; then
   echo "setup: building livekit-server (go install, pinned)"
-  go install github.com/livekit/livekit-server/cmd/server@v1.13.5
+  go install -v github.com/livekit/livekit-server/cmd/server@v1.13.5 2>&1 | sed -u 's/^/  go: /' 
   mv "$GOBIN_DIR/server" "$GOBIN_DIR/livekit-server"
 fi
 
@@ -89,5 +98,6 @@ if [ ! -f layouts/build/layout.js ] || [ -n "$(find layouts/src layouts/package-
 fi
 
 step 8 "building egret (cargo build --release; several minutes the first time)"
-cargo build --release --quiet
+# cargo's own "Compiling ..." lines on a terminal; a log (CI) gets its errors only.
+if [ -t 1 ]; then cargo build --release; else cargo build --release --quiet; fi
 echo "setup: done ($(./target/release/egret --help | head -1))"

@@ -1,5 +1,6 @@
 """[[always_on]] entries: restarted after failures, and egress.toml edits applied live."""
 
+import signal
 import time
 
 from conftest import EgretProcess, Nginx
@@ -137,3 +138,22 @@ def test_config_edit_applies_the_key_pair_and_names_what_needs_a_restart(fresh_e
     assert old[0] == 401, old
     new = egret.api.request("GET", "/v1/egress", token=livekit_token(API_KEY, new_secret))
     assert new[0] == 200, new
+
+
+def test_an_entry_whose_recipe_does_not_load_waits_for_the_fix(tmp_path):
+    """egret starts even when an always-on entry's recipe file is broken (as at run time, the
+    entry fails and retries); fixing the file brings the entry up."""
+    egret = EgretProcess(tmp_path, extra_config=entry("pattern", '{ file_outputs = [{ filepath = "fix/{time}.mp4" }] }'))
+    try:
+        active_one(egret, "pattern")
+        good = (egret.recipes / "testsrc.lua").read_text()
+        (egret.recipes / "testsrc.lua").write_text("return recipe {")
+        egret.proc.send_signal(signal.SIGTERM)
+        assert egret.proc.wait(timeout=30) == 0
+        egret.restart()  # must come up despite the broken recipe
+        assert "does not load" in egret.log_text()
+        assert not [e for e in always_on(egret, "pattern") if e["status"] == "active"]
+        (egret.recipes / "testsrc.lua").write_text(good)
+        active_one(egret, "pattern")
+    finally:
+        egret.stop()

@@ -185,6 +185,12 @@ def test_storage_never_overwritten_nor_left_through_links(egret, tmp_path):
         status, reply = start(file_outputs=[{"filepath": bad}])
         assert status == 400 and "control character" in reply["error"], reply
 
+    # Refused before the recipe runs anything (no room joined, no page loaded), whatever it is.
+    status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "room_composite", "params": {
+        "room_name": "nowhere", "file_outputs": [{"filepath": "safe/one.mp4"}]}})
+    assert status == 409 and reply["field"] == "params.file_outputs[0].filepath", reply
+    assert "already exists" in reply["error"] and ".lua:" not in reply["error"], reply
+
     # A refused start holds nothing: the same request is refused for the same reason again.
     for _ in range(2):
         status, reply = start(file_outputs=[{"filepath": "safe/v.ogg"}])

@@ -24,10 +24,15 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 pub struct EntryState {
     pub name: String,
     pub recipe: String,
-    /// Egresses started for it; every one after the first is a restart.
+    /// Egresses started for it.
     pub starts: u64,
-    /// Starts that failed before an egress ran.
-    pub failed_starts: u64,
+    /// Starts after an end that was not a `max_duration` rotation (a failure, a stop, a
+    /// source gone): what an operator counts as restarts.
+    pub restarts: u64,
+    /// Periods over (`max_duration`): the next file starts at once, by design.
+    pub rotations: u64,
+    /// Runs that failed: an egress that ended failed or aborted, or a start refused.
+    pub failures: u64,
     pub egress_id: Option<String>,
     pub last_error: Option<String>,
 }
@@ -50,11 +55,20 @@ impl AlwaysOn {
         Arc::new(AlwaysOn { manager, running: Mutex::new(HashMap::new()) })
     }
 
-    /// Every problem of the entries' params, checked against their recipes' declarations.
+    /// Every problem of the entries' params, checked against their recipes' declarations. An
+    /// entry whose recipe file does not load now is let through (with a warning): it fails
+    /// and retries like any failing source until the file is fixed, as at run time.
     pub fn check(&self, entries: &[AlwaysOnEntry]) -> Vec<String> {
         entries
             .iter()
             .enumerate()
+            .filter(|(i, e)| match self.manager.recipes().get(&e.recipe) {
+                Err(crate::recipes::RecipeLookupError::Broken(error)) => {
+                    tracing::warn!(always_on = %e.name, "always_on[{i}]: recipe `{}` does not load: {error}", e.recipe);
+                    false
+                }
+                _ => true,
+            })
             .filter_map(|(i, e)| self.manager.check(&e.recipe, e.params.clone()).err().map(|err| (i, err)))
             .map(|(i, err)| match err.field.as_str() {
                 "recipe" => format!("always_on[{i}].recipe: {}", err.message),
@@ -118,8 +132,15 @@ async fn keep_running(
     state: Arc<Mutex<EntryState>>,
 ) {
     let mut retry = FIRST_RETRY;
+    let mut first = true;
+    let mut rotated = false;
     loop {
         let began = Instant::now();
+        if !first && !rotated {
+            state.lock().unwrap().restarts += 1;
+        }
+        first = false;
+        rotated = false;
         match manager
             .start_with(
                 &entry.recipe,
@@ -139,11 +160,17 @@ async fn keep_running(
                         if record.snapshot().limit_reached() {
                             // max_duration rotates: the next file starts at once, without backoff.
                             tracing::info!(always_on = %entry.name, egress = %record.id, "period over: next file");
+                            state.lock().unwrap().rotations += 1;
                             retry = FIRST_RETRY;
+                            rotated = true;
                             continue;
                         }
                         tracing::warn!(always_on = %entry.name, egress = %record.id, ?status, "always-on egress ended");
-                        state.lock().unwrap().last_error = record.snapshot().error;
+                        let mut state = state.lock().unwrap();
+                        state.last_error = record.snapshot().error;
+                        if status != crate::egress::EgressStatus::Complete {
+                            state.failures += 1;
+                        }
                     }
                     reason = async { stop.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
                         let reason = reason.ok().flatten().unwrap_or_else(|| "always-on entry dropped".into());
@@ -156,7 +183,7 @@ async fn keep_running(
             Err(e) => {
                 tracing::warn!(always_on = %entry.name, "always-on egress did not start: {}", e.error);
                 let mut state = state.lock().unwrap();
-                state.failed_starts += 1;
+                state.failures += 1;
                 state.last_error = Some(e.error.to_string());
             }
         }

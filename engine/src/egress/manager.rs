@@ -220,6 +220,11 @@ impl Manager {
             }
         }
         let storage = &self.config.storage;
+        // A file that exists already is refused now, before any room is joined or page
+        // loaded; the output's own claim (when the recipe builds it) stays the real guard.
+        if let Some(e) = existing_file(&request.params, &template, &storage.dir) {
+            return Err(StartError { error: Error::invalid(e), egress: None });
+        }
         let upload_task = crate::media::outputs::uploads::UploadQueue::start(self.uploader.clone());
         let uploads = Some(upload_task.queue());
         let graph = Graph::new(
@@ -381,4 +386,20 @@ impl Manager {
             record.finished().await;
         }
     }
+}
+
+/// The first `file_outputs[i].filepath` that names an existing file once expanded (paths
+/// whose name is only known later, with a placeholder left or no extension yet, are let be).
+fn existing_file(params: &Value, template: &Template, storage: &std::path::Path) -> Option<FieldError> {
+    let outputs = params.get("file_outputs")?.as_array()?;
+    outputs.iter().enumerate().find_map(|(i, output)| {
+        let raw = output.get("filepath")?.as_str()?;
+        let rel = template.expand(raw);
+        let named = !rel.contains('{') && std::path::Path::new(&rel).extension().is_some();
+        let field = format!("file_outputs[{i}].filepath");
+        if !named || crate::request::filepath::check_relative(&rel, &field).is_err() {
+            return None;
+        }
+        crate::request::filepath::check_free(&storage.join(&rel), false, &field).err()
+    })
 }

@@ -156,25 +156,36 @@ impl Drop for PathClaim {
 /// like HLS segments and snapshots, a file named `<name>_...`). egret never overwrites a
 /// recording.
 pub fn claim(path: &Path, series: bool, field: &str) -> FieldResult<PathClaim> {
-    let shown = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let mut writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
-    if writing.contains(path) {
-        return Err(FieldError::conflict(field, format!("another egress is writing `{shown}`")));
-    }
-    if std::fs::symlink_metadata(path).is_ok() {
-        return Err(FieldError::conflict(
-            field,
-            format!("`{shown}` already exists; egret never overwrites a recording"),
-        ));
-    }
-    if series && let Some(existing) = first_of_series(path) {
-        return Err(FieldError::conflict(
-            field,
-            format!("`{existing}` already exists; egret never overwrites a recording"),
-        ));
+    if let Some(e) = taken(&writing, path, series, field) {
+        return Err(e);
     }
     writing.insert(path.to_path_buf());
     Ok(PathClaim(path.to_path_buf()))
+}
+
+/// Why `path` cannot be written now (as `claim` would refuse it), without claiming it.
+pub fn check_free(path: &Path, series: bool, field: &str) -> FieldResult<()> {
+    match taken(&WRITING.lock().unwrap_or_else(|e| e.into_inner()), path, series, field) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn taken(writing: &HashSet<PathBuf>, path: &Path, series: bool, field: &str) -> Option<FieldError> {
+    let shown = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let exists = |name: &str| {
+        FieldError::conflict(field, format!("`{name}` already exists; egret never overwrites a recording"))
+    };
+    if writing.contains(path) {
+        Some(FieldError::conflict(field, format!("another egress is writing `{shown}`")))
+    } else if std::fs::symlink_metadata(path).is_ok() {
+        Some(exists(&shown))
+    } else if series {
+        first_of_series(path).map(|existing| exists(&existing))
+    } else {
+        None
+    }
 }
 
 /// A file beside `path` named `<name>_...`, if any.
