@@ -8,7 +8,7 @@
 -- As LiveKit: named tracks and participants must appear within 30 s; following a participant,
 -- the egress completes when it leaves (here after a 10 s grace, as the participant recipe).
 local CHANNELS = { AUDIO_CHANNEL_BOTH = "both", AUDIO_CHANNEL_LEFT = "left", AUDIO_CHANNEL_RIGHT = "right" }
-local CONTAINERS = { h264 = "MP4", vp8 = "WEBM", opus = "OGG" }
+local CONTAINERS = { h264 = "MP4", vp8 = "WEBM", vp9 = "WEBM", opus = "OGG" }
 local WAIT = { timeout = 30 }
 
 -- The routes as plain rules: { track_id | identity | kind, channel }, checked field by field.

@@ -1,7 +1,7 @@
 -- scripts/track.lua: one room track exported as it was published, without transcoding
--- (LiveKit's TrackEgressRequest): H.264 → MP4, VP8 → WebM, Opus → OGG; or an audio track
+-- (LiveKit's TrackEgressRequest): H.264 → MP4, VP8 or VP9 → WebM, Opus → OGG; or an audio track
 -- as raw PCM (s16le, 48 kHz, mono) to `websocket_url`.
-local containers = { h264 = "MP4", vp8 = "WEBM", opus = "OGG" }
+local containers = { h264 = "MP4", vp8 = "WEBM", vp9 = "WEBM", opus = "OGG" }
 
 return recipe {
   name = "track",

@@ -114,7 +114,7 @@ async def main():
     p.add_argument("--identity", required=True)
     p.add_argument("--api-key", required=True)
     p.add_argument("--api-secret", required=True)
-    p.add_argument("--codec", choices=["h264", "vp8"], default="vp8")
+    p.add_argument("--codec", choices=["h264", "vp8", "vp9"], default="vp8")
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--no-audio", action="store_true")
     p.add_argument("--flash", action="store_true", help="flash + beep once a second")
@@ -157,7 +157,7 @@ async def main():
     audio_source = (
         rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO if args.source == "screen_share" else rtc.TrackSource.SOURCE_MICROPHONE
     )
-    codec = rtc.VideoCodec.H264 if args.codec == "h264" else rtc.VideoCodec.VP8
+    codec = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8, "vp9": rtc.VideoCodec.VP9}[args.codec]
     published = {}
     state = {"video": False, "audio": False}
 

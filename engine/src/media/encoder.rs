@@ -82,6 +82,17 @@ impl Encoder {
         self.raw.contains_key(&kind) || self.encoded.keys().any(|c| kind_of(*c) == kind)
     }
 
+    /// The video codec this encoder copies (a room track taken as published), if any.
+    pub fn copied_video(&self) -> Option<VideoCodec> {
+        if self.raw.contains_key(&MediaKind::Video) {
+            return None;
+        }
+        self.encoded.keys().find_map(|c| match c {
+            Codec::Video(v) => Some(*v),
+            Codec::Audio(_) => None,
+        })
+    }
+
     /// The raw tee of one kind (image outputs take raw video).
     pub fn raw_tee(&self, kind: MediaKind) -> Option<&gst::Element> {
         self.raw.get(&kind)
@@ -153,6 +164,8 @@ impl Encoder {
                 enc.set_property("threads", 2i32);
                 chain.push(enc);
             }
+            // Requests cannot ask for it (refused by field); VP9 is only copied.
+            VideoCodec::Vp9 => anyhow::bail!("egret copies VP9 tracks but does not encode VP9"),
         }
         Ok(chain)
     }

@@ -10,13 +10,14 @@ use super::encoder::Codec;
 use super::{add_chain, make, queue, sync_states};
 use crate::request::encoding::{AudioCodec, VideoCodec};
 
-/// The codecs egret can take from a room, by LiveKit's codec name (`h264`, `vp8`, `opus`).
+/// The codecs egret can take from a room, by LiveKit's codec name (`h264`, `vp8`, `vp9`, `opus`).
 pub fn codec(name: &str) -> Result<Codec> {
     Ok(match name {
         "h264" => Codec::Video(VideoCodec::H264),
         "vp8" => Codec::Video(VideoCodec::Vp8),
+        "vp9" => Codec::Video(VideoCodec::Vp9),
         "opus" => Codec::Audio(AudioCodec::Opus),
-        other => bail!("tracks in {other} are not supported (H.264, VP8 and Opus are)"),
+        other => bail!("tracks in {other} are not supported (H.264, VP8, VP9 and Opus are)"),
     })
 }
 
@@ -40,6 +41,14 @@ fn depay_chain(codec: Codec) -> Result<Vec<gst::Element>> {
             depay.set_property("request-keyframe", true);
             depay.set_property("wait-for-keyframe", true);
             chain.push(depay);
+        }
+        Codec::Video(VideoCodec::Vp9) => {
+            let depay = make("rtpvp9depay", None)?;
+            depay.set_property("request-keyframe", true);
+            depay.set_property("wait-for-keyframe", true);
+            chain.push(depay);
+            // Caps with the frame size (from the keyframes), which matroskamux needs.
+            chain.push(make("vp9parse", None)?);
         }
         Codec::Audio(AudioCodec::Opus) => {
             chain.push(make("rtpopusdepay", None)?);
@@ -153,6 +162,7 @@ pub fn decode(pipeline: &gst::Pipeline, codec: Codec) -> Result<TrackChain> {
     match codec {
         Codec::Video(VideoCodec::H264) => chain.push(make("avdec_h264", None)?),
         Codec::Video(VideoCodec::Vp8) => chain.push(make("vp8dec", None)?),
+        Codec::Video(VideoCodec::Vp9) => chain.push(make("vp9dec", None)?),
         Codec::Audio(_) => {
             let dec = make("opusdec", None)?;
             // Lost packets become concealment, not gaps: the mixer's timeline stays whole.

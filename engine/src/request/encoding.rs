@@ -10,6 +10,8 @@ use super::fields::{FieldError, FieldResult, Obj};
 pub enum VideoCodec {
     H264,
     Vp8,
+    /// Copied from a room track only (egret does not encode VP9: too slow for live here).
+    Vp9,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -93,7 +93,7 @@ fn parse_one(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<F
     let (video_ok, audio_ok): (&[VideoCodec], &[AudioCodec]) = match file_type {
         FileType::Mp4 => (&[VideoCodec::H264], &[AudioCodec::Aac, AudioCodec::Opus]),
         FileType::Ogg => (&[], &[AudioCodec::Opus]),
-        FileType::Webm => (&[VideoCodec::Vp8], &[AudioCodec::Opus]),
+        FileType::Webm => (&[VideoCodec::Vp8, VideoCodec::Vp9], &[AudioCodec::Opus]),
         // Always MP3 (as LiveKit does): the request's audio codec is for its other outputs.
         FileType::Mp3 => (&[], &[AudioCodec::Aac, AudioCodec::Opus]),
     };
@@ -139,7 +139,11 @@ fn build(encoder: &Encoder, file_type: FileType, path: &Path, crash_safe: bool) 
     let (video, audio) = match file_type {
         FileType::Mp4 => (Some(VideoCodec::H264), s.audio_codec.or(Some(AudioCodec::Aac))),
         FileType::Ogg => (None, Some(AudioCodec::Opus)),
-        FileType::Webm => (Some(VideoCodec::Vp8), Some(AudioCodec::Opus)),
+        // VP8, or VP9 when a VP9 track is copied (egret encodes VP8 only).
+        FileType::Webm => (
+            Some(encoder.copied_video().filter(|v| *v == VideoCodec::Vp9).unwrap_or(VideoCodec::Vp8)),
+            Some(AudioCodec::Opus),
+        ),
         FileType::Mp3 => unreachable!("built by build_mp3"),
     };
     let video = video.filter(|_| encoder.has(MediaKind::Video));
