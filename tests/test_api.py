@@ -219,3 +219,24 @@ def test_an_idle_or_trickling_client_is_cut_off(egret, trickle):
     conn.close()
     assert held < 30, f"held for {held:.1f} s"
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+
+
+def test_manifest_beside_outputs_unless_disabled(egret):
+    """LiveKit's manifest: `<egress_id>.json` beside each file output, unless disable_manifest."""
+    import json
+
+    kept = egret.api.start("testsrc", duration=1, file_outputs=[{"filepath": "manifest/a/x.mp4"}],
+                           segment_outputs=[{"filename_prefix": "manifest/b/seg", "playlist_name": "p.m3u8"}])
+    skipped = egret.api.start("testsrc", duration=1,
+                              file_outputs=[{"filepath": "manifest/c/y.mp4", "disable_manifest": True}])
+    for started in (kept, skipped):
+        egret.api.wait_status(started["egress_id"], "complete")
+    eid = kept["egress_id"]
+    for folder in ("a", "b"):
+        manifest = json.loads((egret.storage / f"manifest/{folder}/{eid}.json").read_text())
+        assert manifest["egress_id"] == eid
+    assert manifest["files"][0]["filename"] == "manifest/a/x.mp4"
+    (playlist,) = manifest["playlists"]
+    assert playlist["segments"] and all(s["filename"].startswith("manifest/b/seg_") for s in playlist["segments"])
+    assert egret.api.get(eid)["manifest_location"].endswith(f"manifest/a/{eid}.json")
+    assert not list((egret.storage / "manifest/c").glob("*.json")), "disable_manifest: none written"

@@ -1,5 +1,6 @@
 """Uploads to a real S3-compatible server (versitygw, posix backend) and the local backup."""
 
+import json
 import shutil
 import subprocess
 import time
@@ -101,7 +102,17 @@ def test_finished_files_are_uploaded(egret_s3, s3):
     (out,) = info["outputs"]
     key = out["target"]
     assert out["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/{key}" and out["backup"] is None
-    assert list_objects(s3.port) == {key: (egret.storage / key).stat().st_size}, "listed by the S3 server"
+    # LiveKit's manifest goes beside it: `<egress_id>.json`, naming the file where it went.
+    manifest_key = f"up/{started['egress_id']}.json"
+    local_manifest = egret.storage / manifest_key
+    assert list_objects(s3.port) == {key: (egret.storage / key).stat().st_size,
+                                     manifest_key: local_manifest.stat().st_size}, "listed by the S3 server"
+    manifest = json.loads(local_manifest.read_text())
+    assert manifest["egress_id"] == started["egress_id"] and manifest["files"] == [
+        {"filename": key, "location": out["location"]}], manifest
+    assert manifest["ended_at"] >= manifest["started_at"] > 0
+    _, _, listed = egret.api.twirp("ListEgress", {"egressId": started["egress_id"]})
+    assert listed["items"][0]["manifestLocation"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/{manifest_key}", listed
     stored = s3.root / BUCKET / key
     assert stored.read_bytes() == (egret.storage / key).read_bytes(), "the object is the recorded file"
     assert abs(duration(probe(stored)) - 2.0) <= 0.5

@@ -3,6 +3,7 @@
 
 pub mod livekit;
 pub mod manager;
+pub mod manifest;
 pub mod store;
 mod stream_retry;
 mod supervisor;
@@ -91,6 +92,8 @@ pub struct EgressRecord {
     /// What a client should know while it runs ("reconnecting to LiveKit: ..."): EgressInfo's
     /// details until it ends.
     details: Mutex<Option<String>>,
+    /// Where its manifest went (LiveKit's `manifest_location`), once written at the end.
+    manifest_location: Mutex<Option<String>>,
     /// An egress of an earlier run, read back from the store: shown as it was left.
     frozen: Option<EgressSnapshot>,
 }
@@ -119,6 +122,7 @@ impl EgressRecord {
             published: Mutex::new(Vec::new()),
             updated_at: Mutex::new(now()),
             details: Mutex::new(None),
+            manifest_location: Mutex::new(None),
             created_at: now(),
             lifecycle: Mutex::new(Lifecycle {
                 status: EgressStatus::Starting,
@@ -224,6 +228,10 @@ impl EgressRecord {
     }
 
     /// Tells clients what is going on while it runs (a reconnect): a visible change.
+    pub fn set_manifest_location(&self, location: String) {
+        *self.manifest_location.lock().unwrap() = Some(location);
+    }
+
     pub fn set_details(&self, details: String) {
         *self.details.lock().unwrap() = Some(details);
         self.bump();
@@ -286,6 +294,7 @@ impl EgressRecord {
             ended_at: l.ended_at,
             duration: (duration * 1000.0).round() / 1000.0,
             details: self.details.lock().unwrap().clone(),
+            manifest_location: self.manifest_location.lock().unwrap().clone(),
             bytes: outputs.iter().map(|o| o.bytes).sum(),
             params: self.params.clone(),
             outputs,
@@ -321,6 +330,9 @@ pub struct EgressSnapshot {
     pub duration: f64,
     /// News while it runs (a LiveKit reconnect), see `EgressRecord::set_details`.
     pub details: Option<String>,
+    /// Where the manifest went (see `manifest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_location: Option<String>,
     pub bytes: u64,
     pub params: Value,
     pub outputs: Vec<OutputSnapshot>,

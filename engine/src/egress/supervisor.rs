@@ -339,6 +339,50 @@ impl Supervisor {
         }
     }
 
+    /// LiveKit's manifest beside each file, segment and image output that wants one
+    /// (`super::manifest`), uploaded where that output uploads.
+    async fn write_manifests(&self) {
+        use crate::media::outputs::BuildTarget;
+        let (storage, publisher, places) = {
+            let graph = self.ctx.graph.lock().unwrap();
+            let mut places: Vec<(std::path::PathBuf, Option<Arc<crate::storage::Uploader>>)> = Vec::new();
+            for o in &graph.outputs {
+                let wanted = ["file", "segments", "images"].contains(&o.status.kind.name)
+                    && !super::manifest::disabled(&self.record.params, &o.status.field);
+                let dir =
+                    std::path::Path::new(&o.status.target).parent().unwrap_or(std::path::Path::new("")).to_path_buf();
+                if wanted && !places.iter().any(|(d, _)| *d == dir) {
+                    places.push((dir, o.uploader.clone().or_else(|| self.uploader.clone())));
+                }
+            }
+            let publisher = graph.template.get("publisher_identity").map(str::to_string);
+            (graph.storage().to_path_buf(), publisher, places)
+        };
+        if places.is_empty() {
+            return;
+        }
+        let text = super::manifest::manifest(&self.record.snapshot(), &storage, publisher.as_deref()).to_string();
+        let mut first = None;
+        for (dir, uploader) in places {
+            let path = storage.join(&dir).join(format!("{}.json", self.record.id));
+            if let Err(e) = std::fs::write(&path, &text) {
+                tracing::warn!(egress = %self.record.id, path = %path.display(), "manifest not written: {e}");
+                continue;
+            }
+            let location = match uploader {
+                Some(uploader) => match uploader.upload(&path, true).await {
+                    crate::storage::Upload::Uploaded { location } => location,
+                    crate::storage::Upload::BackedUp { path, .. } => path.to_string_lossy().to_string(),
+                },
+                None => path.to_string_lossy().to_string(),
+            };
+            first.get_or_insert(location);
+        }
+        if let Some(location) = first {
+            self.record.set_manifest_location(location);
+        }
+    }
+
     /// The API reads output statuses from the record; outputs may be added by handlers.
     fn publish_outputs(&self) {
         let (statuses, room_id) = {
@@ -563,6 +607,7 @@ impl Supervisor {
             task.drain().await;
         }
         self.publish_outputs();
+        self.write_manifests().await;
         self.record.set_status(end.status, Some(end.reason.clone()), end.error.clone());
         let info =
             self.lua.to_value(&json!({ "status": end.status, "reason": end.reason })).unwrap_or(mlua::Value::Nil);

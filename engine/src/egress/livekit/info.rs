@@ -68,6 +68,7 @@ pub fn egress_info(snapshot: &EgressSnapshot, original: Option<&Value>, storage:
         error_code: error_code(snapshot),
         details,
         request: echo,
+        manifest_location: snapshot.manifest_location.clone().unwrap_or_default(),
         ..Default::default()
     };
     for output in &snapshot.outputs {

@@ -431,6 +431,7 @@ mod tests {
             ended_at: Some(4.5),
             duration: 2.5,
             details: None,
+            manifest_location: None,
             bytes: 1000,
             params: json!({"room_name": "r", "audio_track_id": "TR_a"}),
             outputs: vec![
