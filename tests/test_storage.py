@@ -24,6 +24,11 @@ def versitygw_binary():
 
 def sigv4_get(port, path, query):
     """A GET signed with AWS Signature V4 (stdlib only), as any S3 client sends it."""
+    return sigv4_request(port, path, query)[1]
+
+
+def sigv4_request(port, path, query, method="GET"):
+    """(headers, body) of a request signed with AWS Signature V4 (stdlib only)."""
     import datetime
     import hashlib
     import hmac
@@ -34,18 +39,18 @@ def sigv4_get(port, path, query):
     host, payload = f"127.0.0.1:{port}", hashlib.sha256(b"").hexdigest()
     headers = f"host:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n"
     signed = "host;x-amz-content-sha256;x-amz-date"
-    canonical = f"GET\n{path}\n{query}\n{headers}\n{signed}\n{payload}"
+    canonical = f"{method}\n{path}\n{query}\n{headers}\n{signed}\n{payload}"
     scope = f"{date}/us-east-1/s3/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
     key = f"AWS4{SECRET}".encode()
     for part in (date, "us-east-1", "s3", "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    req = urllib.request.Request(f"http://{host}{path}?{query}", headers={
+    req = urllib.request.Request(f"http://{host}{path}?{query}", method=method, headers={
         "x-amz-date": amz_date, "x-amz-content-sha256": payload,
         "Authorization": f"AWS4-HMAC-SHA256 Credential={ACCESS}/{scope}, SignedHeaders={signed}, Signature={signature}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.read()
+        return resp.headers, resp.read()
 
 
 def list_objects(port):
@@ -93,6 +98,32 @@ def egret_s3(tmp_path, s3):
     egret = EgretProcess(tmp_path / "eg", extra_config=s3.config())
     yield egret
     egret.stop()
+
+
+def test_upload_options_as_livekit_takes_them(tmp_path, s3):
+    """A request's own S3 target with LiveKit's metadata, tagging and content disposition: the
+    object carries them. Through StartEgress v2's `storage` too (every output's target)."""
+    egret = EgretProcess(tmp_path / "eg")
+    try:
+        target = {"access_key": ACCESS, "secret": SECRET, "bucket": BUCKET, "region": "us-east-1",
+                  "endpoint": f"http://127.0.0.1:{s3.port}", "force_path_style": True,
+                  "metadata": {"recorded-by": "egret", "room": "lobby"}, "tagging": "team=media&kind=test",
+                  "content_disposition": 'attachment; filename="talk.mp4"'}
+        started = egret.api.start("testsrc", duration=1, file_outputs=[{"filepath": "opts/a.mp4", "s3": target}])
+        info = egret.api.wait_status(started["egress_id"], "complete", "failed")
+        assert info["status"] == "complete" and info["outputs"][0]["location"].endswith("/opts/a.mp4"), info
+        headers, body = sigv4_request(s3.port, f"/{BUCKET}/opts/a.mp4", "")
+        assert body == (egret.storage / "opts/a.mp4").read_bytes()
+        assert headers["x-amz-meta-recorded-by"] == "egret" and headers["x-amz-meta-room"] == "lobby", dict(headers)
+        assert headers["Content-Disposition"] == 'attachment; filename="talk.mp4"', dict(headers)
+        _, tags = sigv4_request(s3.port, f"/{BUCKET}/opts/a.mp4", "tagging=")
+        assert b"<Key>team</Key>" in tags and b"<Value>media</Value>" in tags, tags
+
+        status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
+            "file_outputs": [{"filepath": "opts/b.mp4", "s3": {**target, "assume_role_arn": "arn:x"}}]}})
+        assert status == 400 and reply["field"] == "params.file_outputs[0].s3.assume_role_arn", reply
+    finally:
+        egret.stop()
 
 
 def test_finished_files_are_uploaded(egret_s3, s3):

@@ -154,6 +154,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("storage.s3.access_key", Kind::Str, true),
     ("storage.s3.secret", Kind::Str, true),
     ("storage.s3.force_path_style", Kind::Bool, false),
+    ("storage.s3.session_token", Kind::Str, false),
     ("recipes", Kind::Section, true),
     ("recipes.dir", Kind::Str, true),
     ("recipes.layouts", Kind::Str, false),
@@ -311,6 +312,10 @@ impl Config {
                     access_key: reader.str("storage.s3.access_key"),
                     secret: reader.str("storage.s3.secret"),
                     force_path_style: reader.bool("storage.s3.force_path_style").unwrap_or(true),
+                    session_token: Some(reader.str("storage.s3.session_token")).filter(|t| !t.is_empty()),
+                    metadata: Default::default(),
+                    tagging: None,
+                    content_disposition: None,
                 }),
                 backup_dir: match reader.str("storage.backup_dir") {
                     dir if dir.is_empty() => base.join(reader.str("storage.dir")).join("backup"),

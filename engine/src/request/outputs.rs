@@ -9,7 +9,8 @@ use super::fields::{FieldError, FieldResult, Obj};
 use crate::storage::S3Config;
 
 /// The upload target of one output: LiveKit's `s3` (S3Upload) fields. Other clouds and the
-/// S3 options egret cannot honour yet are refused by name rather than ignored.
+/// S3 options egret cannot honour (role assumption, a proxy) are refused by name rather than
+/// ignored.
 pub fn upload_target(o: &mut Obj) -> FieldResult<Option<S3Config>> {
     o.get("disable_manifest");
     for key in ["gcp", "azure", "ali_oss", "alioss"] {
@@ -32,18 +33,53 @@ pub fn upload_target(o: &mut Obj) -> FieldResult<Option<S3Config>> {
     }
     let region = s3.string("region")?.filter(|r| !r.is_empty()).unwrap_or_else(|| "us-east-1".into());
     let force_path_style = s3.bool("force_path_style")?.unwrap_or(false);
-    for key in
-        ["session_token", "assume_role_arn", "assume_role_external_id", "tagging", "content_disposition", "proxy"]
-    {
-        if s3.get(key).is_some_and(|v| v != &Value::String(String::new())) {
+    for key in ["assume_role_arn", "assume_role_external_id", "proxy"] {
+        let given = s3.get(key).is_some_and(|v| !(v.is_null() || v == &Value::String(String::new())));
+        if given {
             return Err(FieldError::new(s3.field_path(key), "not supported yet"));
         }
     }
-    if s3.get("metadata").is_some_and(|m| m.as_object().is_some_and(|m| !m.is_empty())) {
-        return Err(FieldError::new(s3.field_path("metadata"), "not supported yet"));
+    let text = |s3: &mut Obj, key: &'static str| -> FieldResult<Option<String>> {
+        Ok(s3.string(key)?.filter(|v| !v.is_empty()))
+    };
+    let session_token = text(&mut s3, "session_token")?;
+    let tagging = text(&mut s3, "tagging")?;
+    let content_disposition = text(&mut s3, "content_disposition")?;
+    if let Some(bad) = [&session_token, &tagging, &content_disposition]
+        .into_iter()
+        .flatten()
+        .find(|v| v.chars().any(|c| c.is_control()))
+    {
+        return Err(FieldError::new(s3.field_path("tagging"), format!("`{bad}` holds a control character")));
+    }
+    let mut metadata = std::collections::BTreeMap::new();
+    if let Some(given) = s3.get("metadata").filter(|m| !m.is_null()) {
+        let field = s3.field_path("metadata");
+        let map = given.as_object().ok_or_else(|| FieldError::new(&field, "must be an object of strings"))?;
+        for (key, value) in map {
+            let Some(value) = value.as_str() else {
+                return Err(FieldError::new(format!("{field}.{key}"), "must be a string"));
+            };
+            let usable = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !usable || value.chars().any(|c| c.is_control() || !c.is_ascii()) {
+                return Err(FieldError::new(format!("{field}.{key}"), "keys are letters, digits, - and _; values printable ASCII"));
+            }
+            metadata.insert(key.clone(), value.to_string());
+        }
     }
     s3.finish(&[])?;
-    Ok(Some(S3Config { endpoint, region, bucket, access_key, secret, force_path_style }))
+    Ok(Some(S3Config {
+        endpoint,
+        region,
+        bucket,
+        access_key,
+        secret,
+        force_path_style,
+        session_token,
+        metadata,
+        tagging,
+        content_disposition,
+    }))
 }
 
 /// An unsupported codec/container pair is a request error, named at the container's field.

@@ -18,6 +18,13 @@ pub struct S3Config {
     pub access_key: String,
     pub secret: String,
     pub force_path_style: bool,
+    /// Temporary credentials' token (`x-amz-security-token`).
+    pub session_token: Option<String>,
+    /// User metadata (`x-amz-meta-<key>`), tags (`x-amz-tagging`, a URL query string as
+    /// LiveKit takes it) and `Content-Disposition` for every object.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub tagging: Option<String>,
+    pub content_disposition: Option<String>,
 }
 
 pub struct S3Client {
@@ -68,10 +75,26 @@ impl S3Client {
         let now = chrono::Utc::now();
         let (amz_date, date) = (now.format("%Y%m%dT%H%M%SZ").to_string(), now.format("%Y%m%d").to_string());
         let payload_hash = hex(&Sha256::digest(&body));
-        let canonical_headers = format!(
-            "content-type:{content_type}\nhost:{host}\nx-amz-content-sha256:{payload_hash}\nx-amz-date:{amz_date}\n"
-        );
-        let signed_headers = "content-type;host;x-amz-content-sha256;x-amz-date";
+        // Every header sent is signed: lower-case names, sorted, values trimmed.
+        let mut headers = std::collections::BTreeMap::new();
+        headers.insert("content-type".to_string(), content_type.to_string());
+        headers.insert("host".to_string(), host.to_string());
+        headers.insert("x-amz-content-sha256".to_string(), payload_hash.clone());
+        headers.insert("x-amz-date".to_string(), amz_date.clone());
+        if let Some(token) = &c.session_token {
+            headers.insert("x-amz-security-token".into(), token.clone());
+        }
+        for (key, value) in &c.metadata {
+            headers.insert(format!("x-amz-meta-{}", key.to_ascii_lowercase()), value.trim().to_string());
+        }
+        if let Some(tagging) = &c.tagging {
+            headers.insert("x-amz-tagging".into(), tagging.clone());
+        }
+        if let Some(disposition) = &c.content_disposition {
+            headers.insert("content-disposition".into(), disposition.clone());
+        }
+        let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{}\n", v.trim())).collect();
+        let signed_headers = headers.keys().cloned().collect::<Vec<_>>().join(";");
         let canonical_request = format!("PUT\n{path}\n\n{canonical_headers}\n{signed_headers}\n{payload_hash}");
         let scope = format!("{date}/{}/s3/aws4_request", c.region);
         let string_to_sign =
@@ -83,13 +106,11 @@ impl S3Client {
             "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
             c.access_key
         );
-        let request = hyper::Request::put(&url)
-            .header("host", host)
-            .header("content-type", content_type)
-            .header("x-amz-content-sha256", &payload_hash)
-            .header("x-amz-date", &amz_date)
-            .header("authorization", authorization)
-            .body(Full::new(body))?;
+        let mut request = hyper::Request::put(&url);
+        for (name, value) in &headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request.header("authorization", authorization).body(Full::new(body))?;
         let response = tokio::time::timeout(Duration::from_secs(60), self.http.request(request))
             .await
             .context("S3 PUT timed out")?

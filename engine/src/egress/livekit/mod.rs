@@ -232,23 +232,33 @@ fn unified_params(request: Value) -> Result<(&'static str, Value), Error> {
     if let Value::Object(fields) = source {
         params.extend(fields);
     }
+    // The request's `storage` is every output's upload target unless an output has its own.
+    let shared_storage = match request.remove("storage") {
+        Some(storage) if !storage.is_null() => Some(upload_of(&storage, "storage")?),
+        _ => None,
+    };
     for (key, value) in request {
         match key.as_str() {
             "outputs" => {
                 for (i, output) in value.as_array().into_iter().flatten().enumerate() {
-                    if output.get("storage").is_some() {
-                        return Err(invalid(&format!("outputs[{i}].storage"), "uploads are not supported yet"));
-                    }
-                    let (list, config) = crate::media::outputs::KINDS
+                    let (list, mut config) = crate::media::outputs::KINDS
                         .iter()
                         .find_map(|k| Some((k.request_fields[0], output.get(k.unified_key?)?.clone())))
                         .ok_or_else(|| invalid(&format!("outputs[{i}]"), "file, stream, segments or images"))?;
+                    let own = match output.get("storage") {
+                        Some(storage) if !storage.is_null() => Some(upload_of(storage, &format!("outputs[{i}].storage"))?),
+                        _ => None,
+                    };
+                    if let (Some(target), Value::Object(config)) = (own.or(shared_storage.clone()), &mut config)
+                        && list != "stream_outputs"
+                    {
+                        config.insert(target.0.into(), target.1);
+                    }
                     if let Some(list) = params.entry(list).or_insert_with(|| json!([])).as_array_mut() {
                         list.push(config);
                     }
                 }
             }
-            "storage" => return Err(invalid("storage", "uploads are not supported yet")),
             _ => {
                 params.insert(key, value);
             }
@@ -258,6 +268,17 @@ fn unified_params(request: Value) -> Result<(&'static str, Value), Error> {
         params.remove("room_name"); // the web source is not tied to a room
     }
     Ok((kind.recipe, Value::Object(params)))
+}
+
+/// A StorageConfig's one upload target as an output field (`s3`, `gcp`, `azure`, `ali_oss`,
+/// as the per-output upload fields are named); the outputs then check it like their own.
+fn upload_of(storage: &Value, field: &str) -> Result<(&'static str, Value), Error> {
+    let given: Vec<&'static str> =
+        ["s3", "gcp", "azure", "ali_oss"].into_iter().filter(|k| storage.get(*k).is_some_and(|v| !v.is_null())).collect();
+    match given.as_slice() {
+        [one] => Ok((*one, storage[*one].clone())),
+        _ => Err(Error::new(ErrorKind::InvalidArgument, field, "give one of s3, gcp, azure or ali_oss")),
+    }
 }
 
 /// A decoded protobuf as proto3 JSON; an enum number the proto does not define (protobuf
@@ -349,8 +370,14 @@ mod tests {
         assert_eq!(template.recipe, "room_composite");
         let none = start_request(UNIFIED_METHOD, Body::Json(br#"{"roomName":"r"}"#)).unwrap_err();
         assert_eq!((none.kind, none.field.as_str()), (ErrorKind::InvalidArgument, "source"));
-        let storage = start_request(UNIFIED_METHOD, Body::Json(br#"{"web":{},"outputs":[{"storage":{}}]}"#));
+        let storage = start_request(UNIFIED_METHOD, Body::Json(br#"{"web":{},"outputs":[{"file":{},"storage":{}}]}"#));
         assert_eq!(storage.unwrap_err().field, "outputs[0].storage");
+        let shared = br#"{"web":{},"storage":{"s3":{"bucket":"b"}},"outputs":[{"file":{"filepath":"a.mp4"}},
+                          {"segments":{},"storage":{"s3":{"bucket":"own"}}},{"stream":{"urls":["rtmp://h/a/k"]}}]}"#;
+        let params = start_request(UNIFIED_METHOD, Body::Json(shared)).unwrap().params;
+        assert_eq!(params["file_outputs"][0]["s3"]["bucket"], "b", "{params}");
+        assert_eq!(params["segment_outputs"][0]["s3"]["bucket"], "own", "{params}");
+        assert!(params["stream_outputs"][0].get("s3").is_none(), "{params}");
     }
 
     #[test]
