@@ -230,3 +230,20 @@ def test_track_composite_through_livekit_python_client(lk_egret, publish, room):
     assert file.duration > 2e9 and file.size > 0
     media = probe(lk_egret.storage / "sdk" / "tc.mp4")
     assert {s["codec_name"] for s in media["streams"]} == {"h264", "aac"}
+
+
+def test_an_unreachable_stream_url_fails_alone(lk_egret, publish, room):
+    """As LiveKit: a stream URL nobody listens at fails, the egress starts and records the
+    rest. (The URL's connection used to fail the whole start now and then, when it was
+    refused before the pipeline played.)"""
+    pub = publish("--no-video")
+    for attempt in range(4):
+        info = lk_egret.api.start("track_composite", room_name=room, audio_track_id=pub.tracks["audio"],
+                                  file_outputs=[{"filepath": f"unreachable/{attempt}.ogg"}],
+                                  stream_outputs=[{"urls": ["rtmp://127.0.0.1:9/live/nobody"]}])
+        eid = info["egress_id"]
+        info = lk_egret.api.wait(eid, lambda i: i["status"] != "starting" and {
+            o["kind"]: o["status"] for o in i["outputs"]}.get("stream") == "failed", what="active, the URL failed")
+        assert info["status"] == "active", info
+        lk_egret.api.stop(eid)
+        assert lk_egret.api.wait_status(eid, "complete")["status"] == "complete"

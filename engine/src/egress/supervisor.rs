@@ -115,7 +115,7 @@ impl Supervisor {
             tokio::select! {
                 result = &mut start_call, if starting => {
                     starting = false;
-                    match result.map_err(|e| start_error(&e)).and_then(|()| self.play()) {
+                    match result.map_err(|e| start_error(&e)).and_then(|()| self.play(&mut ending)) {
                         Ok(()) => {
                             self.ctx.expect("its first media", self.ctx.start_timeout);
                             reply(&mut answer, Ok(()))
@@ -268,14 +268,14 @@ impl Supervisor {
     }
 
     /// After `start` returned: the recipe built its outputs, so the pipeline may play.
-    fn play(&mut self) -> Result<(), Error> {
+    fn play(&mut self, ending: &mut Option<Ending>) -> Result<(), Error> {
         if self.ctx.graph.lock().unwrap().outputs.is_empty() {
             let text = format!("recipe `{}` built no output", self.ctx.recipe);
             return Err(Error::new(ErrorKind::RecipeFailed, "", text));
         }
         self.publish_outputs();
         let pipeline = self.pipeline();
-        if pipeline.set_state(gst::State::Playing).is_err() {
+        if pipeline.set_state(gst::State::Playing).is_err() && !self.drop_unreachable_streams(ending)? {
             let detail = pipeline
                 .bus()
                 .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
@@ -287,6 +287,36 @@ impl Supervisor {
             return Err(Error::new(ErrorKind::RecipeFailed, "", detail));
         }
         Ok(())
+    }
+
+    /// A stream sink that could not connect (nothing listening at its URL) fails the state
+    /// change of the whole pipeline; as LiveKit does, that URL fails and the rest plays.
+    /// Returns whether the pipeline plays now; Err when no output is left.
+    fn drop_unreachable_streams(&mut self, ending: &mut Option<Ending>) -> Result<bool, Error> {
+        let failed: Vec<(usize, gst::Bin)> = {
+            let graph = self.ctx.graph.lock().unwrap();
+            graph
+                .outputs
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.attached && o.status.kind.name == "stream")
+                .filter(|(_, o)| o.bin.state(gst::ClockTime::ZERO).0.is_err())
+                .map(|(i, o)| (i, o.bin.clone()))
+                .collect()
+        };
+        if failed.is_empty() {
+            return Ok(false);
+        }
+        for (index, bin) in failed {
+            // Out of the pipeline's state changes from now on; its unlink removes it.
+            bin.set_locked_state(true);
+            let _ = bin.set_state(gst::State::Null);
+            self.fail_output(index, "could not connect to the stream URL".into(), ending);
+        }
+        if let Some(end) = ending.take() {
+            return Err(Error::new(ErrorKind::RecipeFailed, "", end.reason));
+        }
+        Ok(self.pipeline().set_state(gst::State::Playing).is_ok())
     }
 
     fn update_stream(&self, add: &[String], remove: &[String]) -> crate::errors::Result<()> {
