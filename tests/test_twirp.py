@@ -192,3 +192,26 @@ def test_removing_the_last_stream_completes_the_egress(egret, nginx):
     assert final["outputs"][0]["status"] == "complete" and final["outputs"][0]["bytes"] > 0
     status, _, again = egret.api.twirp("StopEgress", {"egressId": eid})
     assert status == 412 and again["code"] == "failed_precondition"
+
+
+def test_update_stream_answers_as_livekit(egret, nginx):
+    """UpdateStream checks everything before it changes anything: no streams to update, a URL
+    streamed already or of the other protocol, a URL to remove that is not there."""
+    files_only = egret.api.start("testsrc", file_outputs=[{"filepath": "twirp/us-file.mp4"}])["egress_id"]
+    status, _, body = egret.api.twirp("UpdateStream", {"egressId": files_only, "addOutputUrls": [nginx.url("us-x")]})
+    assert status == 400 and "non-streaming" in body["msg"], body
+    url = nginx.url("us-a")
+    eid = egret.api.start("testsrc", stream_outputs=[{"urls": [url]}])["egress_id"]
+    egret.api.wait_status(eid, "active")
+    for change, code, words in [
+        ({"addOutputUrls": [url]}, 400, "streamed already"),
+        ({"addOutputUrls": ["srt://127.0.0.1:9999"]}, 400, "streams RTMP"),
+        ({"removeOutputUrls": [nginx.url("us-nobody")]}, 404, "not found"),
+        ({"addOutputUrls": [nginx.url("us-b")], "removeOutputUrls": [nginx.url("us-nobody")]}, 404, "not found"),
+    ]:
+        status, _, body = egret.api.twirp("UpdateStream", {"egressId": eid, **change})
+        assert status == code and words in body["msg"], (change, body)
+    info = egret.api.get(eid)
+    assert [o["target"] for o in info["outputs"]] == [url], "a refused update changed nothing"
+    for e in (eid, files_only):
+        egret.api.stop(e)

@@ -96,6 +96,11 @@ impl StreamRetries {
     }
 
     /// URLs between tries: outputs the egress still has.
+    /// Whether `url` waits to reconnect.
+    pub fn is_waiting(&self, url: &str) -> bool {
+        self.waiting.contains_key(url)
+    }
+
     pub fn waiting(&self) -> usize {
         self.waiting.len()
     }

@@ -324,19 +324,42 @@ impl Supervisor {
         if !graph.has_encoder() {
             return Err(Error::new(ErrorKind::FailedPrecondition, "", "the egress is not encoding yet"));
         }
-        let mut removing = Vec::new();
+        // Everything is checked before anything changes, with LiveKit's answers.
+        let streams: Vec<String> = graph
+            .outputs
+            .iter()
+            .filter(|o| *o.status.kind == crate::media::outputs::stream::KIND)
+            .map(|o| o.status.target.clone())
+            .collect();
+        if streams.is_empty() && !add.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "", "UpdateStream called on non-streaming egress"));
+        }
+        let is_srt = |url: &str| url.to_ascii_lowercase().starts_with("srt://");
+        for (i, url) in add.iter().enumerate() {
+            let field = format!("add_output_urls[{i}]");
+            let live = graph.stream_output(url).is_some() || self.streams.lock().unwrap().is_waiting(url);
+            if live || add[..i].contains(url) {
+                return Err(Error::new(ErrorKind::InvalidArgument, field, format!("`{url}` is streamed already")));
+            }
+            if let Some(first) = streams.first()
+                && is_srt(first) != is_srt(url)
+            {
+                let protocol = if is_srt(first) { "SRT" } else { "RTMP" };
+                return Err(Error::new(ErrorKind::InvalidArgument, field, format!("this egress streams {protocol}")));
+            }
+        }
         for (i, url) in remove.iter().enumerate() {
+            if graph.stream_output(url).is_none() && !self.streams.lock().unwrap().is_waiting(url) {
+                let field = format!("remove_output_urls[{i}]");
+                return Err(Error::new(ErrorKind::NotFound, field, format!("stream {url} not found")));
+            }
+        }
+        let mut removing = Vec::new();
+        for url in remove {
             if self.streams.lock().unwrap().remove(url) {
                 continue; // it was waiting to reconnect: finished
             }
-            let index = graph.stream_output(url).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidArgument,
-                    format!("remove_output_urls[{i}]"),
-                    format!("`{url}` is not a stream of this egress"),
-                )
-            })?;
-            removing.push(index);
+            removing.extend(graph.stream_output(url));
         }
         for index in removing {
             let output = &mut graph.outputs[index];

@@ -62,7 +62,10 @@ pub fn upload_target(o: &mut Obj) -> FieldResult<Option<S3Config>> {
             };
             let usable = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !usable || value.chars().any(|c| c.is_control() || !c.is_ascii()) {
-                return Err(FieldError::new(format!("{field}.{key}"), "keys are letters, digits, - and _; values printable ASCII"));
+                return Err(FieldError::new(
+                    format!("{field}.{key}"),
+                    "keys are letters, digits, - and _; values printable ASCII",
+                ));
             }
             metadata.insert(key.clone(), value.to_string());
         }

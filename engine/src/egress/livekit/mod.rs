@@ -246,7 +246,9 @@ fn unified_params(request: Value) -> Result<(&'static str, Value), Error> {
                         .find_map(|k| Some((k.request_fields[0], output.get(k.unified_key?)?.clone())))
                         .ok_or_else(|| invalid(&format!("outputs[{i}]"), "file, stream, segments or images"))?;
                     let own = match output.get("storage") {
-                        Some(storage) if !storage.is_null() => Some(upload_of(storage, &format!("outputs[{i}].storage"))?),
+                        Some(storage) if !storage.is_null() => {
+                            Some(upload_of(storage, &format!("outputs[{i}].storage"))?)
+                        }
                         _ => None,
                     };
                     if let (Some(target), Value::Object(config)) = (own.or(shared_storage.clone()), &mut config)
@@ -273,8 +275,10 @@ fn unified_params(request: Value) -> Result<(&'static str, Value), Error> {
 /// A StorageConfig's one upload target as an output field (`s3`, `gcp`, `azure`, `ali_oss`,
 /// as the per-output upload fields are named); the outputs then check it like their own.
 fn upload_of(storage: &Value, field: &str) -> Result<(&'static str, Value), Error> {
-    let given: Vec<&'static str> =
-        ["s3", "gcp", "azure", "ali_oss"].into_iter().filter(|k| storage.get(*k).is_some_and(|v| !v.is_null())).collect();
+    let given: Vec<&'static str> = ["s3", "gcp", "azure", "ali_oss"]
+        .into_iter()
+        .filter(|k| storage.get(*k).is_some_and(|v| !v.is_null()))
+        .collect();
     match given.as_slice() {
         [one] => Ok((*one, storage[*one].clone())),
         _ => Err(Error::new(ErrorKind::InvalidArgument, field, "give one of s3, gcp, azure or ali_oss")),
