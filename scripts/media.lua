@@ -9,10 +9,18 @@
 -- the egress completes when it leaves (here after a 10 s grace, as the participant recipe).
 local CHANNELS = { AUDIO_CHANNEL_BOTH = "both", AUDIO_CHANNEL_LEFT = "left", AUDIO_CHANNEL_RIGHT = "right" }
 local CONTAINERS = { h264 = "MP4", vp8 = "WEBM", vp9 = "WEBM", opus = "OGG" }
+local KINDS = { STANDARD = true, INGRESS = true, EGRESS = true, SIP = true, AGENT = true, CONNECTOR = true,
+                BRIDGE = true }
 local WAIT = { timeout = 30 }
 
 -- The routes as plain rules: { track_id | identity | kind, channel }, checked field by field.
 local function read_routes(audio)
+  if audio.capture_all ~= nil and type(audio.capture_all) ~= "boolean" then
+    field_error("audio.capture_all", "must be true or false")
+  end
+  if audio.routes ~= nil and (type(audio.routes) ~= "table" or (#audio.routes == 0 and next(audio.routes) ~= nil)) then
+    field_error("audio.routes", "must be a list of routes")
+  end
   local rules = {}
   for i, route in ipairs(audio.routes or {}) do
     local field = ("audio.routes[%d]"):format(i - 1)
@@ -21,8 +29,13 @@ local function read_routes(audio)
       field_error(field .. ".channel", ("unknown channel `%s` (AUDIO_CHANNEL_BOTH, AUDIO_CHANNEL_LEFT, "
         .. "AUDIO_CHANNEL_RIGHT)"):format(tostring(route.channel)))
     end
+    local kind = route.participant_kind
+    if kind ~= nil and not KINDS[tostring(kind):upper()] then
+      field_error(field .. ".participant_kind", ("unknown participant kind `%s` (STANDARD, INGRESS, EGRESS, SIP, "
+        .. "AGENT, CONNECTOR, BRIDGE)"):format(tostring(kind)))
+    end
     local rule = { channel = channel, track_id = route.track_id, identity = route.participant_identity,
-                   kind = route.participant_kind and route.participant_kind:lower() }
+                   kind = kind and tostring(kind):lower() }
     if not (rule.track_id or rule.identity or rule.kind) then
       field_error(field, "give track_id, participant_identity or participant_kind")
     end
@@ -171,6 +184,10 @@ return recipe {
       end
     end
 
+    -- Known before the outputs are built, so `{publisher_identity}` in their paths resolves.
+    if req.participant_video and type(req.participant_video.identity) == "string" then
+      egress:set_var("publisher_identity", req.participant_video.identity)
+    end
     local slots = { video = wants_video and egress:slot("video") or nil,
                     audio = wants_audio and egress:slot("audio") or nil }
     egress:encode(slots):output(req)

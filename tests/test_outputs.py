@@ -75,6 +75,11 @@ def test_mp3_audio_only(egret):
     assert abs(duration(media) - ran_for(info)) <= 0.5
     assert mean_volume_db(path) > -40
     assert info["outputs"][0]["target"] == "mp3/a.mp3"
+    # The requested rate whatever the bitrate (LAME would pick 24 kHz for 64 kb/s stereo).
+    egret.api.record("testsrc", 1, audio_only=True, file_outputs=[{"filepath": "mp3/b.mp3"}],
+                     advanced={"audio_bitrate": 64, "audio_frequency": 44100})
+    (stream,) = probe(egret.storage / "mp3/b.mp3")["streams"]
+    assert (stream["codec_name"], int(stream["sample_rate"]), stream["channels"]) == ("mp3", 44100, 2), stream
 
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
         "file_outputs": [{"filepath": "mp3/v.mp3"}]}})

@@ -213,18 +213,22 @@ fn build_mp3(encoder: &Encoder, path: &Path) -> Result<BranchParts> {
     let q = super::queue(3, false)?;
     let convert = make("audioconvert", None)?;
     let resample = make("audioresample", None)?;
-    // The egress's rate (else LAME picks 44.1 kHz); MPEG audio has every usual rate.
-    let rate = super::super::capsfilter(&format!("audio/x-raw,rate={}", encoder.settings.audio_frequency))?;
+    // The egress's rate (else LAME picks 44.1 kHz; MPEG audio has every usual rate), in
+    // stereo (a mono source stays mono on both sides; dual-channel mixes keep their sides).
+    let rate = super::super::capsfilter(&format!("audio/x-raw,rate={},channels=2", encoder.settings.audio_frequency))?;
     let lame = make("lamemp3enc", None)?;
     lame.set_property_from_str("target", "bitrate");
     lame.set_property("bitrate", encoder.settings.audio_bitrate.clamp(8, 320) as i32);
     lame.set_property("cbr", true);
+    // LAME resamples on its own below ~128 kb/s stereo (96 kb/s → 32 kHz) unless its output
+    // rate is fixed too.
+    let out_rate = super::super::capsfilter(&format!("audio/mpeg,rate={}", encoder.settings.audio_frequency))?;
     let xing = make("xingmux", None)?;
     let sink = make("filesink", None)?;
     sink.set_property("location", path.to_string_lossy().to_string());
     sink.set_property("async", false);
-    bin.add_many([&q, &convert, &resample, &rate, &lame, &xing, &sink])?;
-    gst::Element::link_many([&q, &convert, &resample, &rate, &lame, &xing, &sink])?;
+    bin.add_many([&q, &convert, &resample, &rate, &lame, &out_rate, &xing, &sink])?;
+    gst::Element::link_many([&q, &convert, &resample, &rate, &lame, &out_rate, &xing, &sink])?;
     let input = super::ghost_sink(&bin, &q, "audio")?;
     let measure = sink.static_pad("sink").expect("filesink sink");
     Ok(BranchParts {
