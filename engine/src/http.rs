@@ -297,6 +297,11 @@ async fn layout_file(dir: &std::path::Path, relative: &str) -> Reply {
     }
 }
 
+/// `name=<number>` from a query string.
+fn query_number(query: Option<&str>, name: &str) -> Option<f64> {
+    query?.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name)?.1.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,9 +320,4 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// `name=<number>` from a query string.
-fn query_number(query: Option<&str>, name: &str) -> Option<f64> {
-    query?.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name)?.1.parse().ok()
 }
