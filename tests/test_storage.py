@@ -233,7 +233,7 @@ def test_per_request_s3_as_livekit_sends_it(tmp_path, pages, s3):
         assert stored.read_bytes() == (egret.storage / "req/web.ogg").read_bytes()
         assert [st["codec_name"] for st in probe(stored)["streams"]] == ["opus"]
         for bad, field in [({**target, "endpoint": "ftp://s3.example"}, "file_outputs[0].s3.endpoint"),
-                           ({**target, "sessionToken": "t"}, "file_outputs[0].s3.session_token")]:
+                           ({**target, "assumeRoleArn": "arn:x"}, "file_outputs[0].s3.assume_role_arn")]:
             got, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
                 "file_outputs": [{"filepath": "req/y.mp4", "s3": bad}]}})
             assert got == 400 and reply["field"] == f"params.{field}", reply

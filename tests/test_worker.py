@@ -89,11 +89,14 @@ def test_two_workers_share_requests_by_admission(livekit, workers, pages, nginx)
     small = "[worker]\ncpus = 1\n[worker.costs]\nweb = 0.5\n"
     first, second = workers("w1", small), workers("w2", small)
 
-    def start_web(i):
+    def start_web(i, streams=()):
         return livekit.call(lambda lk: lk.egress.start_web_egress(api.WebEgressRequest(
-            url=pages.url("animated.html"), file_outputs=[api.EncodedFileOutput(filepath=f"share/{i}.mp4")])))
+            url=pages.url("animated.html"), file_outputs=[api.EncodedFileOutput(filepath=f"share/{i}.mp4")],
+            stream_outputs=[api.StreamOutput(urls=list(streams))] if streams else [])))
 
-    one, two = start_web(1), start_web(2)
+    # The second streams too, so UpdateStream has a stream output to add to (as LiveKit,
+    # egret refuses UpdateStream on an egress that does not stream).
+    one, two = start_web(1), start_web(2, streams=[nginx.url("shared-first")])
     assert {holder(one.egress_id, first, second), holder(two.egress_id, first, second)} == {first, second}
     # Both are saturated: nobody claims a third.
     with pytest.raises(api.TwirpError) as refused:
