@@ -271,3 +271,19 @@ def test_av_sync_offset(egret, audio_codec):
     print(f"{audio_codec}: A/V offset {offset * 1000:.1f} ms over {pairs} flash/beep pairs")
     assert abs(offset) <= 0.045 and pairs >= 3, f"A/V offset {offset * 1000:.1f} ms"
     assert info["status"] == "complete"
+
+
+def test_srt_url_nobody_listens_at_fails_alone(egret):
+    """An SRT URL that never connects fails (as an RTMP one does) rather than retrying for
+    ever: srtsink takes bytes before its handshake, so bytes alone do not mean it connected."""
+    from conftest import free_port
+
+    url = f"srt://127.0.0.1:{free_port()}"
+    eid = egret.api.start("testsrc", file_outputs=[{"filepath": "srt/alone.mp4"}],
+                          stream_outputs=[{"protocol": "SRT", "urls": [url]}])["egress_id"]
+    info = egret.api.wait(eid, lambda i: {o["kind"]: o["status"] for o in i["outputs"]}.get("stream") == "failed",
+                          what="the SRT URL failed", timeout=20)
+    (stream,) = [o for o in info["outputs"] if o["kind"] == "stream"]
+    assert info["status"] == "active" and stream["error"] and stream["retries"] == 0, info
+    egret.api.stop(eid)
+    egret.api.wait_status(eid, "complete")

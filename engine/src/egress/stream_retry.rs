@@ -13,13 +13,21 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::media::outputs::{MediaEvent, OutputState, OutputStatus};
 
 const MAX_DELAY: Duration = Duration::from_secs(10);
+/// A try that ran this long and sent bytes connected: its failure is a new outage. (srtsink
+/// takes bytes before its handshake, so bytes alone do not prove a connection.)
+const CONNECTED_RUN: Duration = Duration::from_secs(10);
+/// srtsink gives up connecting after about 3 s: an SRT URL failing sooner after its first
+/// bytes never connected.
+const SRT_CONNECT: f64 = 5.0;
 
-/// One URL's outage: since when, how many tries, and its bytes when the last try was made
-/// (more bytes since then means that try connected and a new outage begins).
+/// One URL's outage: since when, how many tries, and its bytes and time when the last try
+/// was made (more bytes since then, over a long enough run, means that try connected and a
+/// new outage begins).
 struct Outage {
     since: Instant,
     attempts: u32,
     bytes_at_try: u64,
+    tried_at: Instant,
 }
 
 pub struct StreamRetries {
@@ -43,14 +51,18 @@ impl StreamRetries {
         events: &UnboundedSender<MediaEvent>,
     ) -> bool {
         let bytes = status.bytes.load(std::sync::atomic::Ordering::Relaxed);
-        if bytes == 0 || self.timeout.is_zero() {
+        let url = status.target.clone();
+        let srt = url.to_ascii_lowercase().starts_with("srt://");
+        let first_failure = !self.outages.contains_key(&url);
+        let ran = status.snapshot().started_at.map_or(0.0, |t| crate::clock::now() - t);
+        let never_connected = bytes == 0 || (srt && first_failure && ran < SRT_CONNECT);
+        if never_connected || self.timeout.is_zero() {
             return false;
         }
-        let url = status.target.clone();
-        let outage =
-            self.outages.entry(url.clone()).or_insert(Outage { since: Instant::now(), attempts: 0, bytes_at_try: 0 });
-        if outage.attempts > 0 && bytes > outage.bytes_at_try {
-            *outage = Outage { since: Instant::now(), attempts: 0, bytes_at_try: 0 };
+        let fresh = || Outage { since: Instant::now(), attempts: 0, bytes_at_try: 0, tried_at: Instant::now() };
+        let outage = self.outages.entry(url.clone()).or_insert_with(fresh);
+        if outage.attempts > 0 && bytes > outage.bytes_at_try && outage.tried_at.elapsed() >= CONNECTED_RUN {
+            *outage = fresh();
         }
         let elapsed = outage.since.elapsed();
         if elapsed >= self.timeout {
@@ -67,6 +79,7 @@ impl StreamRetries {
         let delay = Duration::from_secs(1u64 << outage.attempts.min(4)).min(MAX_DELAY).min(self.timeout - elapsed);
         outage.attempts += 1;
         outage.bytes_at_try = bytes;
+        outage.tried_at = Instant::now() + delay;
         status.note_retry(format!("reconnecting (try {}): {error}", outage.attempts));
         tracing::warn!(url = %crate::media::outputs::stream::redact_stream_url(&url), %error, ?delay, "stream failed; reconnecting");
         self.waiting.insert(url.clone(), status.clone());
