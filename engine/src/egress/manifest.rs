@@ -9,15 +9,14 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use super::EgressSnapshot;
-use crate::media::outputs::OutputSnapshot;
+use crate::media::outputs::{OutputSnapshot, ResultContext};
 
 /// The manifest's text for an egress as it ended.
 pub fn manifest(snapshot: &EgressSnapshot, storage: &Path, publisher: Option<&str>) -> Value {
     let param = |name: &str| snapshot.params.get(name).and_then(Value::as_str).map(str::to_string);
     let ns = |s: Option<f64>| s.map(|s| (s * 1e9) as i64);
-    let location = |o: &OutputSnapshot| {
-        o.location.clone().or(o.backup.clone()).unwrap_or_else(|| storage.join(&o.target).to_string_lossy().to_string())
-    };
+    let where_to = ResultContext { started_at: 0, ended_at: 0, storage };
+    let location = |o: &OutputSnapshot| where_to.location(o);
     let of_kind = |kind: &'static str| snapshot.outputs.iter().filter(move |o| o.kind.name == kind);
     let files: Vec<Value> = of_kind("file").map(|o| json!({ "filename": o.target, "location": location(o) })).collect();
     let playlists: Vec<Value> = of_kind("segments")

@@ -152,10 +152,7 @@ impl UserData for RoomHandle {
         // (its first packets must reach the server); an error naming the room if it is not.
         methods.add_async_method("wait_track", |lua, this, (sid, opts): (String, Option<Table>)| {
             crate::lua::budget::paused(lua.clone(), async move {
-                let timeout = match opts {
-                    Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(TRACK_TIMEOUT_S),
-                    None => TRACK_TIMEOUT_S,
-                };
+                let timeout = timeout_option(&opts, TRACK_TIMEOUT_S)?;
                 let wait = crate::clock::seconds(timeout.min(3600.0));
                 this.ctx.waiting_for(format!("track {sid} in room `{}`", this.room.name), wait);
                 let (info, participant) = this.room.wait_track(&sid, wait).await.ok_or_else(|| {
@@ -176,10 +173,7 @@ impl UserData for RoomHandle {
         // answered meanwhile (the egress shows starting).
         methods.add_async_method("wait_participant", |lua, this, (identity, opts): (String, Option<Table>)| {
             crate::lua::budget::paused(lua.clone(), async move {
-                let timeout = match opts {
-                    Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(PARTICIPANT_TIMEOUT_S),
-                    None => PARTICIPANT_TIMEOUT_S,
-                };
+                let timeout = timeout_option(&opts, PARTICIPANT_TIMEOUT_S)?;
                 let wait = crate::clock::seconds(timeout.min(3600.0));
                 this.ctx.waiting_for(format!("participant {identity} in room `{}`", this.room.name), wait);
                 let participant = this
@@ -377,6 +371,14 @@ impl SlotHandle {
         }
         Ok(())
     }
+}
+
+/// `{ timeout = seconds }` of a waiting call, else `default`.
+fn timeout_option(opts: &Option<Table>, default: f64) -> mlua::Result<f64> {
+    Ok(match opts {
+        Some(t) => t.get::<Option<f64>>("timeout")?.unwrap_or(default),
+        None => default,
+    })
 }
 
 impl UserData for SlotHandle {

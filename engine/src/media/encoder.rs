@@ -29,13 +29,6 @@ pub struct Encoder {
     encoded: HashMap<Codec, gst::Element>,
 }
 
-impl Encoder {
-    /// Where the raw picture enters (its tee's sink), if this encoder has video.
-    pub fn raw_video_pad(&self) -> Option<gst::Pad> {
-        self.raw.get(&MediaKind::Video).and_then(|tee| tee.static_pad("sink"))
-    }
-}
-
 fn tee() -> Result<gst::Element> {
     let t = make("tee", None)?;
     // Outputs come and go (a failed RTMP URL is removed); the others must keep flowing.

@@ -39,7 +39,7 @@ pub struct Graph {
 impl Graph {
     /// The first encoder's raw picture (see `media::thumbnail`); None for copies and sound.
     pub fn raw_video_pad(&self) -> Option<gst::Pad> {
-        self.encoders.iter().find_map(|e| e.raw_video_pad())
+        self.encoders.iter().find_map(|e| e.raw_tee(super::MediaKind::Video)).and_then(|tee| tee.static_pad("sink"))
     }
 
     pub fn new(
