@@ -58,6 +58,7 @@ pub struct Manager {
 /// its outputs get EOS and a few seconds to finalize, then it is failed with the panic's text.
 async fn survive_panic(task: tokio::task::JoinHandle<()>, record: Arc<EgressRecord>, pipeline: gstreamer::Pipeline) {
     use gstreamer::prelude::*;
+    tokio::spawn(fail_if_stuck_ending(record.clone()));
     let Err(e) = task.await else { return };
     if !e.is_panic() {
         return;
@@ -77,9 +78,24 @@ async fn survive_panic(task: tokio::task::JoinHandle<()>, record: Arc<EgressReco
         })
         .await;
     }
-    crate::media::stop_all(pipeline.upcast_ref());
+    crate::media::stop_all_within(pipeline.upcast_ref(), std::time::Duration::from_secs(10)).await;
+    record.set_media_stopped();
     let reason = format!("internal error: {text}");
     record.set_status(super::EgressStatus::Failed, Some(reason.clone()), Some(reason));
+}
+
+/// The last guard of a clean end: an egress whose task is stuck (a call into GStreamer that
+/// never returns) is failed once every bound of its own ending has passed, so its clients, the
+/// store and a shutdown waiting for it all see it end. Uploads after the pipeline stopped are
+/// not bounded here: they retry by design.
+async fn fail_if_stuck_ending(record: Arc<EgressRecord>) {
+    record.leaving().await;
+    let bound = super::supervisor::ENDING_BOUND + std::time::Duration::from_secs(10);
+    if tokio::time::timeout(bound, record.media_stopped()).await.is_err() {
+        let text = format!("stuck while ending for {}s (an internal call never returned)", bound.as_secs());
+        tracing::error!(egress = %record.id, "{text}");
+        record.set_status(super::EgressStatus::Failed, Some(text.clone()), Some(text));
+    }
 }
 
 fn new_egress_id() -> String {

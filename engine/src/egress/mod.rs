@@ -96,6 +96,9 @@ pub struct EgressRecord {
     manifest_location: Mutex<Option<String>>,
     /// An egress of an earlier run, read back from the store: shown as it was left.
     frozen: Option<EgressSnapshot>,
+    /// Set once its pipeline stopped (or was given up on): all that is left is async work
+    /// (uploads, the manifest), which cannot wedge a thread.
+    media_stopped: watch::Sender<bool>,
 }
 
 pub use crate::clock::now;
@@ -136,6 +139,7 @@ impl EgressRecord {
             commands,
             status_tx: watch::channel(EgressStatus::Starting).0,
             frozen: None,
+            media_stopped: watch::channel(false).0,
         }
     }
 
@@ -258,6 +262,20 @@ impl EgressRecord {
     pub async fn leaving(&self) {
         let mut rx = self.status_tx.subscribe();
         let _ = rx.wait_for(|s| *s == EgressStatus::Ending || s.is_terminal()).await;
+    }
+
+    pub(super) fn set_media_stopped(&self) {
+        self.media_stopped.send_replace(true);
+    }
+
+    /// Waits until its pipeline stopped, or the egress ended.
+    pub(super) async fn media_stopped(&self) {
+        let mut stopped = self.media_stopped.subscribe();
+        let mut status = self.status_tx.subscribe();
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => {}
+            _ = status.wait_for(|s| s.is_terminal()) => {}
+        }
     }
 
     /// Waits until the egress reaches a terminal state.

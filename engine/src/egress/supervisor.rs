@@ -29,6 +29,10 @@ const SOURCE_ERROR_GRACE: Duration = Duration::from_millis(1500);
 
 /// How long outputs get to finalize after EOS before the egress is failed anyway.
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the pipeline gets to reach NULL once finalized (or given up on).
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most an ending takes before the egress has its terminal status (uploads aside).
+pub(super) const ENDING_BOUND: Duration = Duration::from_secs(FINALIZE_TIMEOUT.as_secs() + STOP_TIMEOUT.as_secs());
 
 pub(super) struct Supervisor {
     pub record: Arc<EgressRecord>,
@@ -387,7 +391,7 @@ impl Supervisor {
         if broken_source {
             graph.outputs.iter().filter(|o| o.attached).for_each(|o| o.push_eos());
         } else {
-            graph.pipeline.send_event(gst::event::Eos::new());
+            crate::media::send_eos_detached(graph.pipeline.clone());
         }
         *ending = Some(Ending { status, reason, error, deadline: Instant::now() + FINALIZE_TIMEOUT });
     }
@@ -496,20 +500,35 @@ impl Supervisor {
         false
     }
 
-    async fn finish(mut self, end: Ending) {
+    async fn finish(mut self, mut end: Ending) {
         self.streams.lock().unwrap().give_up();
         let pipeline = self.pipeline();
-        crate::media::stop_all(pipeline.upcast_ref());
+        let stopped = crate::media::stop_all_within(pipeline.upcast_ref(), STOP_TIMEOUT).await;
+        self.record.set_media_stopped();
+        if !stopped {
+            let text =
+                format!("the pipeline did not stop within {}s (a streaming thread is stuck)", STOP_TIMEOUT.as_secs());
+            tracing::error!(egress = %self.record.id, "{text}; its elements and processes are left running");
+            end.status = EgressStatus::Failed;
+            end.error.get_or_insert(text);
+        }
         {
             let mut graph = self.ctx.graph.lock().unwrap();
             for output in graph.outputs.iter_mut() {
                 output.finish(OutputState::Complete);
             }
             // Elements go before the processes they talk to: an X client still connected
-            // when its Xvfb dies would make Xlib end this whole process.
-            graph.dispose();
+            // when its Xvfb dies would make Xlib end this whole process. A pipeline that
+            // would not stop keeps both: leaking them is better than ending egret.
+            if stopped {
+                graph.dispose();
+            }
         }
-        self.ctx.release();
+        if stopped {
+            self.ctx.release();
+        } else {
+            self.ctx.leak_resources();
+        }
         self.upload_files().await;
         if let Some(task) = self.upload_task.take() {
             task.drain().await;

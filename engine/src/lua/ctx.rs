@@ -177,6 +177,12 @@ impl EgressCtx {
         self.resources.lock().unwrap().clear();
     }
 
+    /// Keeps what the egress kept alive running for the life of the process: its pipeline
+    /// did not stop, and killing Xvfb under a connected X client ends this process.
+    pub fn leak_resources(&self) {
+        std::mem::forget(std::mem::take(&mut *self.resources.lock().unwrap()));
+    }
+
     pub fn add_handler(&self, lua: &Lua, event: &str, filter: Option<String>, f: Function) -> mlua::Result<()> {
         self.handlers.lock().unwrap().push((event.to_string(), filter, lua.create_registry_value(f)?));
         Ok(())

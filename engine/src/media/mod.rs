@@ -169,3 +169,69 @@ pub fn stop_all(bin: &gst::Bin) {
         }
     }
 }
+
+/// `stop_all` on a blocking thread, waited for at most `limit`. A state change to NULL waits
+/// for every streaming thread to leave its element; one wedged thread would otherwise wedge
+/// the caller (an egress stuck "ending" for ever, and a shutdown that never ends). False when
+/// the limit passed: the bin is then left as it is, never finalized under a running thread.
+pub async fn stop_all_within(bin: &gst::Bin, limit: std::time::Duration) -> bool {
+    let bin = bin.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // A thread of its own, not tokio's blocking pool: a runtime waits for its blocking tasks
+    // when it shuts down, so a wedged one would keep egret from exiting.
+    let spawned = std::thread::Builder::new().name("egret-stop".into()).spawn(move || {
+        stop_all(&bin);
+        let _ = done_tx.send(());
+    });
+    spawned.is_ok() && matches!(tokio::time::timeout(limit, done_rx).await, Ok(Ok(())))
+}
+
+/// Sends EOS without waiting: a serialized event waits for the pad's stream lock, which a
+/// streaming thread blocked downstream holds; the caller's deadline covers an EOS that never
+/// gets through.
+pub fn send_eos_detached(target: impl IsA<gst::Object>) {
+    let target = target.upcast::<gst::Object>();
+    let spawned = std::thread::Builder::new().name("egret-eos".into()).spawn(move || {
+        if let Some(element) = target.downcast_ref::<gst::Element>() {
+            element.send_event(gst::event::Eos::new());
+        } else if let Some(pad) = target.downcast_ref::<gst::Pad>() {
+            pad.send_event(gst::event::Eos::new());
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "no thread to send EOS on");
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    /// A streaming thread that never comes back (here a probe waiting for ever) must not wedge
+    /// the caller: the stop gives up at its limit and says so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wedged_streaming_thread_does_not_wedge_the_stop() {
+        init_for_tests();
+        let _live = LIVE_PIPELINE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let pipeline = gst::Pipeline::new();
+        let src = make("audiotestsrc", None).unwrap();
+        let sink = make("fakesink", None).unwrap();
+        add_chain(&pipeline, &[&src, &sink]).unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (_release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        sink.static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().unwrap().recv(); // never answered while the test runs
+            gst::PadProbeReturn::Ok
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        entered_rx.recv_timeout(std::time::Duration::from_secs(5)).expect("a buffer reached the probe");
+        send_eos_detached(pipeline.clone()); // returns at once although the EOS cannot pass
+        let started = std::time::Instant::now();
+        let stopped = stop_all_within(pipeline.upcast_ref(), std::time::Duration::from_millis(500)).await;
+        assert!(!stopped, "NULL cannot be reached under a wedged streaming thread");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        std::mem::forget(pipeline); // its thread stays wedged; the process ends with the test
+    }
+}

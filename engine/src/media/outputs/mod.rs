@@ -378,16 +378,21 @@ impl OutputBranch {
             tee.release_request_pad(&src);
         }
         if !self.broken {
-            self.push_eos();
+            // Unlinked: no streaming thread holds these pads, so this EOS goes through at once
+            // and before the bin stops.
+            for pad in self.bin.sink_pads() {
+                pad.send_event(gst::event::Eos::new());
+            }
         }
         crate::media::stop_all(self.bin.upcast_ref());
         let _ = pipeline.remove(&self.bin);
     }
 
-    /// Sends EOS straight into the branch, to finalize it when its source is broken.
+    /// Sends EOS straight into the branch, to finalize it when its source is broken (without
+    /// waiting: the caller's finalize deadline covers an EOS that never gets through).
     pub fn push_eos(&self) {
         for pad in self.bin.sink_pads() {
-            pad.send_event(gst::event::Eos::new());
+            super::send_eos_detached(pad);
         }
     }
 
