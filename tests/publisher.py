@@ -35,9 +35,11 @@ class Media:
         self.width, self.height = args.width, args.height
         self.t0 = time.monotonic()
         self.video_source = rtc.VideoSource(self.width, self.height, is_screencast=args.source == "screen_share")
-        self.audio_source = rtc.AudioSource(RATE, 1, queue_size_ms=20)
+        # No queue: each 10 ms chunk goes straight to WebRTC when handed over, as a microphone's
+        # callback does (the SDK's queue sends on a 10 ms timer of its own, adding 0-10 ms that
+        # the publisher cannot see).
+        self.audio_source = rtc.AudioSource(RATE, 1, queue_size_ms=0)
         self.samples = 0
-        self.av_lag = 0.0  # how long audio waits in the source's queue before WebRTC takes it
         y, x = np.mgrid[0 : self.height, 0 : self.width]
         self.base = ((x * 255 // max(1, self.width - 1)).astype(np.uint8), (y * 255 // max(1, self.height - 1)).astype(np.uint8))
 
@@ -75,27 +77,30 @@ class Media:
         await asyncio.gather(self.feed_audio(state), self.feed_video(state))
 
     async def feed_audio(self, state):
-        """10 ms chunks, 10 ms ahead of the clock at most (the source's queue paces it)."""
+        """10 ms chunks, each handed over once its last sample is due, as a microphone does.
+        libwebrtc pairs an Opus packet's RTP time with the moment the packet is complete, so
+        a 20 ms packet's first sample is stamped 20 ms late by any real sender; egret takes
+        that off (see its timeline). When late it skips ahead rather than burst."""
         while True:
-            ahead = self.samples / RATE - (time.monotonic() - self.t0)
-            if ahead > 0.01:
-                await asyncio.sleep(ahead - 0.01)
+            now = time.monotonic() - self.t0
+            wait = (self.samples + CHUNK) / RATE - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif -wait > 0.2:
+                self.samples = int(now * RATE) // CHUNK * CHUNK
+                continue
             if state["audio"]:
-                # The source sends this chunk once what it holds has played out: that is when
-                # WebRTC stamps it captured. Video frames wait as long (see feed_video), so the
-                # flash and the beep are stamped at one instant, as a camera and a microphone are.
-                self.av_lag = time.monotonic() + self.audio_source.queued_duration - (self.t0 + self.samples / RATE)
                 await self.audio_source.capture_frame(self.audio_chunk())
             else:
                 self.samples += CHUNK
-                await asyncio.sleep(0)
 
     async def feed_video(self, state):
-        """One frame per 1/fps s; when late it skips to the current frame rather than burst."""
+        """One frame per 1/fps s, captured at its own time; when late it skips to the current
+        frame rather than burst."""
         frame_dt = 1.0 / self.args.fps
         index = 0
         while True:
-            now = time.monotonic() - self.t0 - self.av_lag
+            now = time.monotonic() - self.t0
             due = index * frame_dt
             if due > now:
                 await asyncio.sleep(due - now)

@@ -361,17 +361,16 @@ fn retime(pad: &gst::Pad, timeline: Arc<Timeline>) {
             (word(4), word(8))
         };
         let (rtp, ssrc) = header;
-        let clock_rate = pad
-            .current_caps()
-            .and_then(|c| c.structure(0).and_then(|s| s.get::<i32>("clock-rate").ok()))
-            .unwrap_or(0)
-            .max(0) as u32;
+        let caps = pad.current_caps();
+        let field = |name: &str| caps.as_ref().and_then(|c| c.structure(0)).map(|s| s.value(name).ok().cloned());
+        let clock_rate = field("clock-rate").flatten().and_then(|v| v.get::<i32>().ok()).unwrap_or(0).max(0) as u32;
+        let audio = field("media").flatten().and_then(|v| v.get::<String>().ok()).is_some_and(|m| m == "audio");
         let Some(segment) = pad.sticky_event::<gst::event::Segment>(0) else { return gst::PadProbeReturn::Ok };
         let Some(segment) = segment.segment().downcast_ref::<gst::ClockTime>().cloned() else {
             return gst::PadProbeReturn::Ok;
         };
         let Some(arrival) = segment.to_running_time(pts) else { return gst::PadProbeReturn::Ok };
-        let placed = timeline.retime(ssrc, clock_rate, rtp, arrival.nseconds() as i64);
+        let placed = timeline.retime(ssrc, clock_rate, rtp, arrival.nseconds() as i64, audio);
         let placed = gst::ClockTime::from_nseconds(placed.max(0) as u64);
         if let Some(new_pts) = segment.position_from_running_time(placed) {
             let buffer = buffer.make_mut();

@@ -15,6 +15,11 @@
 //!   when the first track locks so that track goes on without a jump (the others step by what
 //!   their arrival timing was off, once, at their first lock).
 //!
+//! An audio track is placed one packet earlier than its reports say: libwebrtc pairs an audio
+//! packet's RTP time (its first sample) with the moment the packet is complete, when the
+//! microphone has handed over its last 10 ms chunk (video is paired with each frame's capture
+//! time). For LiveKit's 20 ms Opus packets that is 20 ms of lateness in every real sender.
+//!
 //! Until its first report a track keeps its arrival time. Later corrections (a new line, a
 //! new delay) are slewed at 5 ms per second of media with a 5 ms dead band, so nothing jumps.
 //! The numbers follow LiveKit's sync engine (server-sdk-go `pkg/synchronizer`).
@@ -30,6 +35,9 @@ const OUTLIERS_TO_RESET: u32 = 5;
 const JUMP_NS: f64 = 30e9;
 const SLEW_PER_S: f64 = 0.005;
 const DEAD_BAND_NS: f64 = 5e6;
+/// LiveKit's Opus packets (ptime 20), and the longest an audio packet may be (Opus's 120 ms).
+const DEFAULT_AUDIO_PACKET_NS: f64 = 20e6;
+const MAX_AUDIO_PACKET_NS: f64 = 120e6;
 /// A correction this large is a new situation (a reset, a rejoin), not drift: stepped.
 const STEP_NS: f64 = 1e9;
 
@@ -71,6 +79,8 @@ struct TrackClock {
     error_ns: f64,
     /// The extended RTP time of the last packet retimed.
     last_packet: Option<u64>,
+    /// The shortest step between consecutive packets seen: an audio packet's duration.
+    packet_ticks: Option<u64>,
 }
 
 impl TrackClock {
@@ -150,6 +160,15 @@ impl TrackClock {
         self.delay_ns = self.reports.iter().map(|r| r.arrival_ns - r.ntp_ns).min().unwrap_or(0);
     }
 
+    /// How much earlier than its stamp an audio packet's first sample was captured: the
+    /// packet's duration (20 ms until two packets in a row tell).
+    fn audio_lead_ns(&self, clock_rate: u32) -> f64 {
+        match self.packet_ticks {
+            Some(ticks) if clock_rate > 0 => (ticks as f64 * 1e9 / f64::from(clock_rate)).min(MAX_AUDIO_PACKET_NS),
+            _ => DEFAULT_AUDIO_PACKET_NS,
+        }
+    }
+
     /// The smallest (arrival − NTP) of its reports, if it has any.
     fn own_delay(&self) -> Option<i64> {
         (!self.reports.is_empty()).then_some(self.delay_ns)
@@ -202,20 +221,41 @@ impl Timeline {
             let track = state.tracks.get_mut(&ssrc).expect("added above");
             let rtp = track.unwrap(rtp);
             track.add_report(Report { rtp, ntp_ns: unix_ns, arrival_ns });
+            tracing::debug!(
+                ssrc,
+                rtp,
+                ntp_ms = unix_ns / 1_000_000,
+                arrival_ms = arrival_ns / 1_000_000,
+                delay_ms = track.delay_ns as f64 / 1e6,
+                "sender report"
+            );
         });
     }
 
     /// The running time a packet of `ssrc` with RTP time `rtp` belongs at; `arrival` is its
-    /// running time from the jitter buffer (kept until the track's first report).
-    pub fn retime(&self, ssrc: u32, clock_rate: u32, rtp: u32, arrival: i64) -> i64 {
+    /// running time from the jitter buffer (kept until the track's first report). `audio`
+    /// packets are placed at their first sample's capture (see the module's notes).
+    pub fn retime(&self, ssrc: u32, clock_rate: u32, rtp: u32, arrival: i64, audio: bool) -> i64 {
         let mut state = self.state.lock().unwrap();
         let track = state.tracks.entry(ssrc).or_default();
         if track.clock_rate.is_none() && clock_rate > 0 {
             track.clock_rate = Some(clock_rate);
             track.line = track.fit();
         }
-        let ext = state.tracks.get_mut(&ssrc).expect("added above").unwrap(rtp);
-        let Some(target) = state.target(ssrc, Some(ext)) else { return arrival };
+        let ext = track.unwrap(rtp);
+        if let Some(step) = track.last_packet.and_then(|last| ext.checked_sub(last)).filter(|s| *s > 0) {
+            track.packet_ticks = Some(track.packet_ticks.map_or(step, |t| t.min(step)));
+        }
+        let lead = if audio { track.audio_lead_ns(clock_rate) } else { 0.0 };
+        // Arrival timing carries the same lateness (a packet leaves once complete).
+        let arrival = arrival - lead as i64;
+        let Some(target) = state.target(ssrc, Some(ext)).map(|t| t - lead) else {
+            let track = state.tracks.get_mut(&ssrc).expect("added above");
+            if track.last_packet.is_none_or(|last| ext > last) {
+                track.last_packet = Some(ext);
+            }
+            return arrival;
+        };
         let shift = *state.shift_ns.get_or_insert(arrival as f64 - target);
         let track = state.tracks.get_mut(&ssrc).expect("added above");
         if !track.locked {
@@ -279,7 +319,7 @@ mod tests {
         let net = 3_000_000; // 3 ms network
         let (a0, v0) = (1000u32, 5_000_000u32);
         // Before any report: arrival time.
-        assert_eq!(timeline.retime(audio, 48000, a0, 100_000_000), 100_000_000);
+        assert_eq!(timeline.retime(audio, 48000, a0, 100_000_000, false), 100_000_000);
         // Reports every 3 s for both tracks, from capture time t (ns since NTP_2026, which is
         // running time 0 here).
         for k in 0..6i64 {
@@ -289,8 +329,30 @@ mod tests {
         }
         // A packet of each, captured at 16 s: audio arrives 20 ms after, video 140 ms after.
         let t = 16_000_000_000i64;
-        let a = timeline.retime(audio, 48000, a0.wrapping_add((t * 48 / 1_000_000) as u32), t + 20_000_000);
-        let v = timeline.retime(video, 90000, v0.wrapping_add((t * 90 / 1_000_000) as u32), t + 140_000_000);
+        let a = timeline.retime(audio, 48000, a0.wrapping_add((t * 48 / 1_000_000) as u32), t + 20_000_000, false);
+        let v = timeline.retime(video, 90000, v0.wrapping_add((t * 90 / 1_000_000) as u32), t + 140_000_000, false);
+        assert!((a - v).abs() < 100_000, "audio {a} video {v}: {} µs apart", (a - v) / 1000);
+    }
+
+    /// A sender stamps an audio packet when it is complete (its first sample 20 ms earlier for
+    /// 20 ms packets) and a video frame when captured: the beep and the flash of one instant
+    /// end up together.
+    #[test]
+    fn audio_packets_are_placed_at_their_first_sample() {
+        let timeline = Timeline::default();
+        let (audio, video) = (1u32, 2u32);
+        for k in 0..3i64 {
+            let t = k * 3_000_000_000;
+            // The audio reports say sample t was captured at t + 20 ms.
+            timeline.on_sender_report(audio, (t * 48 / 1_000_000) as u32, ntp_plus(t + 20_000_000), t + 21_000_000);
+            timeline.on_sender_report(video, (t * 90 / 1_000_000) as u32, ntp_plus(t), t + 1_000_000);
+        }
+        let t = 7_000_000_000i64;
+        let rtp = |ns: i64| (ns * 48 / 1_000_000) as u32;
+        timeline.retime(audio, 48000, rtp(t - 40_000_000), t, true);
+        timeline.retime(audio, 48000, rtp(t - 20_000_000), t, true);
+        let a = timeline.retime(audio, 48000, rtp(t), t + 30_000_000, true);
+        let v = timeline.retime(video, 90000, (t * 90 / 1_000_000) as u32, t + 90_000_000, false);
         assert!((a - v).abs() < 100_000, "audio {a} video {v}: {} µs apart", (a - v) / 1000);
     }
 
@@ -301,7 +363,7 @@ mod tests {
         let ssrc = 7;
         let rate = 48000u32;
         timeline.on_sender_report(ssrc, 0, ntp_plus(0), 0);
-        let mut last = timeline.retime(ssrc, rate, 0, 0);
+        let mut last = timeline.retime(ssrc, rate, 0, 0, false);
         // The next report says the delay is 50 ms longer (a slower path): the output moves
         // toward it, by at most 5 ms a second.
         let second = rate;
@@ -309,7 +371,7 @@ mod tests {
         timeline.on_sender_report(ssrc, 2 * second, ntp_plus(2_000_000_000), 2_050_000_000);
         for k in 1..=40u32 {
             let rtp = k * rate / 10; // every 100 ms
-            let now = timeline.retime(ssrc, rate, rtp, 0);
+            let now = timeline.retime(ssrc, rate, rtp, 0, false);
             let step = now - last - 100_000_000;
             assert!(step.abs() <= 600_000, "packet {k} moved {step} ns beyond its 100 ms");
             last = now;
