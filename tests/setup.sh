@@ -54,16 +54,26 @@ step 2 "Python venv (.venv: pytest, livekit, livekit-api, numpy, prometheus-clie
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pytest, livekit.api, livekit.rtc, numpy, websockets, prometheus_client" 2>/dev/null; then
+if ! .venv/bin/python -c "import pytest, livekit.api, livekit.rtc, numpy, websockets, prometheus_client, azure.storage.blob" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 
 # S3: versitygw, a real S3-compatible server (posix backend), for the upload tests.
-step 3 "versitygw (S3 server for the upload tests)"
+step 3 "storage emulators for the upload tests (versitygw, fake-gcs-server, Azurite)"
 GOBIN_DIR="$(go env GOPATH)/bin"
 if [ ! -x "$GOBIN_DIR/versitygw" ]; then
   echo "setup: building versitygw (go install, pinned)"
   go install -v github.com/versity/versitygw/cmd/versitygw@v1.8.0 2>&1 | sed -u 's/^/  go: /' 
+fi
+# GCS and Azure: fake-gcs-server (Go module proxy) and Microsoft's Azurite (npm, pinned by
+# tests/emulators/package-lock.json).
+if [ ! -x "$GOBIN_DIR/fake-gcs-server" ]; then
+  echo "setup: building fake-gcs-server (go install, pinned)"
+  go install -v github.com/fsouza/fake-gcs-server@v1.56.1 2>&1 | sed -u 's/^/  go: /'
+fi
+if [ ! -x tests/emulators/node_modules/.bin/azurite-blob ]; then
+  echo "setup: installing Azurite (npm ci)"
+  npm ci --prefix tests/emulators --no-audit --no-fund --loglevel=error
 fi
 
 # LiveKit: the real server, pinned (the module's binary is called `server`).

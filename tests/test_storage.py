@@ -238,7 +238,7 @@ def test_per_request_s3_as_livekit_sends_it(tmp_path, pages, s3):
                 "file_outputs": [{"filepath": "req/y.mp4", "s3": bad}]}})
             assert got == 400 and reply["field"] == f"params.{field}", reply
         got, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
-            "file_outputs": [{"filepath": "req/z.mp4", "gcp": {"bucket": "b"}}]}})
-        assert got == 400 and "only s3" in reply["error"]
+            "file_outputs": [{"filepath": "req/z.mp4", "s3": target, "gcp": {"bucket": "b"}}]}})
+        assert got == 400 and "one upload target" in reply["error"], reply
     finally:
         egret.stop()

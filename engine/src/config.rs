@@ -59,8 +59,9 @@ pub struct StorageConfig {
     pub dir: PathBuf,
     /// Fragmented MP4: each fragment is playable on its own, so a file survives SIGKILL.
     pub crash_safe_mp4: bool,
-    /// Finished files are uploaded here when set (`[storage.s3]`).
-    pub s3: Option<crate::storage::S3Config>,
+    /// Finished files are uploaded here when set (`[storage.s3]`, `[storage.gcp]` or
+    /// `[storage.azure]`).
+    pub upload: Option<crate::storage::UploadConfig>,
     /// Where a file goes when its upload failed every attempt.
     pub backup_dir: PathBuf,
 }
@@ -155,6 +156,15 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("storage.s3.secret", Kind::Str, true),
     ("storage.s3.force_path_style", Kind::Bool, false),
     ("storage.s3.session_token", Kind::Str, false),
+    ("storage.gcp", Kind::Section, false),
+    ("storage.gcp.bucket", Kind::Str, true),
+    ("storage.gcp.credentials", Kind::Str, false),
+    ("storage.gcp.credentials_file", Kind::Str, false),
+    ("storage.azure", Kind::Section, false),
+    ("storage.azure.account_name", Kind::Str, true),
+    ("storage.azure.account_key", Kind::Str, true),
+    ("storage.azure.container_name", Kind::Str, true),
+    ("storage.azure.endpoint", Kind::Str, false),
     ("recipes", Kind::Section, true),
     ("recipes.dir", Kind::Str, true),
     ("recipes.layouts", Kind::Str, false),
@@ -284,6 +294,7 @@ impl Config {
             };
             WebhooksConfig { urls, api_key, api_secret }
         });
+        let upload = upload_target(&root, &reader, base, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -305,18 +316,7 @@ impl Config {
             storage: StorageConfig {
                 dir: base.join(reader.str("storage.dir")),
                 crash_safe_mp4: reader.bool("storage.crash_safe_mp4").unwrap_or(true),
-                s3: lookup(&root, "storage.s3").map(|_| crate::storage::S3Config {
-                    endpoint: reader.str("storage.s3.endpoint"),
-                    region: reader.str("storage.s3.region"),
-                    bucket: reader.str("storage.s3.bucket"),
-                    access_key: reader.str("storage.s3.access_key"),
-                    secret: reader.str("storage.s3.secret"),
-                    force_path_style: reader.bool("storage.s3.force_path_style").unwrap_or(true),
-                    session_token: Some(reader.str("storage.s3.session_token")).filter(|t| !t.is_empty()),
-                    metadata: Default::default(),
-                    tagging: None,
-                    content_disposition: None,
-                }),
+                upload,
                 backup_dir: match reader.str("storage.backup_dir") {
                     dir if dir.is_empty() => base.join(reader.str("storage.dir")).join("backup"),
                     dir => base.join(dir),
@@ -451,6 +451,58 @@ fn lookup<'a>(root: &'a Table, path: &str) -> Option<&'a Value> {
     Some(value)
 }
 
+/// The one `[storage.*]` upload target, if any (a second one is an error: every file goes to
+/// one place).
+fn upload_target(
+    root: &Table,
+    reader: &Reader,
+    base: &Path,
+    errors: &mut Vec<String>,
+) -> Option<crate::storage::UploadConfig> {
+    use crate::storage::{AzureConfig, GcsConfig, S3Config, UploadConfig};
+    let given: Vec<&str> =
+        ["s3", "gcp", "azure"].into_iter().filter(|k| root_has(root, &format!("storage.{k}"))).collect();
+    if given.len() > 1 {
+        errors.push(format!("storage: give one upload target, not {}", given.join(" and ")));
+        return None;
+    }
+    let target = match *given.first()? {
+        "s3" => UploadConfig::S3(S3Config {
+            endpoint: reader.str("storage.s3.endpoint"),
+            region: reader.str("storage.s3.region"),
+            bucket: reader.str("storage.s3.bucket"),
+            access_key: reader.str("storage.s3.access_key"),
+            secret: reader.str("storage.s3.secret"),
+            force_path_style: reader.bool("storage.s3.force_path_style").unwrap_or(true),
+            session_token: Some(reader.str("storage.s3.session_token")).filter(|t| !t.is_empty()),
+            metadata: Default::default(),
+            tagging: None,
+            content_disposition: None,
+        }),
+        "gcp" => {
+            let mut credentials = reader.str("storage.gcp.credentials");
+            let file = reader.str("storage.gcp.credentials_file");
+            if !file.is_empty() {
+                match std::fs::read_to_string(base.join(&file)) {
+                    Ok(text) => credentials = text,
+                    Err(e) => errors.push(format!("storage.gcp.credentials_file: cannot read `{file}`: {e}")),
+                }
+            }
+            UploadConfig::Gcs(GcsConfig { bucket: reader.str("storage.gcp.bucket"), credentials })
+        }
+        _ => UploadConfig::Azure(AzureConfig {
+            account_name: reader.str("storage.azure.account_name"),
+            account_key: reader.str("storage.azure.account_key"),
+            container_name: reader.str("storage.azure.container_name"),
+            endpoint: Some(reader.str("storage.azure.endpoint")).filter(|e| !e.is_empty()),
+        }),
+    };
+    if let Err(e) = target.open() {
+        errors.push(format!("storage.{}: {e:#}", given[0]));
+    }
+    Some(target)
+}
+
 struct Reader<'a> {
     root: &'a Table,
 }
@@ -521,7 +573,20 @@ dir = "scripts"
         for missing in ["storage.s3.region: missing", "storage.s3.access_key: missing", "storage.s3.secret: missing"] {
             assert!(errs.contains(missing), "{missing} not in {errs}");
         }
-        assert!(Config::parse(GOOD, Path::new(".")).unwrap().storage.s3.is_none());
+        assert!(Config::parse(GOOD, Path::new(".")).unwrap().storage.upload.is_none());
+    }
+
+    #[test]
+    fn one_upload_target_of_any_cloud() {
+        let azure = "[storage.azure]\naccount_name = \"a\"\naccount_key = \"a2V5\"\ncontainer_name = \"c\"\n";
+        let parsed = Config::parse(&format!("{GOOD}{azure}"), Path::new(".")).unwrap();
+        assert!(matches!(parsed.storage.upload, Some(crate::storage::UploadConfig::Azure(_))));
+        let gcp = "[storage.gcp]\nbucket = \"b\"\ncredentials = \"not json\"\n";
+        let errs = Config::parse(&format!("{GOOD}{gcp}"), Path::new(".")).unwrap_err().0.join("\n");
+        assert!(errs.contains("storage.gcp: credentials are not JSON"), "{errs}");
+        let both = format!("{GOOD}{azure}[storage.gcp]\nbucket = \"b\"\n");
+        let errs = Config::parse(&both, Path::new(".")).unwrap_err().0.join("\n");
+        assert!(errs.contains("storage: give one upload target, not gcp and azure"), "{errs}");
     }
 
     #[test]

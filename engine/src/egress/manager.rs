@@ -106,8 +106,10 @@ fn new_egress_id() -> String {
 impl Manager {
     pub fn new(config: Arc<Config>, recipes: Arc<Recipes>) -> Arc<Manager> {
         let storage = &config.storage;
-        let uploader =
-            storage.s3.clone().map(|s3| Arc::new(crate::storage::Uploader::new(s3, &storage.dir, &storage.backup_dir)));
+        let uploader = storage
+            .upload
+            .clone()
+            .map(|t| Arc::new(crate::storage::Uploader::new(t, &storage.dir, &storage.backup_dir)));
         Arc::new(Manager {
             config,
             observers: RwLock::new(Vec::new()),

@@ -17,7 +17,7 @@ use super::testsrc::{self, TestSourceOptions};
 use crate::request::FieldResult;
 use crate::request::encoding::EncodeSettings;
 use crate::request::filepath::{self, PathClaim, Template};
-use crate::storage::{S3Config, Uploader};
+use crate::storage::{UploadConfig, Uploader};
 
 pub struct Graph {
     pub pipeline: gst::Pipeline,
@@ -188,11 +188,11 @@ impl BuildTarget for Graph {
         Ok(())
     }
 
-    fn uploader(&self, target: &Option<S3Config>) -> Option<Arc<Uploader>> {
+    fn uploader(&self, target: &Option<UploadConfig>) -> Option<Arc<Uploader>> {
         target.clone().map(|c| Arc::new(Uploader::new(c, &self.storage, &self.backup_dir)))
     }
 
-    fn queue_for(&self, target: &Option<S3Config>) -> Option<UploadQueue> {
+    fn queue_for(&self, target: &Option<UploadConfig>) -> Option<UploadQueue> {
         self.uploads.as_ref().and_then(|q| q.for_output(self.uploader(target)))
     }
 }

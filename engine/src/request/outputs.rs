@@ -6,51 +6,86 @@ use serde_json::Value;
 
 use super::encoding::{AudioCodec, EncodeSettings, VideoCodec};
 use super::fields::{FieldError, FieldResult, Obj};
-use crate::storage::S3Config;
+use crate::storage::{AzureConfig, GcsConfig, S3Config, UploadConfig};
 
-/// The upload target of one output: LiveKit's `s3` (S3Upload) fields. Other clouds and the
-/// S3 options egret cannot honour (role assumption, a proxy) are refused by name rather than
-/// ignored.
-pub fn upload_target(o: &mut Obj) -> FieldResult<Option<S3Config>> {
+/// The upload target of one output: LiveKit's `s3`, `gcp`, `azure` or `ali_oss` fields (one
+/// of them). What egret cannot honour (role assumption, a proxy) is refused by name rather
+/// than ignored; a target that cannot even be opened (credentials that are not JSON) is a
+/// request error too.
+pub fn upload_target(o: &mut Obj) -> FieldResult<Option<UploadConfig>> {
     o.get("disable_manifest");
-    for key in ["gcp", "azure", "ali_oss", "alioss"] {
-        if o.get(key).is_some() {
-            return Err(FieldError::new(o.field_path(key), "only s3 uploads are supported"));
-        }
+    let given: Vec<&'static str> =
+        ["s3", "gcp", "azure", "ali_oss"].into_iter().filter(|k| o.get(k).is_some_and(|v| !v.is_null())).collect();
+    if given.len() > 1 {
+        return Err(FieldError::new(
+            o.field_path(given[1]),
+            format!("give one upload target, not {}", given.join(" and ")),
+        ));
     }
-    let path = o.field_path("s3");
-    let Some(value) = o.get("s3") else { return Ok(None) };
-    let mut s3 = Obj::new(value, &path)?;
-    let required = |s3: &mut Obj, key: &'static str| -> FieldResult<String> {
-        s3.string(key)?.filter(|v| !v.is_empty()).ok_or_else(|| FieldError::new(s3.field_path(key), "required"))
+    let Some(&kind) = given.first() else { return Ok(None) };
+    let path = o.field_path(kind);
+    let mut spec = Obj::new(o.get(kind).expect("given"), &path)?;
+    let target = match kind {
+        "s3" => UploadConfig::S3(s3_target(&mut spec)?),
+        "gcp" => UploadConfig::Gcs(gcs_target(&mut spec)?),
+        "azure" => UploadConfig::Azure(azure_target(&mut spec)?),
+        _ => UploadConfig::S3(ali_oss_target(&mut spec)?),
     };
-    let access_key = required(&mut s3, "access_key")?;
-    let secret = required(&mut s3, "secret")?;
-    let bucket = required(&mut s3, "bucket")?;
-    let endpoint = required(&mut s3, "endpoint")?;
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(FieldError::new(s3.field_path("endpoint"), "must be an http:// or https:// URL"));
+    spec.finish(&[])?;
+    if let Err(e) = target.open() {
+        return Err(FieldError::new(path, format!("{e:#}")));
     }
-    let region = s3.string("region")?.filter(|r| !r.is_empty()).unwrap_or_else(|| "us-east-1".into());
-    let force_path_style = s3.bool("force_path_style")?.unwrap_or(false);
-    for key in ["assume_role_arn", "assume_role_external_id", "proxy"] {
-        let given = s3.get(key).is_some_and(|v| !(v.is_null() || v == &Value::String(String::new())));
+    Ok(Some(target))
+}
+
+fn required(o: &mut Obj, key: &'static str) -> FieldResult<String> {
+    o.string(key)?.filter(|v| !v.is_empty()).ok_or_else(|| FieldError::new(o.field_path(key), "required"))
+}
+
+fn text(o: &mut Obj, key: &'static str) -> FieldResult<Option<String>> {
+    Ok(o.string(key)?.filter(|v| !v.is_empty()))
+}
+
+/// Fields LiveKit has that egret cannot honour yet: refused when given a value.
+fn refuse(o: &mut Obj, keys: &[&'static str]) -> FieldResult<()> {
+    for key in keys {
+        let given = o
+            .get(key)
+            .is_some_and(|v| !(v.is_null() || v == &Value::String(String::new()) || v == &serde_json::json!({})));
         if given {
-            return Err(FieldError::new(s3.field_path(key), "not supported yet"));
+            return Err(FieldError::new(o.field_path(key), "not supported yet"));
         }
     }
-    let text = |s3: &mut Obj, key: &'static str| -> FieldResult<Option<String>> {
-        Ok(s3.string(key)?.filter(|v| !v.is_empty()))
-    };
-    let session_token = text(&mut s3, "session_token")?;
-    let tagging = text(&mut s3, "tagging")?;
-    let content_disposition = text(&mut s3, "content_disposition")?;
-    if let Some(bad) = [&session_token, &tagging, &content_disposition]
-        .into_iter()
-        .flatten()
-        .find(|v| v.chars().any(|c| c.is_control()))
+    Ok(())
+}
+
+fn http_url(o: &Obj, key: &str, url: &str) -> FieldResult<()> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(FieldError::new(o.field_path(key), "must be an http:// or https:// URL"))
+    }
+}
+
+fn s3_target(s3: &mut Obj) -> FieldResult<S3Config> {
+    let access_key = required(s3, "access_key")?;
+    let secret = required(s3, "secret")?;
+    let bucket = required(s3, "bucket")?;
+    let region = text(s3, "region")?.unwrap_or_else(|| "us-east-1".into());
+    // No endpoint: AWS itself, as in LiveKit.
+    let endpoint = text(s3, "endpoint")?.unwrap_or_else(|| S3Config::aws_endpoint(&region));
+    http_url(s3, "endpoint", &endpoint)?;
+    let force_path_style = s3.bool("force_path_style")?.unwrap_or(false);
+    refuse(s3, &["assume_role_arn", "assume_role_external_id", "proxy"])?;
+    let session_token = text(s3, "session_token")?;
+    let tagging = text(s3, "tagging")?;
+    let content_disposition = text(s3, "content_disposition")?;
+    for (key, value) in
+        [("session_token", &session_token), ("tagging", &tagging), ("content_disposition", &content_disposition)]
     {
-        return Err(FieldError::new(s3.field_path("tagging"), format!("`{bad}` holds a control character")));
+        if value.as_ref().is_some_and(|v| v.chars().any(|c| c.is_control())) {
+            return Err(FieldError::new(s3.field_path(key), "holds a control character"));
+        }
     }
     let mut metadata = std::collections::BTreeMap::new();
     if let Some(given) = s3.get("metadata").filter(|m| !m.is_null()) {
@@ -70,8 +105,7 @@ pub fn upload_target(o: &mut Obj) -> FieldResult<Option<S3Config>> {
             metadata.insert(key.clone(), value.to_string());
         }
     }
-    s3.finish(&[])?;
-    Ok(Some(S3Config {
+    Ok(S3Config {
         endpoint,
         region,
         bucket,
@@ -82,7 +116,55 @@ pub fn upload_target(o: &mut Obj) -> FieldResult<Option<S3Config>> {
         metadata,
         tagging,
         content_disposition,
-    }))
+    })
+}
+
+/// Alibaba OSS through its S3-compatible API: virtual-hosted buckets on `endpoint`
+/// (`oss-<region>.aliyuncs.com` when none is given).
+fn ali_oss_target(oss: &mut Obj) -> FieldResult<S3Config> {
+    let access_key = required(oss, "access_key")?;
+    let secret = required(oss, "secret")?;
+    let bucket = required(oss, "bucket")?;
+    let region = required(oss, "region")?;
+    let endpoint = match text(oss, "endpoint")? {
+        Some(e) if e.contains("://") => e,
+        Some(host) => format!("https://{host}"),
+        None => format!("https://oss-{region}.aliyuncs.com"),
+    };
+    http_url(oss, "endpoint", &endpoint)?;
+    Ok(S3Config {
+        endpoint,
+        region,
+        bucket,
+        access_key,
+        secret,
+        force_path_style: false,
+        session_token: None,
+        metadata: Default::default(),
+        tagging: None,
+        content_disposition: None,
+    })
+}
+
+fn gcs_target(gcp: &mut Obj) -> FieldResult<GcsConfig> {
+    let bucket = required(gcp, "bucket")?;
+    refuse(gcp, &["proxy"])?;
+    let credentials = text(gcp, "credentials")?.unwrap_or_default();
+    if !credentials.is_empty() && serde_json::from_str::<serde_json::Map<String, Value>>(&credentials).is_err() {
+        return Err(FieldError::new(gcp.field_path("credentials"), "must be a service account key file's JSON"));
+    }
+    Ok(GcsConfig { bucket, credentials })
+}
+
+fn azure_target(azure: &mut Obj) -> FieldResult<AzureConfig> {
+    let account_name = required(azure, "account_name")?;
+    let account_key = required(azure, "account_key")?;
+    let container_name = required(azure, "container_name")?;
+    let endpoint = text(azure, "endpoint")?;
+    if let Some(e) = &endpoint {
+        http_url(azure, "endpoint", e)?;
+    }
+    Ok(AzureConfig { account_name, account_key, container_name, endpoint })
 }
 
 /// An unsupported codec/container pair is a request error, named at the container's field.

@@ -1,19 +1,82 @@
-//! Uploads of finished recordings to S3-compatible storage. Local-first: a file is written to
-//! the storage directory, uploaded once finalized, and retried; if every attempt fails it is
-//! moved to the backup directory and the egress says where. Nothing is deleted that was not
-//! confirmed uploaded (and by default nothing is deleted at all).
+//! Uploads of finished recordings to object storage: S3 and S3-compatible servers (Alibaba
+//! OSS among them), Google Cloud Storage and Azure Blob Storage, all through `object_store`.
+//! Local-first: a file is written to the storage directory, uploaded once finalized, and
+//! retried; if every attempt fails it is moved to the backup directory and the egress says
+//! where. Nothing is deleted that was not confirmed uploaded (and by default nothing is
+//! deleted at all).
 
+pub mod azure;
+pub mod gcs;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use anyhow::{Context, Result};
+use object_store::buffered::BufWriter;
+use object_store::{Attribute, AttributeValue, Attributes, ClientOptions, ObjectStore, RetryConfig, TagSet};
+use tokio::io::AsyncWriteExt;
 
-use s3::S3Client;
+pub use azure::AzureConfig;
+pub use gcs::GcsConfig;
 pub use s3::S3Config;
 
 const ATTEMPTS: u32 = 3;
+/// Files larger than this go up in parts (several at once), not in one request.
+const PART_BYTES: usize = 16 << 20;
+
+/// Where one output's files go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadConfig {
+    S3(S3Config),
+    Gcs(GcsConfig),
+    Azure(AzureConfig),
+}
+
+impl UploadConfig {
+    /// The store for this target; fails on what can be told without a request (credentials
+    /// that are not JSON, a malformed endpoint).
+    pub fn open(&self) -> Result<Target> {
+        match self {
+            UploadConfig::S3(c) => c.open(),
+            UploadConfig::Gcs(c) => c.open(),
+            UploadConfig::Azure(c) => c.open(),
+        }
+    }
+}
+
+/// What the egress reports as an uploaded object's location.
+pub trait Location: Send + Sync {
+    fn url(&self, key: &str) -> String;
+}
+
+/// An opened storage target: the store and what every object put there carries.
+pub struct Target {
+    store: Arc<dyn ObjectStore>,
+    attributes: Attributes,
+    tags: TagSet,
+    location: Box<dyn Location>,
+}
+
+/// Shared client settings: plain HTTP only when the endpoint asks for it (an emulator, a
+/// server on the local network), and a bound on every request.
+fn client_options(endpoint: &str) -> ClientOptions {
+    ClientOptions::new()
+        .with_allow_http(endpoint.starts_with("http://"))
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(120))
+}
+
+/// The uploader retries whole files itself (and then backs them up): the client does not.
+fn no_retries() -> RetryConfig {
+    RetryConfig { max_retries: 0, retry_timeout: Duration::from_secs(120), ..RetryConfig::default() }
+}
+
+/// A key as it appears in a URL: each path segment percent-encoded.
+fn encode_key(key: &str) -> String {
+    key.split('/').map(crate::http_client::uri_encode).collect::<Vec<_>>().join("/")
+}
 
 /// Where one finished file ended up.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +92,7 @@ pub enum Upload {
 }
 
 pub struct Uploader {
-    client: S3Client,
+    target: Result<Target, String>,
     storage_dir: PathBuf,
     backup_dir: PathBuf,
 }
@@ -39,17 +102,21 @@ fn content_type(path: &Path) -> &'static str {
         "mp4" => "video/mp4",
         "webm" => "video/webm",
         "ogg" => "audio/ogg",
+        "mp3" => "audio/mpeg",
         "ts" => "video/mp2t",
         "m3u8" => "application/vnd.apple.mpegurl",
         "jpeg" | "jpg" => "image/jpeg",
+        "json" => "application/json",
         _ => "application/octet-stream",
     }
 }
 
 impl Uploader {
-    pub fn new(config: S3Config, storage_dir: &Path, backup_dir: &Path) -> Self {
+    pub fn new(config: UploadConfig, storage_dir: &Path, backup_dir: &Path) -> Self {
         Uploader {
-            client: S3Client::new(config),
+            // Requests check this first (a 400 naming the field); a config file's target that
+            // cannot open backs every file up with the reason.
+            target: config.open().map_err(|e| format!("{e:#}")),
             storage_dir: storage_dir.to_path_buf(),
             backup_dir: backup_dir.to_path_buf(),
         }
@@ -60,28 +127,26 @@ impl Uploader {
     /// snapshot still referenced locally) is copied there.
     pub async fn upload(&self, local: &Path, keep_local: bool) -> Upload {
         let key = local.strip_prefix(&self.storage_dir).unwrap_or(local).to_string_lossy().to_string();
+        let target = match &self.target {
+            Ok(target) => target,
+            Err(e) => return self.back_up(local, &key, format!("storage cannot be used: {e}"), keep_local),
+        };
         let mut error = String::new();
-        match tokio::fs::read(local).await {
-            Ok(body) => {
-                let body = Bytes::from(body);
-                for attempt in 1..=ATTEMPTS {
-                    match self.client.put(&key, body.clone(), content_type(local)).await {
-                        Ok(location) => {
-                            crate::metrics::upload("uploaded");
-                            return Upload::Uploaded { location };
-                        }
-                        Err(e) => {
-                            crate::metrics::upload("attempt_failed");
-                            error = format!("{e:#}");
-                            tracing::warn!(file = %local.display(), attempt, "upload failed: {error}");
-                        }
-                    }
-                    if attempt < ATTEMPTS {
-                        tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-                    }
+        for attempt in 1..=ATTEMPTS {
+            match put_file(target, local, &key).await {
+                Ok(()) => {
+                    crate::metrics::upload("uploaded");
+                    return Upload::Uploaded { location: target.location.url(&key) };
+                }
+                Err(e) => {
+                    crate::metrics::upload("attempt_failed");
+                    error = format!("{e:#}");
+                    tracing::warn!(file = %local.display(), attempt, "upload failed: {error}");
                 }
             }
-            Err(e) => error = format!("cannot read {}: {e}", local.display()),
+            if attempt < ATTEMPTS {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
         }
         self.back_up(local, &key, error, keep_local)
     }
@@ -104,4 +169,22 @@ impl Uploader {
             }
         }
     }
+}
+
+/// Streams one file into the store: a single request when small, parts when large (a long
+/// recording is never held in memory whole).
+async fn put_file(target: &Target, local: &Path, key: &str) -> Result<()> {
+    let mut file = tokio::fs::File::open(local).await.with_context(|| format!("cannot read {}", local.display()))?;
+    let mut attributes = target.attributes.clone();
+    attributes.insert(Attribute::ContentType, AttributeValue::from(content_type(local)));
+    let mut writer = BufWriter::with_capacity(target.store.clone(), object_store::path::Path::from(key), PART_BYTES)
+        .with_attributes(attributes)
+        .with_tags(target.tags.clone());
+    let copied = tokio::io::copy(&mut file, &mut writer).await;
+    if let Err(e) = copied {
+        let _ = writer.abort().await;
+        return Err(e).context("upload");
+    }
+    writer.shutdown().await.context("upload")?;
+    Ok(())
 }

@@ -17,7 +17,7 @@ use crate::request::encoding::{AudioCodec, EncodeSettings, VideoCodec};
 use crate::request::fields::{FieldError, FieldResult, Obj};
 use crate::request::filepath::{check_relative, resolve_file};
 use crate::request::outputs::{check_codecs, upload_target};
-use crate::storage::S3Config;
+use crate::storage::UploadConfig;
 
 pub static KIND: OutputKind = OutputKind {
     name: "file",
@@ -61,7 +61,7 @@ pub struct FileOutput {
     pub file_type: FileType,
     /// A filepath template (`{egress_id}`, `{time}`...), relative to the storage directory.
     pub filepath: String,
-    pub upload: Option<S3Config>,
+    pub upload: Option<UploadConfig>,
 }
 
 const FILE_TYPES: &[&str] = &["DEFAULT_FILETYPE", "MP4", "OGG", "MP3", "WEBM"];

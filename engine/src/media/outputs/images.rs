@@ -20,7 +20,7 @@ use crate::request::encoding::EncodeSettings;
 use crate::request::fields::{FieldError, FieldResult, Obj};
 use crate::request::filepath::{check_relative, inside};
 use crate::request::outputs::upload_target;
-use crate::storage::S3Config;
+use crate::storage::UploadConfig;
 
 pub static KIND: OutputKind = OutputKind {
     name: "images",
@@ -45,7 +45,7 @@ pub struct ImageOutput {
     pub height: Option<u32>,
     pub filename_prefix: String,
     pub suffix: ImageSuffix,
-    pub upload: Option<S3Config>,
+    pub upload: Option<UploadConfig>,
 }
 
 fn parse(request: &mut Obj, _settings: &EncodeSettings) -> FieldResult<Vec<Output>> {

@@ -33,7 +33,7 @@ use super::{MediaKind, make, queue, sync_states};
 use crate::request::encoding::{AudioCodec, EncodeSettings, VideoCodec};
 use crate::request::fields::{FieldError, FieldResult, Obj};
 use crate::request::filepath::Template;
-use crate::storage::{S3Config, Uploader};
+use crate::storage::{UploadConfig, Uploader};
 pub use status::{OutputSnapshot, OutputState, OutputStatus};
 use uploads::UploadQueue;
 
@@ -170,9 +170,9 @@ pub trait BuildTarget {
         uploader: Option<Arc<Uploader>>,
     ) -> Result<()>;
     /// An output's own upload target, from its request `s3` fields.
-    fn uploader(&self, target: &Option<S3Config>) -> Option<Arc<Uploader>>;
+    fn uploader(&self, target: &Option<UploadConfig>) -> Option<Arc<Uploader>>;
     /// The live upload queue bound to an output's target (its own, else `[storage.s3]`).
-    fn queue_for(&self, target: &Option<S3Config>) -> Option<UploadQueue>;
+    fn queue_for(&self, target: &Option<UploadConfig>) -> Option<UploadQueue>;
     /// A path under storage as the API shows it.
     fn relative(&self, path: &Path) -> String {
         path.strip_prefix(self.storage()).unwrap_or(path).to_string_lossy().to_string()

@@ -22,7 +22,7 @@ use crate::request::encoding::{AudioCodec, EncodeSettings, VideoCodec};
 use crate::request::fields::{FieldError, FieldResult, Obj};
 use crate::request::filepath::{check_relative, inside};
 use crate::request::outputs::{check_codecs, upload_target};
-use crate::storage::S3Config;
+use crate::storage::UploadConfig;
 
 pub static KIND: OutputKind = OutputKind {
     name: "segments",
@@ -40,7 +40,7 @@ pub struct SegmentOutput {
     pub live_playlist_name: Option<String>,
     pub segment_duration: u32,
     pub timestamp_suffix: bool,
-    pub upload: Option<S3Config>,
+    pub upload: Option<UploadConfig>,
 }
 
 fn parse(request: &mut Obj, settings: &EncodeSettings) -> FieldResult<Vec<Output>> {
