@@ -149,7 +149,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     ("storage.crash_safe_mp4", Kind::Bool, false),
     ("storage.backup_dir", Kind::Str, false),
     ("storage.s3", Kind::Section, false),
-    ("storage.s3.endpoint", Kind::Str, true),
+    ("storage.s3.endpoint", Kind::Str, false),
     ("storage.s3.region", Kind::Str, true),
     ("storage.s3.bucket", Kind::Str, true),
     ("storage.s3.access_key", Kind::Str, true),
@@ -468,7 +468,10 @@ fn upload_target(
     }
     let target = match *given.first()? {
         "s3" => UploadConfig::S3(S3Config {
-            endpoint: reader.str("storage.s3.endpoint"),
+            endpoint: match reader.str("storage.s3.endpoint") {
+                none if none.is_empty() => S3Config::aws_endpoint(&reader.str("storage.s3.region")),
+                endpoint => endpoint,
+            },
             region: reader.str("storage.s3.region"),
             bucket: reader.str("storage.s3.bucket"),
             access_key: reader.str("storage.s3.access_key"),

@@ -42,15 +42,30 @@ pub type FieldResult<T> = Result<T, FieldError>;
 
 /// LiveKit clients send proto3 JSON in camelCase; egret's own API uses snake_case. Both are
 /// accepted by turning every object key into snake_case once, at the edge.
+/// The keys of a user's own map (S3 object metadata) are data, not field names: kept as sent.
 pub fn snake_case_keys(value: Value) -> Value {
     match value {
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (to_snake(&k), snake_case_keys(v))).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let key = to_snake(&k);
+                    let v = if USER_MAPS.contains(&key.as_str()) { v } else { snake_case_keys(v) };
+                    (key, v)
+                })
+                .collect(),
+        ),
         Value::Array(items) => Value::Array(items.into_iter().map(snake_case_keys).collect()),
         other => other,
     }
 }
 
+const USER_MAPS: &[&str] = &["metadata"];
+
 fn to_snake(key: &str) -> String {
+    // The proto's one field name with a run of capitals (`aliOSS`, LiveKit's AliOSSUpload).
+    if key == "aliOSS" {
+        return "ali_oss".into();
+    }
     let mut out = String::with_capacity(key.len() + 4);
     for (i, c) in key.chars().enumerate() {
         if c.is_ascii_uppercase() {
@@ -173,6 +188,12 @@ mod tests {
     fn camel_case_becomes_snake_case() {
         let v = snake_case_keys(json!({"fileOutputs": [{"filePath": "x", "file_type": 1}]}));
         assert_eq!(v, json!({"file_outputs": [{"file_path": "x", "file_type": 1}]}));
+    }
+
+    #[test]
+    fn user_maps_and_ali_oss_keep_their_names() {
+        let v = snake_case_keys(json!({"s3": {"metadata": {"recordedBy": "x", "X-App": "y"}}, "aliOSS": {}}));
+        assert_eq!(v, json!({"s3": {"metadata": {"recordedBy": "x", "X-App": "y"}}, "ali_oss": {}}));
     }
 
     #[test]

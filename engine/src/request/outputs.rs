@@ -73,7 +73,12 @@ fn s3_target(s3: &mut Obj) -> FieldResult<S3Config> {
     let bucket = required(s3, "bucket")?;
     let region = text(s3, "region")?.unwrap_or_else(|| "us-east-1".into());
     // No endpoint: AWS itself, as in LiveKit.
-    let endpoint = text(s3, "endpoint")?.unwrap_or_else(|| S3Config::aws_endpoint(&region));
+    let endpoint = match text(s3, "endpoint")? {
+        None => S3Config::aws_endpoint(&region),
+        // A bare host, as LiveKit's configs often give it: https.
+        Some(host) if !host.contains("://") => format!("https://{host}"),
+        Some(url) => url,
+    };
     http_url(s3, "endpoint", &endpoint)?;
     let force_path_style = s3.bool("force_path_style")?.unwrap_or(false);
     refuse(s3, &["assume_role_arn", "assume_role_external_id", "proxy"])?;
@@ -95,11 +100,11 @@ fn s3_target(s3: &mut Obj) -> FieldResult<S3Config> {
             let Some(value) = value.as_str() else {
                 return Err(FieldError::new(format!("{field}.{key}"), "must be a string"));
             };
-            let usable = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let usable = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !usable || value.chars().any(|c| c.is_control() || !c.is_ascii()) {
                 return Err(FieldError::new(
                     format!("{field}.{key}"),
-                    "keys are letters, digits, - and _; values printable ASCII",
+                    "keys are letters, digits, -, _ and .; values printable ASCII",
                 ));
             }
             metadata.insert(key.clone(), value.to_string());
@@ -125,8 +130,17 @@ fn ali_oss_target(oss: &mut Obj) -> FieldResult<S3Config> {
     let access_key = required(oss, "access_key")?;
     let secret = required(oss, "secret")?;
     let bucket = required(oss, "bucket")?;
-    let region = required(oss, "region")?;
-    let endpoint = match text(oss, "endpoint")? {
+    // LiveKit goes by the endpoint alone (`oss-<region>.aliyuncs.com`): the region is read
+    // from it when not given.
+    let given_endpoint = text(oss, "endpoint")?;
+    let region = match text(oss, "region")? {
+        Some(region) => region,
+        None => given_endpoint
+            .as_deref()
+            .and_then(|e| e.split("://").last()?.strip_prefix("oss-")?.split('.').next().map(str::to_string))
+            .ok_or_else(|| FieldError::new(oss.field_path("region"), "required (or an oss-<region> endpoint)"))?,
+    };
+    let endpoint = match given_endpoint {
         Some(e) if e.contains("://") => e,
         Some(host) => format!("https://{host}"),
         None => format!("https://oss-{region}.aliyuncs.com"),
@@ -211,4 +225,35 @@ pub fn check_stream_url(url: &str, field: &str) -> FieldResult<()> {
         return Err(FieldError::new(field, format!("`{url}` needs a host and an application path")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Location;
+    use serde_json::json;
+
+    fn target(output: Value) -> FieldResult<Option<UploadConfig>> {
+        let output = crate::request::fields::snake_case_keys(output);
+        let mut o = Obj::new(&output, "file_outputs[0]")?;
+        upload_target(&mut o)
+    }
+
+    /// Virtual-hosted style (LiveKit's default) puts the bucket in the host, for AWS and any
+    /// endpoint; Alibaba OSS as LiveKit SDKs send it (`aliOSS`, a bare endpoint, no region).
+    #[test]
+    fn buckets_go_where_each_cloud_wants_them() {
+        let aws = json!({"s3": {"accessKey": "a", "secret": "s", "bucket": "rec", "region": "eu-west-1"}});
+        let Some(UploadConfig::S3(s3)) = target(aws).unwrap() else { panic!("an S3 target") };
+        assert_eq!(s3.url("a/b c.mp4"), "https://rec.s3.eu-west-1.amazonaws.com/a/b%20c.mp4");
+        let oss = json!({"aliOSS": {"accessKey": "a", "secret": "s", "bucket": "rec", "endpoint": "oss-cn-hangzhou.aliyuncs.com"}});
+        let Some(UploadConfig::S3(oss)) = target(oss).unwrap() else { panic!("an OSS target") };
+        assert_eq!(oss.region, "cn-hangzhou");
+        assert_eq!(oss.url("x.mp4"), "https://rec.oss-cn-hangzhou.aliyuncs.com/x.mp4");
+        let path_style = json!({"s3": {"accessKey": "a", "secret": "s", "bucket": "rec", "endpoint": "http://127.0.0.1:9000", "forcePathStyle": true}});
+        let Some(UploadConfig::S3(local)) = target(path_style).unwrap() else { panic!("an S3 target") };
+        assert_eq!(local.url("x.mp4"), "http://127.0.0.1:9000/rec/x.mp4");
+        let err = target(json!({"aliOSS": {"accessKey": "a", "secret": "s", "bucket": "rec"}})).unwrap_err();
+        assert_eq!(err.field, "file_outputs[0].ali_oss.region");
+    }
 }

@@ -26,7 +26,9 @@ impl GcsConfig {
     }
 
     pub(super) fn open(&self) -> Result<Target> {
-        let mut builder = GoogleCloudStorageBuilder::new()
+        // No key given: the environment's (GOOGLE_APPLICATION_CREDENTIALS, gcloud's file, the
+        // metadata server), as Google's own clients look for them.
+        let mut builder = GoogleCloudStorageBuilder::from_env()
             .with_bucket_name(&self.bucket)
             .with_client_options(client_options(&self.base_url()))
             .with_retry(super::no_retries());

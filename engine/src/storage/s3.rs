@@ -34,9 +34,20 @@ impl S3Config {
         format!("https://s3.{region}.amazonaws.com")
     }
 
+    /// The endpoint object_store is given: with virtual-hosted style it must already hold the
+    /// bucket (`https://bucket.s3.region.amazonaws.com`); it only appends keys.
+    fn client_endpoint(&self) -> String {
+        let endpoint = self.endpoint.trim_end_matches('/');
+        if self.force_path_style {
+            return endpoint.to_string();
+        }
+        let (scheme, host) = endpoint.split_once("://").unwrap_or(("https", endpoint));
+        format!("{scheme}://{}.{host}", self.bucket)
+    }
+
     pub(super) fn open(&self) -> Result<Target> {
         let mut builder = AmazonS3Builder::new()
-            .with_endpoint(self.endpoint.trim_end_matches('/'))
+            .with_endpoint(self.client_endpoint())
             .with_region(&self.region)
             .with_bucket_name(&self.bucket)
             .with_access_key_id(&self.access_key)
@@ -49,9 +60,9 @@ impl S3Config {
         }
         let store = builder.build()?;
         let mut attributes = Attributes::new();
-        if let Some(disposition) = &self.content_disposition {
-            attributes.insert(Attribute::ContentDisposition, AttributeValue::from(disposition.clone()));
-        }
+        // LiveKit's uploads say `inline` unless asked otherwise.
+        let disposition = self.content_disposition.clone().unwrap_or_else(|| "inline".into());
+        attributes.insert(Attribute::ContentDisposition, AttributeValue::from(disposition));
         for (key, value) in &self.metadata {
             attributes
                 .insert(Attribute::Metadata(key.to_ascii_lowercase().into()), AttributeValue::from(value.clone()));
@@ -67,12 +78,10 @@ impl S3Config {
 impl super::Location for S3Config {
     /// Where an object lives (what the egress reports as its location).
     fn url(&self, key: &str) -> String {
-        let endpoint = self.endpoint.trim_end_matches('/');
         if self.force_path_style {
-            format!("{endpoint}/{}/{}", self.bucket, encode_key(key))
+            format!("{}/{}/{}", self.endpoint.trim_end_matches('/'), self.bucket, encode_key(key))
         } else {
-            let (scheme, host) = endpoint.split_once("://").unwrap_or(("https", endpoint));
-            format!("{scheme}://{}.{host}/{}", self.bucket, encode_key(key))
+            format!("{}/{}", self.client_endpoint(), encode_key(key))
         }
     }
 }

@@ -275,7 +275,8 @@ fn unified_params(request: Value) -> Result<(&'static str, Value), Error> {
 /// A StorageConfig's one upload target as an output field (`s3`, `gcp`, `azure`, `ali_oss`,
 /// as the per-output upload fields are named); the outputs then check it like their own.
 fn upload_of(storage: &Value, field: &str) -> Result<(&'static str, Value), Error> {
-    let given: Vec<&'static str> = ["s3", "gcp", "azure", "ali_oss"]
+    // proto3 JSON names it `aliOSS`; egret's own API `ali_oss`.
+    let given: Vec<&'static str> = ["s3", "gcp", "azure", "aliOSS", "ali_oss"]
         .into_iter()
         .filter(|k| storage.get(*k).is_some_and(|v| !v.is_null()))
         .collect();
