@@ -84,6 +84,11 @@ def test_mp3_audio_only(egret):
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
         "file_outputs": [{"filepath": "mp3/v.mp3"}]}})
     assert status in (400, 422) and "audio only" in reply["error"], reply
+    # A browser source with a picture is refused by field before any browser starts.
+    for output in [{"filepath": "mp3/w.mp3"}, {"file_type": "MP3", "filepath": "mp3/w"}]:
+        status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "web", "params": {
+            "url": "http://127.0.0.1:9/", "file_outputs": [output]}})
+        assert status in (400, 422) and reply["field"] == "params.file_outputs[0].file_type", reply
 
 
 def test_webm_vp8_opus(egret):

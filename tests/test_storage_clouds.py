@@ -204,6 +204,17 @@ def test_azure_upload_configured_and_per_request(tmp_path, pages, azurite):
         assert info["status"] == "complete" and info["outputs"][0]["location"] == f"{azurite.endpoint}/{BUCKET}/az/web.ogg", info
         azurite.client.create_container("own")
         own = {"account_name": AZ_ACCOUNT, "account_key": AZ_KEY, "container_name": "own", "endpoint": azurite.endpoint}
+        eid = egret.api.start("testsrc", segment_outputs=[{"filename_prefix": "hls/own", "playlist_name": "hls/own.m3u8",
+                                                            "segment_duration": 1, "azure": own}])["egress_id"]
+        info = record_briefly(egret, eid)
+        assert info["status"] == "complete" and not info["outputs"][0]["upload_error"], info
+        # The segments, the playlist and the output's manifest all go to its own container.
+        own_blobs = {b.name for b in azurite.client.get_container_client("own").list_blobs()}
+        assert {"hls/own.m3u8", f"hls/{eid}.json"} <= own_blobs and any(b.endswith(".ts") for b in own_blobs), own_blobs
+        assert not any(eid in name for name in azurite.blobs()), "nothing of it in the configured container"
+        # The key is not echoed by the API nor kept on disk.
+        assert AZ_KEY not in json.dumps(egret.api.get(eid))
+        assert not any(AZ_KEY in f.read_text() for f in (egret.workdir / ".egret").rglob("*.json"))
         eid = egret.api.start("testsrc", file_outputs=[{"filepath": "az/own.mp4", "azure": own}])["egress_id"]
         info = record_briefly(egret, eid)
         assert info["status"] == "complete" and not info["outputs"][0]["upload_error"], info

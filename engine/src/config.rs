@@ -500,7 +500,14 @@ fn upload_target(
             endpoint: Some(reader.str("storage.azure.endpoint")).filter(|e| !e.is_empty()),
         }),
     };
-    if let Err(e) = target.open() {
+    let endpoint = match &target {
+        UploadConfig::S3(c) => Some(c.endpoint.as_str()),
+        UploadConfig::Azure(c) => c.endpoint.as_deref(),
+        UploadConfig::Gcs(_) => None,
+    };
+    if let Some(e) = endpoint.filter(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
+        errors.push(format!("storage.{}.endpoint: `{e}` must be an http:// or https:// URL", given[0]));
+    } else if let Err(e) = target.open() {
         errors.push(format!("storage.{}: {e:#}", given[0]));
     }
     Some(target)

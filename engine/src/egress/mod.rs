@@ -314,7 +314,7 @@ impl EgressRecord {
             details: self.details.lock().unwrap().clone(),
             manifest_location: self.manifest_location.lock().unwrap().clone(),
             bytes: outputs.iter().map(|o| o.bytes).sum(),
-            params: self.params.clone(),
+            params: livekit::info::redact_secrets(self.params.clone()),
             outputs,
         }
     }

@@ -253,6 +253,10 @@ mod tests {
         let path_style = json!({"s3": {"accessKey": "a", "secret": "s", "bucket": "rec", "endpoint": "http://127.0.0.1:9000", "forcePathStyle": true}});
         let Some(UploadConfig::S3(local)) = target(path_style).unwrap() else { panic!("an S3 target") };
         assert_eq!(local.url("x.mp4"), "http://127.0.0.1:9000/rec/x.mp4");
+        // An IP endpoint cannot take the bucket in front: path style, whatever was asked.
+        let ip = json!({"s3": {"accessKey": "a", "secret": "s", "bucket": "rec", "endpoint": "http://127.0.0.1:9000"}});
+        let Some(UploadConfig::S3(ip)) = target(ip).unwrap() else { panic!("an S3 target") };
+        assert_eq!(ip.url("x.mp4"), "http://127.0.0.1:9000/rec/x.mp4");
         let err = target(json!({"aliOSS": {"accessKey": "a", "secret": "s", "bucket": "rec"}})).unwrap_err();
         assert_eq!(err.field, "file_outputs[0].ali_oss.region");
     }

@@ -180,11 +180,12 @@ async fn put_file(target: &Target, local: &Path, key: &str) -> Result<()> {
     let mut writer = BufWriter::with_capacity(target.store.clone(), object_store::path::Path::from(key), PART_BYTES)
         .with_attributes(attributes)
         .with_tags(target.tags.clone());
+    // object_store's own text already holds its causes: one level, not the chain (which
+    // repeats it three times over).
     let copied = tokio::io::copy(&mut file, &mut writer).await;
     if let Err(e) = copied {
         let _ = writer.abort().await;
-        return Err(e).context("upload");
+        anyhow::bail!("upload: {e}");
     }
-    writer.shutdown().await.context("upload")?;
-    Ok(())
+    writer.shutdown().await.map_err(|e| anyhow::anyhow!("upload: {e}"))
 }

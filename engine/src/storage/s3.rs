@@ -38,11 +38,19 @@ impl S3Config {
     /// bucket (`https://bucket.s3.region.amazonaws.com`); it only appends keys.
     fn client_endpoint(&self) -> String {
         let endpoint = self.endpoint.trim_end_matches('/');
-        if self.force_path_style {
+        if self.path_style() {
             return endpoint.to_string();
         }
         let (scheme, host) = endpoint.split_once("://").unwrap_or(("https", endpoint));
         format!("{scheme}://{}.{host}", self.bucket)
+    }
+
+    /// Path style when asked, or when the endpoint is an IP address or `localhost`: a bucket
+    /// cannot go in front of those (AWS's SDKs switch the same way).
+    fn path_style(&self) -> bool {
+        let host = self.endpoint.split("://").last().unwrap_or_default().split(['/', ':']).next().unwrap_or_default();
+        let bracketed = self.endpoint.split("://").last().unwrap_or_default().starts_with('[');
+        self.force_path_style || bracketed || host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok()
     }
 
     pub(super) fn open(&self) -> Result<Target> {
@@ -52,7 +60,7 @@ impl S3Config {
             .with_bucket_name(&self.bucket)
             .with_access_key_id(&self.access_key)
             .with_secret_access_key(&self.secret)
-            .with_virtual_hosted_style_request(!self.force_path_style)
+            .with_virtual_hosted_style_request(!self.path_style())
             .with_client_options(client_options(&self.endpoint))
             .with_retry(super::no_retries());
         if let Some(token) = &self.session_token {
@@ -78,7 +86,7 @@ impl S3Config {
 impl super::Location for S3Config {
     /// Where an object lives (what the egress reports as its location).
     fn url(&self, key: &str) -> String {
-        if self.force_path_style {
+        if self.path_style() {
             format!("{}/{}/{}", self.endpoint.trim_end_matches('/'), self.bucket, encode_key(key))
         } else {
             format!("{}/{}", self.client_endpoint(), encode_key(key))

@@ -159,6 +159,16 @@ pub fn without_recipe_location(text: &str) -> String {
 /// The request as LiveKit echoes it: storage secrets replaced by placeholders and RTMP
 /// stream keys shortened (`{abc...xyz}`), so EgressInfo never carries a credential.
 pub fn redact(value: Value) -> Value {
+    redact_with(value, true)
+}
+
+/// Storage credentials replaced by placeholders, everything else as given: what egret's own
+/// API shows and its store keeps of a request (the running egress has its own copy).
+pub fn redact_secrets(value: Value) -> Value {
+    redact_with(value, false)
+}
+
+fn redact_with(value: Value, stream_keys: bool) -> Value {
     const SECRETS: &[(&str, &str)] = &[
         ("access_key", "{access_key}"),
         ("accessKey", "{access_key}"),
@@ -180,20 +190,24 @@ pub fn redact(value: Value) -> Value {
                     let secret = SECRETS.iter().find(|(k, _)| *k == key).map(|(_, placeholder)| *placeholder);
                     let v = match (secret, v) {
                         (Some(placeholder), Value::String(s)) if !s.is_empty() => Value::String(placeholder.into()),
-                        (_, Value::String(s)) if key == "urls" || key == "url" => Value::String(redact_stream_url(&s)),
-                        (_, Value::Array(items)) if key == "urls" || key == "addOutputUrls" => Value::Array(
-                            items
-                                .into_iter()
-                                .map(|u| u.as_str().map_or(u.clone(), |s| redact_stream_url(s).into()))
-                                .collect(),
-                        ),
-                        (_, v) => redact(v),
+                        (_, Value::String(s)) if stream_keys && (key == "urls" || key == "url") => {
+                            Value::String(redact_stream_url(&s))
+                        }
+                        (_, Value::Array(items)) if stream_keys && (key == "urls" || key == "addOutputUrls") => {
+                            Value::Array(
+                                items
+                                    .into_iter()
+                                    .map(|u| u.as_str().map_or(u.clone(), |s| redact_stream_url(s).into()))
+                                    .collect(),
+                            )
+                        }
+                        (_, v) => redact_with(v, stream_keys),
                     };
                     (key, v)
                 })
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| redact_with(v, stream_keys)).collect()),
         other => other,
     }
 }

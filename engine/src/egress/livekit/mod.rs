@@ -3,7 +3,7 @@
 //! The Twirp API, livekit-server's dispatch (worker mode) and webhooks all read it from here.
 //! Requests are here; `info` reads an egress back.
 
-mod info;
+pub(crate) mod info;
 
 pub use info::{info_of, start_answer, without_recipe_location};
 

@@ -111,7 +111,8 @@ impl OutputSpec for ImageOutput {
         }
         let status = OutputStatus::new(field.into(), &KIND, target.relative(&prefix));
         let parts = build(self, size, prefix, status.clone(), target.queue_for(&self.upload)).map_err(fail)?;
-        target.attach(encoder, parts, status, None).map_err(fail)
+        // Its pieces go through the upload queue; the uploader is where its manifest goes.
+        target.attach(encoder, parts, status, target.uploader(&self.upload)).map_err(fail)
     }
 }
 

@@ -93,7 +93,8 @@ impl OutputSpec for SegmentOutput {
         *status.segment_prefix.lock().unwrap() = Some(target.relative(&paths.prefix));
         let parts =
             build(target.encoder(encoder), paths, status.clone(), target.queue_for(&self.upload)).map_err(fail)?;
-        target.attach(encoder, parts, status, None).map_err(fail)
+        // Its pieces go through the upload queue; the uploader is where its manifest goes.
+        target.attach(encoder, parts, status, target.uploader(&self.upload)).map_err(fail)
     }
 }
 
