@@ -62,14 +62,7 @@ return recipe {
     if req.audio_only and req.video_only then
       field_error("video_only", "audio_only and video_only cannot both be set")
     end
-    -- MP3 holds sound only: refused before a browser starts, not once its picture exists.
-    for i, file in ipairs(req.file_outputs or {}) do
-      local by_name = (file.file_type or "DEFAULT_FILETYPE") == "DEFAULT_FILETYPE"
-        and tostring(file.filepath or ""):lower():match("%.mp3$")
-      if (file.file_type == "MP3" or by_name) and not req.audio_only then
-        field_error(("file_outputs[%d].file_type"):format(i - 1), "MP3 holds audio only: set audio_only")
-      end
-    end
+    refuse_mp3(req) -- MP3 holds sound only: refused before a browser starts
     local mixing = req.audio_mixing or "DEFAULT_MIXING"
     local route = ROUTES[mixing]
     if not route then

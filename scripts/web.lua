@@ -12,14 +12,7 @@ return recipe {
   outputs = true,
 
   start = function(req, egress)
-    -- MP3 holds sound only: refused before a browser starts, not once its picture exists.
-    for i, file in ipairs(req.file_outputs or {}) do
-      local by_name = (file.file_type or "DEFAULT_FILETYPE") == "DEFAULT_FILETYPE"
-        and tostring(file.filepath or ""):lower():match("%.mp3$")
-      if (file.file_type == "MP3" or by_name) and not req.audio_only then
-        field_error(("file_outputs[%d].file_type"):format(i - 1), "MP3 holds audio only: set audio_only")
-      end
-    end
+    refuse_mp3(req) -- MP3 holds sound only: refused before a browser starts
     local page = egress:chrome { url = req.url, video = not req.audio_only, audio = not req.video_only }
     if req.await_start_signal then
       local timeout = req.start_signal_timeout or 30

@@ -111,6 +111,24 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
             Err(mlua::Error::external(crate::request::FieldError::new(&field, message)))
         })?,
     )?;
+    // refuse_mp3(req): a recipe whose source has a picture (unless `audio_only`) refuses MP3
+    // file outputs by field before it starts a browser, with the engine's own file type rules.
+    globals.set(
+        "refuse_mp3",
+        lua.create_function(|lua, req: Value| -> mlua::Result<()> {
+            let req: serde_json::Value = lua.from_value(req)?;
+            if req.get("audio_only").and_then(|v| v.as_bool()) == Some(true) {
+                return Ok(());
+            }
+            match crate::media::outputs::file::first_mp3(&req) {
+                Some(field) => Err(mlua::Error::external(crate::request::FieldError::new(
+                    &field,
+                    "MP3 holds audio only: set audio_only",
+                ))),
+                None => Ok(()),
+            }
+        })?,
+    )?;
     // `recipe { ... }` checks the declaration's shape early, so mistakes point at the file.
     globals.set(
         "recipe",

@@ -111,16 +111,12 @@ fn s3_target(s3: &mut Obj) -> FieldResult<S3Config> {
         }
     }
     Ok(S3Config {
-        endpoint,
-        region,
-        bucket,
-        access_key,
-        secret,
         force_path_style,
         session_token,
         metadata,
         tagging,
         content_disposition,
+        ..S3Config::new(endpoint, region, bucket, access_key, secret)
     })
 }
 
@@ -146,18 +142,7 @@ fn ali_oss_target(oss: &mut Obj) -> FieldResult<S3Config> {
         None => format!("https://oss-{region}.aliyuncs.com"),
     };
     http_url(oss, "endpoint", &endpoint)?;
-    Ok(S3Config {
-        endpoint,
-        region,
-        bucket,
-        access_key,
-        secret,
-        force_path_style: false,
-        session_token: None,
-        metadata: Default::default(),
-        tagging: None,
-        content_disposition: None,
-    })
+    Ok(S3Config::new(endpoint, region, bucket, access_key, secret))
 }
 
 fn gcs_target(gcp: &mut Obj) -> FieldResult<GcsConfig> {

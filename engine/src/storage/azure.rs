@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use object_store::azure::MicrosoftAzureBuilder;
-use object_store::{Attributes, TagSet};
 
 use super::{Target, client_options, encode_key};
 
@@ -36,12 +35,7 @@ impl AzureConfig {
             .with_client_options(client_options(&account_url))
             .with_retry(super::no_retries());
         let store = builder.build()?;
-        Ok(Target {
-            store: Arc::new(store),
-            attributes: Attributes::new(),
-            tags: TagSet::default(),
-            location: Box::new(self.clone()),
-        })
+        Ok(Target::plain(Arc::new(store), Box::new(self.clone())))
     }
 }
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::{Attributes, TagSet};
 
 use super::{Target, client_options, encode_key};
 
@@ -37,12 +36,7 @@ impl GcsConfig {
             builder = builder.with_service_account_key(&self.credentials);
         }
         let store = builder.build()?;
-        Ok(Target {
-            store: Arc::new(store),
-            attributes: Attributes::new(),
-            tags: TagSet::default(),
-            location: Box::new(self.clone()),
-        })
+        Ok(Target::plain(Arc::new(store), Box::new(self.clone())))
     }
 }
 

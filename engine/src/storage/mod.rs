@@ -59,6 +59,13 @@ pub struct Target {
     location: Box<dyn Location>,
 }
 
+impl Target {
+    /// A store whose objects carry nothing beyond their content type.
+    fn plain(store: Arc<dyn ObjectStore>, location: Box<dyn Location>) -> Self {
+        Target { store, attributes: Attributes::new(), tags: TagSet::default(), location }
+    }
+}
+
 /// Shared client settings: plain HTTP only when the endpoint asks for it (an emulator, a
 /// server on the local network), and a bound on every request.
 fn client_options(endpoint: &str) -> ClientOptions {

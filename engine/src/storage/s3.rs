@@ -29,6 +29,23 @@ pub struct S3Config {
 }
 
 impl S3Config {
+    /// A target with LiveKit's defaults for everything else (virtual-hosted, no token, no
+    /// per-object options).
+    pub fn new(endpoint: String, region: String, bucket: String, access_key: String, secret: String) -> Self {
+        S3Config {
+            endpoint,
+            region,
+            bucket,
+            access_key,
+            secret,
+            force_path_style: false,
+            session_token: None,
+            metadata: BTreeMap::new(),
+            tagging: None,
+            content_disposition: None,
+        }
+    }
+
     /// AWS's own endpoint for `region` (LiveKit's default when none is given).
     pub fn aws_endpoint(region: &str) -> String {
         format!("https://s3.{region}.amazonaws.com")

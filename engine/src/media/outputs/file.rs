@@ -75,19 +75,36 @@ fn parse(request: &mut Obj, settings: &EncodeSettings) -> FieldResult<Vec<Output
     Ok(outputs)
 }
 
-fn parse_one(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<FileOutput> {
-    let mut o = Obj::new(v, field)?;
-    let filepath = o.string("filepath")?.unwrap_or_default();
+/// The container a file output asks for: its `file_type`, else its path's extension, else MP4.
+fn file_type(o: &mut Obj, filepath: &str) -> FieldResult<FileType> {
     let from_extension = [FileType::Mp4, FileType::Ogg, FileType::Webm, FileType::Mp3]
         .into_iter()
         .find(|t| filepath.to_ascii_lowercase().ends_with(t.extension()));
-    let file_type = match o.enumeration("file_type", FILE_TYPES)? {
+    Ok(match o.enumeration("file_type", FILE_TYPES)? {
         None | Some(0) => from_extension.unwrap_or(FileType::Mp4),
         Some(1) => FileType::Mp4,
         Some(2) => FileType::Ogg,
         Some(3) => FileType::Mp3,
         Some(_) => FileType::Webm,
-    };
+    })
+}
+
+/// The field of the first MP3 file output of `request`, if any: a recipe whose source has a
+/// picture refuses it before the source starts (MP3 holds sound only).
+pub fn first_mp3(request: &Value) -> Option<String> {
+    let outputs = request.get("file_outputs")?.as_array()?;
+    outputs.iter().enumerate().find_map(|(i, v)| {
+        let field = format!("file_outputs[{i}]");
+        let mut o = Obj::new(v, &field).ok()?;
+        let filepath = o.string("filepath").ok()?.unwrap_or_default();
+        (file_type(&mut o, &filepath).ok()? == FileType::Mp3).then(|| format!("{field}.file_type"))
+    })
+}
+
+fn parse_one(v: &Value, field: &str, settings: &EncodeSettings) -> FieldResult<FileOutput> {
+    let mut o = Obj::new(v, field)?;
+    let filepath = o.string("filepath")?.unwrap_or_default();
+    let file_type = file_type(&mut o, &filepath)?;
     check_relative(&filepath, &o.field_path("filepath"))?;
     let upload = upload_target(&mut o)?;
     let (video_ok, audio_ok): (&[VideoCodec], &[AudioCodec]) = match file_type {
