@@ -117,7 +117,14 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(Into::into)
-            .and_then(|rt| rt.block_on(serve(config, config_path))),
+            .and_then(|rt| {
+                let served = rt.block_on(serve(config, config_path));
+                // Everything is finalized and saved by now. Dropping the runtime would wait
+                // for every blocking task, and one stuck in GStreamer (a retired webrtcbin
+                // going to NULL) kept egret alive after "bye": bounded instead.
+                rt.shutdown_timeout(std::time::Duration::from_secs(3));
+                served
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
