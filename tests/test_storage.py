@@ -187,20 +187,31 @@ def test_segments_playlists_and_snapshots_go_up_as_written(egret_s3, s3):
     by_kind = {o["kind"]: o for o in info["outputs"]}
     assert by_kind["segments"]["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/live/index.m3u8"
     assert by_kind["images"]["location"].startswith(f"http://127.0.0.1:{s3.port}/{BUCKET}/snaps/s_")
+    # LiveKit's manifest names each segment where it went, beside its playlist.
+    (playlist,) = json.loads((bucket / f"live/{eid}.json").read_text())["playlists"]
+    assert playlist["location"] == by_kind["segments"]["location"] and playlist["segments"], playlist
+    for segment in playlist["segments"]:
+        name = segment["filename"].rsplit("/", 1)[-1]
+        assert segment["location"] == f"http://127.0.0.1:{s3.port}/{BUCKET}/live/{name}", segment
 
 
 
 def test_s3_down_keeps_a_backup_and_says_where(egret_s3, s3):
     egret = egret_s3
-    started = egret.api.start("testsrc", file_outputs=[{"filepath": "down/{egress_id}.mp4"}])
+    started = egret.api.start("testsrc", file_outputs=[{"filepath": "down/{egress_id}.mp4"}],
+                              segment_outputs=[{"filename_prefix": "down/hls/seg", "playlist_name": "down/hls/p.m3u8",
+                                                "segment_duration": 2}])
     eid = started["egress_id"]
     egret.api.wait_status(eid, "active")
     s3.stop()  # the storage goes away during the recording
     time.sleep(2)
     egret.api.stop(eid)
     info = egret.api.wait_status(eid, "complete", "failed", timeout=60)
-    (out,) = info["outputs"]
+    out, hls = sorted(info["outputs"], key=lambda o: o["kind"])
     assert info["status"] == "complete" and out["location"] is None and out["upload_error"]
+    # The HLS output's backup is named by its playlist (what a player opens), not a segment.
+    assert hls["backup"] and hls["backup"].endswith("down/hls/p.m3u8") and hls["upload_error"], hls
+    assert Path(hls["backup"]).read_text().rstrip().endswith("#EXT-X-ENDLIST")
     backup = Path(out["backup"])
     assert backup.is_relative_to(egret.storage / "backup") and backup.exists()
     assert duration(probe(backup)) >= 1.5, "the recording is kept, playable"

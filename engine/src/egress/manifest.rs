@@ -22,16 +22,20 @@ pub fn manifest(snapshot: &EgressSnapshot, storage: &Path, publisher: Option<&st
     let playlists: Vec<Value> = of_kind("segments")
         .map(|o| {
             let dir = Path::new(&o.target).parent().unwrap_or(Path::new("")).to_path_buf();
+            let playlist = location(o);
+            // Segments lie beside their playlist wherever it went (uploaded: its URL's folder;
+            // backed up or local: its folder), named as the playlist names them.
+            let beside = playlist.rsplit_once('/').map(|(folder, _)| folder.to_string()).unwrap_or_default();
             let segments: Vec<Value> = std::fs::read_to_string(storage.join(&o.target))
                 .unwrap_or_default()
                 .lines()
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 .map(|name| {
                     let rel = dir.join(name).to_string_lossy().to_string();
-                    json!({ "filename": rel, "location": storage.join(&rel).to_string_lossy() })
+                    json!({ "filename": rel, "location": format!("{beside}/{name}") })
                 })
                 .collect();
-            json!({ "location": location(o), "segments": segments })
+            json!({ "location": playlist, "segments": segments })
         })
         .collect();
     let images: Vec<Value> =

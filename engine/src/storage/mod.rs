@@ -13,10 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use object_store::buffered::BufWriter;
+use anyhow::Result;
 use object_store::{Attribute, AttributeValue, Attributes, ClientOptions, ObjectStore, RetryConfig, TagSet};
-use tokio::io::AsyncWriteExt;
 
 pub use azure::AzureConfig;
 pub use gcs::GcsConfig;
@@ -42,6 +40,14 @@ impl UploadConfig {
             UploadConfig::S3(c) => c.open(),
             UploadConfig::Gcs(c) => c.open(),
             UploadConfig::Azure(c) => c.open(),
+        }
+    }
+
+    /// What is only known by asking the store (an AWS bucket's region) filled in.
+    async fn found(&self) -> UploadConfig {
+        match self {
+            UploadConfig::S3(c) => UploadConfig::S3(c.with_found_region().await),
+            other => other.clone(),
         }
     }
 }
@@ -99,7 +105,9 @@ pub enum Upload {
 }
 
 pub struct Uploader {
-    target: Result<Target, String>,
+    config: UploadConfig,
+    /// Opened at the first upload (an AWS bucket's region is asked for then).
+    target: tokio::sync::OnceCell<Result<Target, String>>,
     storage_dir: PathBuf,
     backup_dir: PathBuf,
 }
@@ -121,9 +129,8 @@ fn content_type(path: &Path) -> &'static str {
 impl Uploader {
     pub fn new(config: UploadConfig, storage_dir: &Path, backup_dir: &Path) -> Self {
         Uploader {
-            // Requests check this first (a 400 naming the field); a config file's target that
-            // cannot open backs every file up with the reason.
-            target: config.open().map_err(|e| format!("{e:#}")),
+            config,
+            target: tokio::sync::OnceCell::new(),
             storage_dir: storage_dir.to_path_buf(),
             backup_dir: backup_dir.to_path_buf(),
         }
@@ -134,7 +141,11 @@ impl Uploader {
     /// snapshot still referenced locally) is copied there.
     pub async fn upload(&self, local: &Path, keep_local: bool) -> Upload {
         let key = local.strip_prefix(&self.storage_dir).unwrap_or(local).to_string_lossy().to_string();
-        let target = match &self.target {
+        // Requests check that their target opens (a 400 naming the field); a config file's
+        // target that cannot open backs every file up with the reason.
+        let opened =
+            self.target.get_or_init(|| async { self.config.found().await.open().map_err(|e| format!("{e:#}")) });
+        let target = match opened.await {
             Ok(target) => target,
             Err(e) => return self.back_up(local, &key, format!("storage cannot be used: {e}"), keep_local),
         };
@@ -145,10 +156,15 @@ impl Uploader {
                     crate::metrics::upload("uploaded");
                     return Upload::Uploaded { location: target.location.url(&key) };
                 }
-                Err(e) => {
+                Err(failure) => {
                     crate::metrics::upload("attempt_failed");
-                    error = format!("{e:#}");
+                    error = failure.message;
                     tracing::warn!(file = %local.display(), attempt, "upload failed: {error}");
+                    if failure.permanent {
+                        // Refused credentials, a missing bucket: the same request is refused
+                        // again; the file goes to the backup at once.
+                        break;
+                    }
                 }
             }
             if attempt < ATTEMPTS {
@@ -178,21 +194,111 @@ impl Uploader {
     }
 }
 
+/// Why a put failed, and whether sending it again can help.
+struct PutFailure {
+    message: String,
+    /// The store refused the request itself (credentials, permissions, no such bucket, a
+    /// malformed request): another attempt would be refused the same way.
+    permanent: bool,
+}
+
+impl PutFailure {
+    fn local(what: &str, local: &Path, e: std::io::Error) -> Self {
+        PutFailure { message: format!("cannot {what} {}: {e}", local.display()), permanent: false }
+    }
+
+    /// object_store's own text already holds its causes: one level, not the chain (which
+    /// repeats it three times over).
+    fn store(e: object_store::Error) -> Self {
+        PutFailure { permanent: refused(&e), message: format!("upload: {e}") }
+    }
+}
+
+/// Whether the store refused the request for good: 401, 403, 404 (the bucket or container),
+/// 409, 412, and other 4xx but a timeout (408) or throttling (429).
+fn refused(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match e {
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::NotFound { .. }
+        | E::AlreadyExists { .. }
+        | E::Precondition { .. }
+        | E::NotImplemented => true,
+        // The other statuses are only in the text ("non-2xx status code: 400 Bad Request").
+        E::Generic { source, .. } => {
+            let text = source.to_string();
+            text.split("status code: ")
+                .nth(1)
+                .and_then(|rest| rest.get(..3))
+                .is_some_and(|code| code.starts_with('4') && code != "408" && code != "429")
+        }
+        _ => false,
+    }
+}
+
+/// Parts in flight at once for a large file.
+const PARTS_AT_ONCE: usize = 4;
+
 /// Streams one file into the store: a single request when small, parts when large (a long
-/// recording is never held in memory whole).
-async fn put_file(target: &Target, local: &Path, key: &str) -> Result<()> {
-    let mut file = tokio::fs::File::open(local).await.with_context(|| format!("cannot read {}", local.display()))?;
+/// recording is never held in memory whole). A multipart upload that fails is aborted, so
+/// no half-uploaded parts are left billed in the bucket.
+async fn put_file(target: &Target, local: &Path, key: &str) -> Result<(), PutFailure> {
+    use object_store::{PutMultipartOptions, PutOptions, WriteMultipart};
+    use tokio::io::AsyncReadExt;
+
+    let mut file = tokio::fs::File::open(local).await.map_err(|e| PutFailure::local("read", local, e))?;
+    let size = file.metadata().await.map_err(|e| PutFailure::local("read", local, e))?.len();
     let mut attributes = target.attributes.clone();
     attributes.insert(Attribute::ContentType, AttributeValue::from(content_type(local)));
-    let mut writer = BufWriter::with_capacity(target.store.clone(), object_store::path::Path::from(key), PART_BYTES)
-        .with_attributes(attributes)
-        .with_tags(target.tags.clone());
-    // object_store's own text already holds its causes: one level, not the chain (which
-    // repeats it three times over).
-    let copied = tokio::io::copy(&mut file, &mut writer).await;
-    if let Err(e) = copied {
-        let _ = writer.abort().await;
-        anyhow::bail!("upload: {e}");
+    let path = object_store::path::Path::from(key);
+    if size <= PART_BYTES as u64 {
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut bytes).await.map_err(|e| PutFailure::local("read", local, e))?;
+        let options = PutOptions { attributes, tags: target.tags.clone(), ..Default::default() };
+        return target.store.put_opts(&path, bytes.into(), options).await.map(|_| ()).map_err(PutFailure::store);
     }
-    writer.shutdown().await.map_err(|e| anyhow::anyhow!("upload: {e}"))
+    let options = PutMultipartOptions { attributes, tags: target.tags.clone(), ..Default::default() };
+    let upload = target.store.put_multipart_opts(&path, options).await.map_err(PutFailure::store)?;
+    let mut write = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    let mut chunk = vec![0u8; 1 << 20];
+    let failure = loop {
+        if let Err(e) = write.wait_for_capacity(PARTS_AT_ONCE).await {
+            break PutFailure::store(e);
+        }
+        match file.read(&mut chunk).await {
+            Ok(0) => match write.wait_for_capacity(0).await {
+                // Every part is up: completing aborts by itself if it fails.
+                Ok(()) => return write.finish().await.map(|_| ()).map_err(PutFailure::store),
+                Err(e) => break PutFailure::store(e),
+            },
+            Ok(n) => write.write(&chunk[..n]),
+            Err(e) => break PutFailure::local("read", local, e),
+        }
+    };
+    if let Err(e) = write.abort().await {
+        tracing::warn!(key, "a failed multipart upload could not be aborted: {e}");
+    }
+    Err(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused;
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic { store: "S3", source: text.to_string().into() }
+    }
+
+    #[test]
+    fn refusals_are_told_from_trouble() {
+        let denied = object_store::Error::PermissionDenied { path: "k".into(), source: "403".to_string().into() };
+        assert!(refused(&denied));
+        assert!(refused(&generic(
+            "Error performing PUT in 3ms - Server returned non-2xx status code: 400 Bad Request: "
+        )));
+        assert!(!refused(&generic("Server returned non-2xx status code: 429 Too Many Requests: slow down")));
+        assert!(!refused(&generic("Server returned non-2xx status code: 503 Service Unavailable: ")));
+        assert!(!refused(&generic("error sending request: connection refused")));
+    }
 }

@@ -26,6 +26,9 @@ pub struct S3Config {
     pub metadata: BTreeMap<String, String>,
     pub tagging: Option<String>,
     pub content_disposition: Option<String>,
+    /// Neither region nor endpoint was given: AWS, in the bucket's own region, which is asked
+    /// of AWS before the first upload (LiveKit asks GetBucketLocation); us-east-1 until then.
+    pub find_region: bool,
 }
 
 impl S3Config {
@@ -43,6 +46,31 @@ impl S3Config {
             metadata: BTreeMap::new(),
             tagging: None,
             content_disposition: None,
+            find_region: false,
+        }
+    }
+
+    /// This target in its bucket's region when that is to be found (`find_region`): AWS
+    /// names it in `x-amz-bucket-region` even to an unsigned HEAD. If AWS cannot be asked,
+    /// the target stays as it is and the upload says what went wrong.
+    pub(super) async fn with_found_region(&self) -> S3Config {
+        if !self.find_region {
+            return self.clone();
+        }
+        let options = client_options("https://");
+        let ask = object_store::aws::resolve_bucket_region(&self.bucket, &options);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ask).await {
+            Ok(Ok(region)) => {
+                S3Config { endpoint: Self::aws_endpoint(&region), region, find_region: false, ..self.clone() }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(bucket = %self.bucket, "bucket region not found, trying {}: {e}", self.region);
+                self.clone()
+            }
+            Err(_) => {
+                tracing::warn!(bucket = %self.bucket, "AWS did not say the bucket's region within 10 s");
+                self.clone()
+            }
         }
     }
 

@@ -40,10 +40,15 @@ impl UploadQueue {
         let task = tokio::spawn(async move {
             while let Some(piece) = rx.recv().await {
                 let result = piece.uploader.upload(&piece.path, true).await;
-                // A failure stays reported even if later pieces of the output go up.
-                let failed = matches!(result, Upload::BackedUp { .. });
-                if failed || piece.reported {
-                    piece.status.set_upload_unless_failed(result);
+                match (&result, piece.reported) {
+                    // The reported piece (the playlist) names where the output is, backed up
+                    // or not: its backup is what a user opens.
+                    (Upload::BackedUp { .. }, true) => piece.status.set_upload(result),
+                    // Any other failure stays reported even if later pieces go up.
+                    (Upload::BackedUp { .. }, false) | (Upload::Uploaded { .. }, true) => {
+                        piece.status.set_upload_unless_failed(result)
+                    }
+                    (Upload::Uploaded { .. }, false) => {}
                 }
             }
         });
