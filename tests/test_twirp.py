@@ -130,6 +130,29 @@ def test_twirp_errors(egret, pages):
         assert content_type == "application/json" and body["msg"]
 
 
+def test_twirp_errors_name_the_field(egret, pages):
+    """What LiveKit's decoder would only call a "duplicate field", a key that cannot be an
+    Azure key and a page token egret never gave are each refused with the field named."""
+    web = {"url": pages.url("animated.html")}
+    s3 = {"accessKey": "a", "secret": "s", "bucket": "b", "endpoint": "http://127.0.0.1:9"}
+    cases = [
+        ("StartWebEgress", {**web, "fileOutputs": [{"filepath": "x.mp4", "s3": s3, "gcp": {"bucket": "b"}}]},
+         "file_outputs[0].gcp"),
+        ("StartWebEgress", {**web, "fileOutputs": [{"filepath": "x.mp4", "azure": {
+            "accountName": "a", "accountKey": "not a key!", "containerName": "c"}}]},
+         "file_outputs[0].azure.account_key"),
+        ("StartWebEgress", {**web, "preset": "H264_720P_30", "advanced": {"width": 640},
+                            "fileOutputs": [{"filepath": "x.mp4"}]}, "advanced"),
+        ("ListEgress", {"pageToken": {"token": "EG_not_a_token"}}, "page_token"),
+    ]
+    for method, body, field in cases:
+        status, _, reply = post_json(egret, method, body)
+        assert (status, reply["code"]) == (400, "invalid_argument") and field in reply["msg"], (field, reply)
+    # A token egret gave pages on, the empty one starts at the first page.
+    status, _, listed = post_json(egret, "ListEgress", {"pageToken": {"token": ""}})
+    assert status == 200 and "nextPageToken" not in listed, listed
+
+
 def test_python_client_sees_twirp_errors(egret):
     async def scenario(lk):
         with pytest.raises(api.TwirpError) as failure:

@@ -75,20 +75,22 @@ pub async fn handle(
                 Err(e) => Err(e),
             }
         }
-        "ListEgress" => body.decode::<lk::ListEgressRequest>().map(|req| {
-            let items = manager
+        "ListEgress" => body.decode::<lk::ListEgressRequest>().and_then(|req| {
+            let mut listed: Vec<_> = manager
                 .list()
-                .iter()
+                .into_iter()
                 .filter(|e| req.egress_id.is_empty() || e.id == req.egress_id)
                 .filter(|e| {
                     req.room_name.is_empty()
                         || e.params.get("room_name").and_then(Value::as_str) == Some(&req.room_name)
                 })
                 .filter(|e| !req.active || !e.status().is_terminal())
-                .map(|e| info(e))
                 .collect();
-            let (items, next_page_token) = page(items, req.page_token.as_ref());
-            encode(body, &lk::ListEgressResponse { items, next_page_token })
+            listed.sort_by(|a, b| a.created_at.total_cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+            let keyed = listed.iter().map(|e| (Cursor::of(e.created_at, &e.id), e)).collect();
+            let (page, next_page_token) = page(keyed, req.page_token.as_ref())?;
+            let items = page.into_iter().map(|e| info(e)).collect();
+            Ok(encode(body, &lk::ListEgressResponse { items, next_page_token }))
         }),
         "StopEgress" => match body.decode::<lk::StopEgressRequest>() {
             Ok(req) => manager
@@ -120,22 +122,48 @@ pub async fn handle(
 /// first page); a caller that does not page gets every egress, as before pagination existed.
 const LIST_PAGE: usize = 100;
 
-/// One page of `items` (oldest first): the token names the last egress of the previous page,
-/// so a page stays right while egresses start and end between calls.
-fn page(
-    items: Vec<lk::EgressInfo>,
+/// Where a page ends: the creation time (µs) and id of its last egress. Egresses are listed
+/// oldest first, so the next page starts after this point even when that egress has ended or
+/// been forgotten between calls, or others started meanwhile.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+struct Cursor {
+    created_us: i64,
+    id: String,
+}
+
+impl Cursor {
+    fn of(created_at: f64, id: &str) -> Self {
+        Cursor { created_us: (created_at * 1e6) as i64, id: id.to_string() }
+    }
+
+    fn token(&self) -> String {
+        format!("{}.{}", self.created_us, self.id)
+    }
+
+    fn parse(token: &str) -> Option<Self> {
+        let (created, id) = token.split_once('.')?;
+        Some(Cursor { created_us: created.parse().ok()?, id: id.to_string() })
+    }
+}
+
+/// One page of `items` (sorted by their cursors); a token egret did not give is refused.
+fn page<T>(
+    items: Vec<(Cursor, T)>,
     token: Option<&lk::TokenPagination>,
-) -> (Vec<lk::EgressInfo>, Option<lk::TokenPagination>) {
-    let Some(token) = token else { return (items, None) };
-    let from = match token.token.as_str() {
-        "" => 0,
-        after => items.iter().position(|e| e.egress_id == after).map_or(items.len(), |i| i + 1),
+) -> Result<(Vec<T>, Option<lk::TokenPagination>), Error> {
+    let Some(token) = token else { return Ok((items.into_iter().map(|(_, item)| item).collect(), None)) };
+    let after = match token.token.as_str() {
+        "" => None,
+        given => Some(Cursor::parse(given).ok_or_else(|| {
+            Error::new(ErrorKind::InvalidArgument, "page_token", "not a token from an earlier ListEgress")
+        })?),
     };
-    let rest: Vec<lk::EgressInfo> = items.into_iter().skip(from).collect();
+    let mut rest: Vec<(Cursor, T)> =
+        items.into_iter().filter(|(cursor, _)| after.as_ref().is_none_or(|after| cursor > after)).collect();
     let more = rest.len() > LIST_PAGE;
-    let page: Vec<lk::EgressInfo> = rest.into_iter().take(LIST_PAGE).collect();
-    let next = page.last().filter(|_| more).map(|e| lk::TokenPagination { token: e.egress_id.clone() });
-    (page, next)
+    rest.truncate(LIST_PAGE);
+    let next = rest.last().filter(|_| more).map(|(cursor, _)| lk::TokenPagination { token: cursor.token() });
+    Ok((rest.into_iter().map(|(_, item)| item).collect(), next))
 }
 
 fn encode<T: Message + Serialize>(body: Body, message: &T) -> Reply {
@@ -154,21 +182,24 @@ fn encode<T: Message + Serialize>(body: Body, message: &T) -> Reply {
 mod page_tests {
     use super::*;
 
-    fn infos(n: usize) -> Vec<lk::EgressInfo> {
-        (0..n).map(|i| lk::EgressInfo { egress_id: format!("EG_{i}"), ..Default::default() }).collect()
+    fn infos(n: usize) -> Vec<(Cursor, String)> {
+        (0..n).map(|i| (Cursor::of(1000.0 + i as f64, &format!("EG_{i}")), format!("EG_{i}"))).collect()
     }
 
     #[test]
     fn list_egress_pages_only_when_asked() {
-        assert_eq!(page(infos(250), None).0.len(), 250);
+        assert_eq!(page(infos(250), None).unwrap().0.len(), 250);
         let first = lk::TokenPagination { token: String::new() };
-        let (items, next) = page(infos(250), Some(&first));
-        assert_eq!((items.len(), items[0].egress_id.as_str()), (100, "EG_0"));
-        let (items, next) = page(infos(250), next.as_ref());
-        assert_eq!((items.len(), items[0].egress_id.as_str()), (100, "EG_100"));
-        let (items, next) = page(infos(250), next.as_ref());
-        assert_eq!((items.len(), items[0].egress_id.as_str(), next), (50, "EG_200", None));
-        let gone = lk::TokenPagination { token: "EG_gone".into() };
-        assert!(page(infos(3), Some(&gone)).0.is_empty());
+        let (items, next) = page(infos(250), Some(&first)).unwrap();
+        assert_eq!((items.len(), items[0].as_str()), (100, "EG_0"));
+        let (items, next) = page(infos(250), next.as_ref()).unwrap();
+        assert_eq!((items.len(), items[0].as_str()), (100, "EG_100"));
+        // The last egress of the page ended and is no longer listed: the next page is unchanged.
+        let mut fewer = infos(250);
+        fewer.remove(199);
+        let (items, next) = page(fewer, next.as_ref()).unwrap();
+        assert_eq!((items.len(), items[0].as_str(), next), (50, "EG_200", None));
+        let forged = lk::TokenPagination { token: "EG_gone".into() };
+        assert_eq!(page(infos(3), Some(&forged)).unwrap_err().field, "page_token");
     }
 }

@@ -61,7 +61,7 @@ pub fn snake_case_keys(value: Value) -> Value {
 
 const USER_MAPS: &[&str] = &["metadata"];
 
-fn to_snake(key: &str) -> String {
+pub fn to_snake(key: &str) -> String {
     // The proto's one field name with a run of capitals (`aliOSS`, LiveKit's AliOSSUpload).
     if key == "aliOSS" {
         return "ali_oss".into();

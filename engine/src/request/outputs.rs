@@ -71,9 +71,13 @@ fn s3_target(s3: &mut Obj) -> FieldResult<S3Config> {
     let access_key = required(s3, "access_key")?;
     let secret = required(s3, "secret")?;
     let bucket = required(s3, "bucket")?;
-    let region = text(s3, "region")?.unwrap_or_else(|| "us-east-1".into());
+    let given_region = text(s3, "region")?;
+    let given_endpoint = text(s3, "endpoint")?;
+    // Neither: AWS, in the bucket's own region (found before the first upload), as LiveKit.
+    let find_region = given_region.is_none() && given_endpoint.is_none();
+    let region = given_region.unwrap_or_else(|| "us-east-1".into());
     // No endpoint: AWS itself, as in LiveKit.
-    let endpoint = match text(s3, "endpoint")? {
+    let endpoint = match given_endpoint {
         None => S3Config::aws_endpoint(&region),
         // A bare host, as LiveKit's configs often give it: https.
         Some(host) if !host.contains("://") => format!("https://{host}"),
@@ -116,6 +120,7 @@ fn s3_target(s3: &mut Obj) -> FieldResult<S3Config> {
         metadata,
         tagging,
         content_disposition,
+        find_region,
         ..S3Config::new(endpoint, region, bucket, access_key, secret)
     })
 }
@@ -158,6 +163,12 @@ fn gcs_target(gcp: &mut Obj) -> FieldResult<GcsConfig> {
 fn azure_target(azure: &mut Obj) -> FieldResult<AzureConfig> {
     let account_name = required(azure, "account_name")?;
     let account_key = required(azure, "account_key")?;
+    {
+        use base64::Engine;
+        if base64::engine::general_purpose::STANDARD.decode(&account_key).is_err() {
+            return Err(FieldError::new(azure.field_path("account_key"), "must be the account's key (base64)"));
+        }
+    }
     let container_name = required(azure, "container_name")?;
     let endpoint = text(azure, "endpoint")?;
     if let Some(e) = &endpoint {
@@ -199,6 +210,12 @@ pub fn check_stream_url(url: &str, field: &str) -> FieldResult<()> {
         if port.is_none() {
             return Err(FieldError::new(field, format!("`{url}` needs a port (srt://host:port)")));
         }
+        if let Some((_, query)) = rest.split_once('?') {
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                check_srt_option(key, value).map_err(|why| FieldError::new(field, format!("`{url}`: {why}")))?;
+            }
+        }
         return Ok(());
     }
     let rest = url
@@ -210,6 +227,45 @@ pub fn check_stream_url(url: &str, field: &str) -> FieldResult<()> {
         return Err(FieldError::new(field, format!("`{url}` needs a host and an application path")));
     }
     Ok(())
+}
+
+/// One `key=value` of an SRT URL, as srtsink reads it: it ignores keys it does not know and
+/// values it cannot parse, so a typo would silently stream with defaults (or fail only once
+/// connecting).
+fn check_srt_option(key: &str, value: &str) -> Result<(), String> {
+    let number = |max: u64| value.parse::<u64>().ok().filter(|n| *n <= max).is_some();
+    let ok = match key {
+        "mode" => ["caller", "listener", "rendezvous"].contains(&value),
+        "latency" | "rcvlatency" | "peerlatency" | "poll-timeout" => number(i32::MAX as u64),
+        "localport" => number(u16::MAX as u64),
+        "pbkeylen" => ["0", "16", "24", "32"].contains(&value),
+        // libsrt's bounds: 10 to 79 characters.
+        "passphrase" => (10..=79).contains(&value.chars().count()),
+        "streamid" | "localaddress" => true,
+        "authentication" | "auto-reconnect" | "keep-listening" | "wait-for-connection" => {
+            ["true", "false", "1", "0"].contains(&value)
+        }
+        _ => {
+            return Err(format!(
+                "unknown SRT option `{key}` (known: mode, latency, rcvlatency, peerlatency, passphrase, pbkeylen, \
+                 streamid, localaddress, localport, poll-timeout, authentication, auto-reconnect, keep-listening, \
+                 wait-for-connection)"
+            ));
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        let wanted = match key {
+            "mode" => "caller, listener or rendezvous",
+            "pbkeylen" => "0, 16, 24 or 32",
+            "passphrase" => "10 to 79 characters",
+            "localport" => "a port number",
+            "authentication" | "auto-reconnect" | "keep-listening" | "wait-for-connection" => "true or false",
+            _ => "a number of milliseconds",
+        };
+        Err(format!("SRT option `{key}` must be {wanted}, not `{value}`"))
+    }
 }
 
 #[cfg(test)]
@@ -244,5 +300,21 @@ mod tests {
         assert_eq!(ip.url("x.mp4"), "http://127.0.0.1:9000/rec/x.mp4");
         let err = target(json!({"aliOSS": {"accessKey": "a", "secret": "s", "bucket": "rec"}})).unwrap_err();
         assert_eq!(err.field, "file_outputs[0].ali_oss.region");
+    }
+
+    #[test]
+    fn srt_options_are_checked_by_name_and_value() {
+        assert!(check_stream_url("srt://10.0.0.1:9000?streamid=a/b&latency=200&mode=caller", "u").is_ok());
+        assert!(check_stream_url("srt://:9000?mode=listener&passphrase=0123456789&pbkeylen=16", "u").is_ok());
+        for bad in [
+            "srt://h:1?mode=bogus",
+            "srt://h:1?latency=abc",
+            "srt://h:1?passphrase=short",
+            "srt://h:1?pbkeylen=7",
+            "srt://h:1?latancy=20",
+        ] {
+            let err = check_stream_url(bad, "stream_outputs[0].urls[0]").unwrap_err();
+            assert_eq!(err.field, "stream_outputs[0].urls[0]", "{bad}");
+        }
     }
 }

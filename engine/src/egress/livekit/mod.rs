@@ -4,6 +4,7 @@
 //! Requests are here; `info` reads an egress back.
 
 pub(crate) mod info;
+mod oneofs;
 
 pub use info::{info_of, start_answer, without_recipe_location};
 
@@ -29,6 +30,9 @@ impl Body<'_> {
             Body::Protobuf(bytes) => T::decode(bytes).map_err(|e| malformed(format!("bad protobuf body: {e}"))),
             Body::Json(bytes) => {
                 let bytes = if bytes.is_empty() { b"{}".as_slice() } else { bytes };
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                    oneofs::check(&value)?;
+                }
                 serde_json::from_slice(bytes).map_err(|e| malformed(format!("bad JSON body: {e}")))
             }
         }
