@@ -62,7 +62,7 @@ return recipe {
     if req.audio_only and req.video_only then
       field_error("video_only", "audio_only and video_only cannot both be set")
     end
-    refuse_mp3(req) -- MP3 holds sound only: refused before a browser starts
+    refuse_audio_only_files(req) -- MP3 and OGG hold sound only: refused before a browser starts
     local mixing = req.audio_mixing or "DEFAULT_MIXING"
     local route = ROUTES[mixing]
     if not route then

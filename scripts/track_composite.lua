@@ -15,6 +15,9 @@ return recipe {
     if not (req.audio_track_id or req.video_track_id) then
       error("give audio_track_id, video_track_id or both", 0)
     end
+    if req.video_track_id then
+      refuse_audio_only_files(req) -- MP3 and OGG hold sound only: refused before joining
+    end
     local room = egress:join(req.room_name)
     local tracks, slots = {}, {}
     for kind, sid in pairs { audio = req.audio_track_id, video = req.video_track_id } do

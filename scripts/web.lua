@@ -12,7 +12,7 @@ return recipe {
   outputs = true,
 
   start = function(req, egress)
-    refuse_mp3(req) -- MP3 holds sound only: refused before a browser starts
+    refuse_audio_only_files(req) -- MP3 and OGG hold sound only: refused before a browser starts
     local page = egress:chrome { url = req.url, video = not req.audio_only, audio = not req.video_only }
     if req.await_start_signal then
       local timeout = req.start_signal_timeout or 30

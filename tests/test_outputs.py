@@ -84,11 +84,14 @@ def test_mp3_audio_only(egret):
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
         "file_outputs": [{"filepath": "mp3/v.mp3"}]}})
     assert status in (400, 422) and "audio only" in reply["error"], reply
-    # A browser source with a picture is refused by field before any browser starts.
-    for output in [{"filepath": "mp3/w.mp3"}, {"file_type": "MP3", "filepath": "mp3/w"}]:
+    # A browser source with a picture is refused by field before any browser starts (OGG
+    # too: LiveKit finds no codec for all outputs).
+    for output in [{"filepath": "mp3/w.mp3"}, {"file_type": "MP3", "filepath": "mp3/w"},
+                   {"filepath": "mp3/w.ogg"}, {"file_type": "OGG", "filepath": "mp3/w"}]:
         status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "web", "params": {
             "url": "http://127.0.0.1:9/", "file_outputs": [output]}})
         assert status in (400, 422) and reply["field"] == "params.file_outputs[0].file_type", reply
+        assert "holds audio only" in reply["error"], reply
 
 
 def test_webm_vp8_opus(egret):
@@ -150,6 +153,17 @@ def test_rtmp_read_back_from_nginx(egret, nginx):
     assert info["outputs"][0]["status"] == "complete" and info["outputs"][0]["bytes"] > 10_000
 
 
+def srt_listener(port, received):
+    """ffmpeg listening for SRT (an independent implementation), up once its UDP socket is."""
+    listener = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", f"srt://127.0.0.1:{port}?mode=listener",
+                                 "-c", "copy", "-f", "mpegts", str(received)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while f":{port:04X}" not in open("/proc/net/udp").read():
+        assert time.monotonic() < deadline and listener.poll() is None, "ffmpeg did not listen"
+        time.sleep(0.05)
+    return listener
+
+
 def test_srt_read_back_by_a_listener(egret, tmp_path):
     """LiveKit's SRT protocol: MPEG-TS over SRT in caller mode, read back by ffmpeg listening
     (an independent SRT implementation); the URL is reported as given."""
@@ -158,14 +172,8 @@ def test_srt_read_back_by_a_listener(egret, tmp_path):
     port = free_port()
     url = f"srt://127.0.0.1:{port}"
     received = tmp_path / "srt.ts"
-    listener = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", f"{url}?mode=listener",
-                                 "-c", "copy", "-f", "mpegts", str(received)], stderr=subprocess.PIPE, text=True)
+    listener = srt_listener(port, received)  # up before egret calls
     try:
-        # The listener must be up before egret calls: wait for its UDP socket.
-        deadline = time.monotonic() + 10
-        while f":{port:04X}" not in open("/proc/net/udp").read():
-            assert time.monotonic() < deadline and listener.poll() is None, "ffmpeg did not listen"
-            time.sleep(0.05)
         started = egret.api.start("testsrc", stream_outputs=[{"protocol": "SRT", "urls": [url]}])
         eid = started["egress_id"]
         egret.api.wait(eid, lambda i: i["outputs"][0]["duration"] >= 3, what="3 s streamed")
@@ -184,6 +192,43 @@ def test_srt_read_back_by_a_listener(egret, tmp_path):
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
         "stream_outputs": [{"protocol": "SRT", "urls": ["rtmp://127.0.0.1/live/x"]}]}})
     assert status == 400 and reply["field"].endswith("stream_outputs[0].urls[0]"), reply
+
+
+def test_srt_listener_gone_is_reported_and_reconnected(egret, tmp_path):
+    """An SRT peer that goes away mid-stream is an outage the egress reports (retries, the
+    error) and reconnects when the peer is back, as for RTMP; the file beside it goes on."""
+    from conftest import free_port
+
+    port = free_port()
+    url = f"srt://127.0.0.1:{port}"
+    first = srt_listener(port, tmp_path / "first.ts")
+    second = None
+    try:
+        eid = egret.api.start("testsrc", stream_outputs=[{"protocol": "SRT", "urls": [url]}],
+                              file_outputs=[{"filepath": "srt-restart/f.mp4"}])["egress_id"]
+        stream = lambda i: next(o for o in i["outputs"] if o["kind"] == "stream")  # noqa: E731
+        egret.api.wait(eid, lambda i: stream(i)["duration"] >= 2, what="2 s streamed")
+        first.terminate()
+        first.wait(timeout=10)
+        down = egret.api.wait(eid, lambda i: stream(i)["retries"] >= 1, what="the outage seen", timeout=30)
+        assert down["status"] == "active" and stream(down)["status"] == "active", down
+        assert "reconnecting" in stream(down)["error"], down
+        second = srt_listener(port, tmp_path / "second.ts")
+        back = egret.api.wait(eid, lambda i: stream(i)["error"] is None, what="stream live again", timeout=40)
+        assert back["status"] == "active"
+        bytes_back = stream(back)["bytes"]
+        egret.api.wait(eid, lambda i: stream(i)["bytes"] > bytes_back + 100_000, what="bytes after the reconnect")
+        egret.api.stop(eid)
+        info = egret.api.wait_status(eid, "complete")
+        second.wait(timeout=30)
+    finally:
+        for p in (first, second):
+            if p:
+                p.kill()
+    assert stream(info)["status"] == "complete" and stream(info)["retries"] >= 1, info
+    assert {s["codec_name"] for s in probe(tmp_path / "second.ts")["streams"]} == {"h264", "aac"}
+    media = probe(egret.storage / "srt-restart/f.mp4")
+    assert abs(duration(media) - ran_for(info)) <= 0.5, "the file went on throughout"
 
 
 def test_rtmp_server_restart_reconnects(egret, tmp_path):

@@ -17,8 +17,10 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 /// takes bytes before its handshake, so bytes alone do not prove a connection.)
 const CONNECTED_RUN: Duration = Duration::from_secs(10);
 /// srtsink gives up connecting after about 3 s: an SRT URL failing sooner after its first
-/// bytes never connected.
+/// bytes never connected, unless the failure is an error on a connected socket ("Error on
+/// SRT socket": the peer went away; never connecting says "Connection does not exist").
 const SRT_CONNECT: f64 = 5.0;
+const SRT_CONNECTED_ERROR: &str = "Error on SRT socket";
 
 /// One URL's outage: since when, how many tries, and its bytes and time when the last try
 /// was made (more bytes since then, over a long enough run, means that try connected and a
@@ -55,7 +57,8 @@ impl StreamRetries {
         let srt = url.to_ascii_lowercase().starts_with("srt://");
         let first_failure = !self.outages.contains_key(&url);
         let ran = status.snapshot().started_at.map_or(0.0, |t| crate::clock::now() - t);
-        let never_connected = bytes == 0 || (srt && first_failure && ran < SRT_CONNECT);
+        let never_connected =
+            bytes == 0 || (srt && first_failure && ran < SRT_CONNECT && !error.contains(SRT_CONNECTED_ERROR));
         if never_connected || self.timeout.is_zero() {
             return false;
         }

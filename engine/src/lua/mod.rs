@@ -111,19 +111,20 @@ pub fn sandbox(recipes_dir: &Path) -> mlua::Result<Lua> {
             Err(mlua::Error::external(crate::request::FieldError::new(&field, message)))
         })?,
     )?;
-    // refuse_mp3(req): a recipe whose source has a picture (unless `audio_only`) refuses MP3
-    // file outputs by field before it starts a browser, with the engine's own file type rules.
+    // refuse_audio_only_files(req): a recipe whose source has a picture (unless `audio_only`)
+    // refuses MP3 and OGG file outputs by field before it starts a browser or joins a room,
+    // with the engine's own file type rules (LiveKit: no codec compatible with all outputs).
     globals.set(
-        "refuse_mp3",
+        "refuse_audio_only_files",
         lua.create_function(|lua, req: Value| -> mlua::Result<()> {
             let req: serde_json::Value = lua.from_value(req)?;
             if req.get("audio_only").and_then(|v| v.as_bool()) == Some(true) {
                 return Ok(());
             }
-            match crate::media::outputs::file::first_mp3(&req) {
-                Some(field) => Err(mlua::Error::external(crate::request::FieldError::new(
+            match crate::media::outputs::file::first_audio_only(&req) {
+                Some((field, container)) => Err(mlua::Error::external(crate::request::FieldError::new(
                     &field,
-                    "MP3 holds audio only: set audio_only",
+                    format!("{container} holds audio only: set audio_only"),
                 ))),
                 None => Ok(()),
             }

@@ -89,15 +89,17 @@ fn file_type(o: &mut Obj, filepath: &str) -> FieldResult<FileType> {
     })
 }
 
-/// The field of the first MP3 file output of `request`, if any: a recipe whose source has a
-/// picture refuses it before the source starts (MP3 holds sound only).
-pub fn first_mp3(request: &Value) -> Option<String> {
+/// The first file output of `request` that holds sound only (MP3, OGG), with its type: a
+/// recipe whose source has a picture refuses it before the source starts.
+pub fn first_audio_only(request: &Value) -> Option<(String, &'static str)> {
     let outputs = request.get("file_outputs")?.as_array()?;
     outputs.iter().enumerate().find_map(|(i, v)| {
         let field = format!("file_outputs[{i}]");
         let mut o = Obj::new(v, &field).ok()?;
         let filepath = o.string("filepath").ok()?.unwrap_or_default();
-        (file_type(&mut o, &filepath).ok()? == FileType::Mp3).then(|| format!("{field}.file_type"))
+        let file_type = file_type(&mut o, &filepath).ok()?;
+        matches!(file_type, FileType::Mp3 | FileType::Ogg)
+            .then(|| (format!("{field}.file_type"), file_type.container_name()))
     })
 }
 

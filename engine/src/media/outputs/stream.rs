@@ -149,9 +149,13 @@ fn build(encoder: &Encoder, url: &str) -> Result<BranchParts> {
         // Whole 7-packet groups: SRT sends 1316-byte payloads.
         mux.set_property("alignment", 7i32);
         let sink = make("srtsink", None)?;
-        sink.set_property("uri", url);
+        // A lost peer is an error, so the stream is reconnected and reported like RTMP's
+        // (srtsink's own reconnect is silent: the outage never showed). Set before the URI,
+        // whose own `auto-reconnect` wins.
+        sink.set_property("auto-reconnect", false);
         // A listener does not hold the pipeline until a peer connects.
         sink.set_property("wait-for-connection", false);
+        sink.set_property("uri", url);
         (mux, sink)
     } else {
         let mux = make("flvmux", None)?;
