@@ -131,9 +131,12 @@ echo
 "${RUN[@]}" $EGRET --config egress.toml list
 echo
 echo "Status page: http://$listen/?token=$($EGRET --config egress.toml token --ttl 86400)"
-if [ ${#RUN[@]} -gt 0 ]; then
-  echo "  (egret runs inside network namespace egret-test here: open it from there, e.g."
-  echo "   ip netns exec egret-test chromium --headless=new --no-sandbox --screenshot URL)"
+if [ -t 0 ] && [ ${#RUN[@]} -gt 0 ]; then
+  # egret runs inside the namespace: its port is forwarded to this machine's loopback meanwhile.
+  python3 tests/netns_forward.py egret-test "${listen##*:}" &
+  pids+=($!)
+  echo "  (egret runs inside network namespace egret-test; its port ${listen##*:} is forwarded to this"
+  echo "   machine's 127.0.0.1 until you press Enter: from another machine, ssh -L ${listen##*:}:127.0.0.1:${listen##*:})"
 fi
 if [ -t 0 ]; then
   # On a terminal, everything stays up to be looked at; a script or CI just ends here.

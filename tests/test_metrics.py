@@ -77,7 +77,7 @@ def test_metrics_follow_egresses_recipes_and_the_process(tmp_path):
         spin = egret.api.start("spin", file_outputs=[{"filepath": "metrics/spin.mp4"}])["egress_id"]
         egret.api.wait_status(spin, "failed", timeout=30)
         done = scrape(egret)
-        assert value(done, "egret_egress_ends_total", recipe="testsrc", status="complete", reason="none") == 1
+        assert value(done, "egret_egress_ends_total", recipe="testsrc", status="complete", reason="stopped_by_api") == 1
         assert value(done, "egret_egresses", recipe="testsrc", status="complete") == 1
         assert not matching(done, "egret_output_bytes", egress_id=eid), "ended egresses leave the live figures"
         assert value(done, "egret_lua_budget_hits_total") >= 1

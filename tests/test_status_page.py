@@ -15,7 +15,7 @@ CHROMIUM = "/usr/bin/chromium"
 def chromium(url, tmp_path, screenshot=None, budget_ms=9000):
     """The page's DOM after `budget_ms` of its own (virtual) time, and optionally a screenshot."""
     args = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,900",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900",
             f"--virtual-time-budget={budget_ms}"]
     if screenshot:
         subprocess.run(args + [f"--screenshot={screenshot}", url], capture_output=True, timeout=90, check=True)
@@ -27,7 +27,9 @@ def test_status_page_shows_egresses_pictures_always_on_and_recipes(tmp_path):
                                                 'params = { duration = 1, file_outputs = [{ filepath = "page/loop-{time}.mp4" }] }\n')
     try:
         (egret.recipes / "broken.lua").write_text("return recipe {")
-        eid = egret.api.start("testsrc", file_outputs=[{"filepath": "page/a.mp4"}])["egress_id"]
+        # A stream whose server refuses it: a long error on the page, and a key not to show.
+        eid = egret.api.start("testsrc", file_outputs=[{"filepath": "page/a.mp4"}],
+                              stream_outputs=[{"urls": ["rtmp://127.0.0.1:9/live/sk_secret_0123"]}])["egress_id"]
         egret.api.wait(eid, lambda i: i["status"] == "active" and i["bytes"] > 0, what="recording")
         deadline = time.monotonic() + 30
         while egret.api.ok("GET", "/v1/always_on")["entries"][0]["starts"] < 2 or "broken" not in egret.api.recipes():
@@ -49,6 +51,7 @@ def test_status_page_shows_egresses_pictures_always_on_and_recipes(tmp_path):
         assert f'<img class="thumb" alt="" data-egress="{eid}" src="blob:' in dom, "the live picture is shown"
         assert 'data-always-on="pattern"' in dom and 'data-recipe="broken"' in dom
         assert "class=\"stop\"" in dom and "class=\"empty\">No egress yet" not in dom
+        assert "sk_secret_0123" not in dom and "rtmp://127.0.0.1:9/live/{sk_...123}" in dom, "stream keys hidden"
         assert (tmp_path / "page.png").stat().st_size > 20_000, "a rendered page, not a blank one"
 
         # Without a token: the login form, and no data.

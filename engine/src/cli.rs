@@ -35,6 +35,11 @@ struct Failure(u8, String);
 type Outcome = Result<(), Failure>;
 
 pub fn run(config: &Config, command: &str, args: &[String], url: Option<String>) -> ExitCode {
+    // `egret start --help`: the usage, not a recipe named `--help`.
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let base = url.or_else(|| std::env::var("EGRET_URL").ok()).map(|u| {
         // `host:port`, as `listen` is written, means http.
         if u.contains("://") { u } else { format!("http://{u}") }

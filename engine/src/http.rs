@@ -126,7 +126,8 @@ pub async fn serve(
 impl Api {
     async fn handle(&self, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().trim_end_matches('/').to_string();
-        let method = req.method().clone();
+        // HEAD is GET without the body (hyper leaves the body out): uptime checks use it.
+        let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
         if path == "/healthz" {
             return reply(200, json!({ "ok": true }));
         }

@@ -59,8 +59,16 @@ pub fn follow(record: &Arc<EgressRecord>) {
         let reason = match (snapshot.failure, snapshot.status) {
             (Some(kind), _) => snake(&format!("{kind:?}")),
             (None, EgressStatus::Failed) if record.is_restored() => "restarted".into(),
+            // A pipeline or output error (a refused stream, a crashed browser...).
             (None, EgressStatus::Failed) => "error".into(),
-            (None, _) => "none".into(),
+            // Why it ended, from egret's closed set (a recipe's own words would make the
+            // label set unbounded).
+            (None, _) => {
+                use crate::egress::reason::*;
+                let known = [STOPPED_BY_API, LIMIT_REACHED, ALL_STREAMS_STOPPED, SHUTDOWN, SOURCE_ENDED, RESTARTED];
+                let given = snapshot.reason.as_deref().filter(|r| known.contains(r));
+                given.map_or_else(|| "other".into(), |r| r.replace(' ', "_").to_ascii_lowercase())
+            }
         };
         bump(&EVENTS.ended, vec![("recipe", record.recipe.clone()), ("status", status), ("reason", reason)]);
     };
@@ -136,7 +144,9 @@ impl Collector for Scrape {
                 let rate = if o.duration > 0.5 { o.bytes as f64 * 8.0 / o.duration } else { 0.0 };
                 bytes.insert(labels.clone(), o.bytes as i64);
                 bitrate.insert(labels.clone(), rate);
-                retries.insert(labels, i64::from(o.retries));
+                if o.kind.name == "stream" {
+                    retries.insert(labels, i64::from(o.retries));
+                }
             }
         }
         out.gauges("egret_output_bytes", "Bytes written by each output of a running egress", bytes)?;
