@@ -1,6 +1,8 @@
 """Every output kind, recorded from the test source over HTTP and checked with ffprobe."""
 
 import re
+import signal
+import socket
 import subprocess
 import time
 
@@ -25,6 +27,8 @@ def assert_av(path, width, height, rate, profile="Main", audio_codec="aac", vide
     assert (v["width"], v["height"]) == (width, height)
     assert abs(fps(v) - rate) < 0.5, f"fps {fps(v)}"
     assert a["codec_name"] == audio_codec
+    # LiveKit's rates: AAC at the configured frequency (default 44100 Hz), Opus at 48 kHz; stereo.
+    assert (int(a["sample_rate"]), a["channels"]) == ({"aac": 44100}.get(audio_codec, 48000), 2), a
     assert mean_volume_db(path) > -40, "audio is silent"
     return info
 
@@ -70,16 +74,16 @@ def test_mp3_audio_only(egret):
                             advanced={"audio_bitrate": 96})
     path = egret.storage / "mp3/a.mp3"
     media = probe(path)
-    assert [(s["codec_name"], int(s["sample_rate"])) for s in media["streams"]] == [("mp3", 48000)]
+    assert [(s["codec_name"], int(s["sample_rate"])) for s in media["streams"]] == [("mp3", 44100)]
     assert abs(int(media["format"]["bit_rate"]) - 96000) < 8000, media["format"]
     assert abs(duration(media) - ran_for(info)) <= 0.5
     assert mean_volume_db(path) > -40
     assert info["outputs"][0]["target"] == "mp3/a.mp3"
     # The requested rate whatever the bitrate (LAME would pick 24 kHz for 64 kb/s stereo).
     egret.api.record("testsrc", 1, audio_only=True, file_outputs=[{"filepath": "mp3/b.mp3"}],
-                     advanced={"audio_bitrate": 64, "audio_frequency": 44100})
+                     advanced={"audio_bitrate": 64, "audio_frequency": 48000})
     (stream,) = probe(egret.storage / "mp3/b.mp3")["streams"]
-    assert (stream["codec_name"], int(stream["sample_rate"]), stream["channels"]) == ("mp3", 44100, 2), stream
+    assert (stream["codec_name"], int(stream["sample_rate"]), stream["channels"]) == ("mp3", 48000, 2), stream
 
     status, reply = egret.api.request("POST", "/v1/egress", {"recipe": "testsrc", "params": {
         "file_outputs": [{"filepath": "mp3/v.mp3"}]}})
@@ -194,21 +198,24 @@ def test_srt_read_back_by_a_listener(egret, tmp_path):
     assert status == 400 and reply["field"].endswith("stream_outputs[0].urls[0]"), reply
 
 
-def test_srt_listener_gone_is_reported_and_reconnected(egret, tmp_path):
-    """An SRT peer that goes away mid-stream is an outage the egress reports (retries, the
-    error) and reconnects when the peer is back, as for RTMP; the file beside it goes on."""
+@pytest.mark.parametrize("beside_a_file", [True, False])
+def test_srt_listener_gone_is_reported_and_reconnected(egret, tmp_path, beside_a_file):
+    """An SRT peer that goes away mid-stream (ffmpeg stopped cleanly) is an outage the egress
+    reports (retries, the error) and reconnects when the peer is back, as for RTMP, also when
+    the stream is the egress's only output; a file beside it goes on."""
     from conftest import free_port
 
     port = free_port()
     url = f"srt://127.0.0.1:{port}"
     first = srt_listener(port, tmp_path / "first.ts")
     second = None
+    files = [{"filepath": "srt-restart/{egress_id}.mp4"}] if beside_a_file else []
     try:
         eid = egret.api.start("testsrc", stream_outputs=[{"protocol": "SRT", "urls": [url]}],
-                              file_outputs=[{"filepath": "srt-restart/f.mp4"}])["egress_id"]
+                              file_outputs=files)["egress_id"]
         stream = lambda i: next(o for o in i["outputs"] if o["kind"] == "stream")  # noqa: E731
         egret.api.wait(eid, lambda i: stream(i)["duration"] >= 2, what="2 s streamed")
-        first.terminate()
+        first.send_signal(signal.SIGINT)
         first.wait(timeout=10)
         down = egret.api.wait(eid, lambda i: stream(i)["retries"] >= 1, what="the outage seen", timeout=30)
         assert down["status"] == "active" and stream(down)["status"] == "active", down
@@ -225,10 +232,12 @@ def test_srt_listener_gone_is_reported_and_reconnected(egret, tmp_path):
         for p in (first, second):
             if p:
                 p.kill()
+    assert info["reason"] == "stopped by API", info
     assert stream(info)["status"] == "complete" and stream(info)["retries"] >= 1, info
     assert {s["codec_name"] for s in probe(tmp_path / "second.ts")["streams"]} == {"h264", "aac"}
-    media = probe(egret.storage / "srt-restart/f.mp4")
-    assert abs(duration(media) - ran_for(info)) <= 0.5, "the file went on throughout"
+    if beside_a_file:
+        media = probe(egret.storage / f"srt-restart/{eid}.mp4")
+        assert abs(duration(media) - ran_for(info)) <= 0.5, "the file went on throughout"
 
 
 def test_rtmp_server_restart_reconnects(egret, tmp_path):
@@ -323,17 +332,28 @@ def test_av_sync_offset(egret, audio_codec):
     assert info["status"] == "complete"
 
 
-def test_srt_url_nobody_listens_at_fails_alone(egret):
+@pytest.mark.parametrize("how", ["nobody listens", "port taken"])
+def test_srt_url_that_cannot_connect_fails_alone(egret, how):
     """An SRT URL that never connects fails (as an RTMP one does) rather than retrying for
-    ever: srtsink takes bytes before its handshake, so bytes alone do not mean it connected."""
+    ever (srtsink takes bytes before its handshake, so bytes alone do not mean it connected),
+    and one that cannot even open (a listener port in use) fails alone at the start."""
     from conftest import free_port
 
-    url = f"srt://127.0.0.1:{free_port()}"
-    eid = egret.api.start("testsrc", file_outputs=[{"filepath": "srt/alone.mp4"}],
-                          stream_outputs=[{"protocol": "SRT", "urls": [url]}])["egress_id"]
-    info = egret.api.wait(eid, lambda i: {o["kind"]: o["status"] for o in i["outputs"]}.get("stream") == "failed",
-                          what="the SRT URL failed", timeout=20)
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("0.0.0.0", 0))
+    url = {"nobody listens": f"srt://127.0.0.1:{free_port()}",
+           "port taken": f"srt://:{taken.getsockname()[1]}?mode=listener"}[how]
+    try:
+        eid = egret.api.start("testsrc", file_outputs=[{"filepath": "srt/alone-{egress_id}.mp4"}],
+                              stream_outputs=[{"protocol": "SRT", "urls": [url]}])["egress_id"]
+        info = egret.api.wait(eid, lambda i: {o["kind"]: o["status"] for o in i["outputs"]}.get("stream") == "failed",
+                              what="the SRT URL failed", timeout=20)
+    finally:
+        taken.close()
     (stream,) = [o for o in info["outputs"] if o["kind"] == "stream"]
-    assert info["status"] == "active" and stream["error"] and stream["retries"] == 0, info
+    assert info["status"] in ("starting", "active") and stream["error"] and stream["retries"] == 0, repr(info)
+    file_duration = lambda i: next(o for o in i["outputs"] if o["kind"] == "file")["duration"]  # noqa: E731
+    egret.api.wait(eid, lambda i: i["status"] == "active" and file_duration(i) >= 1.5, what="the file recording")
     egret.api.stop(eid)
-    egret.api.wait_status(eid, "complete")
+    info = egret.api.wait_status(eid, "complete")
+    assert duration(probe(egret.storage / f"srt/alone-{eid}.mp4")) >= 1.5, "the file records on"

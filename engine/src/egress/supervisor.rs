@@ -282,15 +282,7 @@ impl Supervisor {
         self.publish_outputs();
         let pipeline = self.pipeline();
         if pipeline.set_state(gst::State::Playing).is_err() && !self.drop_unreachable_streams(ending)? {
-            let detail = pipeline
-                .bus()
-                .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
-                .and_then(|m| match m.view() {
-                    gst::MessageView::Error(e) => Some(e.error().to_string()),
-                    _ => None,
-                })
-                .unwrap_or_else(|| "pipeline refused to play".into());
-            return Err(Error::new(ErrorKind::RecipeFailed, "", detail));
+            return Err(Error::new(ErrorKind::RecipeFailed, "", "pipeline refused to play"));
         }
         Ok(())
     }
@@ -400,7 +392,17 @@ impl Supervisor {
     fn on_message(&mut self, message: &gst::Message, ending: &mut Option<Ending>) -> bool {
         use gst::MessageView;
         match message.view() {
-            MessageView::Eos(_) => true,
+            // Removing a pipeline's last sink makes it post EOS (no sink is left that is not
+            // at EOS): a lone stream being reconnected is not the end of the source.
+            MessageView::Eos(_) => {
+                let reconnecting = ending.is_none()
+                    && self.ctx.graph.lock().unwrap().live_outputs() == 0
+                    && self.streams.lock().unwrap().waiting() > 0;
+                if reconnecting {
+                    tracing::debug!(egress = %self.record.id, "EOS of a pipeline left without sinks: not an end");
+                }
+                !reconnecting
+            }
             MessageView::Error(err) => {
                 let text = format!("{}", err.error());
                 let detail = err.debug().map(|d| d.to_string()).unwrap_or_default();

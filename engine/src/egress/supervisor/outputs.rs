@@ -11,29 +11,55 @@ use crate::errors::{Error, ErrorKind};
 use crate::media::outputs::OutputState;
 
 impl Supervisor {
-    /// A stream sink that could not connect (nothing listening at its URL) fails the state
-    /// change of the whole pipeline; as LiveKit does, that URL fails and the rest plays.
+    /// A stream sink that could not connect (nothing listening at its URL, a host that does
+    /// not resolve, a listener port in use) fails the state change of the whole pipeline; as
+    /// LiveKit does, that URL fails and the rest plays. A failed branch is known by its state,
+    /// by the error it posted, or, when the pipeline rolled every branch back, by trying it
+    /// alone.
     /// Returns whether the pipeline plays now; Err when no output is left.
     pub(super) fn drop_unreachable_streams(&mut self, ending: &mut Option<Ending>) -> Result<bool, Error> {
-        let failed: Vec<(usize, gst::Bin)> = {
+        let mut errors: Vec<(usize, String)> = Vec::new();
+        let mut other_error = None;
+        let bus = self.pipeline().bus();
+        while let Some(message) = bus.as_ref().and_then(|b| b.pop_filtered(&[gst::MessageType::Error])) {
+            let gst::MessageView::Error(e) = message.view() else { continue };
+            let output = message.src().and_then(|src| self.ctx.graph.lock().unwrap().output_of(src));
+            match output {
+                Some(i) => errors.push((i, e.error().to_string())),
+                None => {
+                    other_error.get_or_insert_with(|| e.error().to_string());
+                }
+            }
+        }
+        let failed: Vec<(usize, gst::Bin, String)> = {
             let graph = self.ctx.graph.lock().unwrap();
             graph
                 .outputs
                 .iter()
                 .enumerate()
                 .filter(|(_, o)| o.attached && o.status.kind.name == "stream")
-                .filter(|(_, o)| o.bin.state(gst::ClockTime::ZERO).0.is_err())
-                .map(|(i, o)| (i, o.bin.clone()))
+                .filter_map(|(i, o)| {
+                    let posted = errors.iter().find(|(at, _)| *at == i).map(|(_, text)| text.clone());
+                    let refused = o.bin.state(gst::ClockTime::ZERO).0.is_err() || refuses_to_start(&o.bin);
+                    (posted.is_some() || refused).then(|| {
+                        let why = posted.unwrap_or_else(|| "could not connect to the stream URL".into());
+                        (i, o.bin.clone(), why)
+                    })
+                })
                 .collect()
         };
         if failed.is_empty() {
-            return Ok(false);
+            // Nothing to cut off: the start fails with the first error posted.
+            return match errors.into_iter().map(|(_, text)| text).next().or(other_error) {
+                Some(text) => Err(Error::new(ErrorKind::RecipeFailed, "", text)),
+                None => Ok(false),
+            };
         }
-        for (index, bin) in failed {
+        for (index, bin, why) in failed {
             // Out of the pipeline's state changes from now on; its unlink removes it.
             bin.set_locked_state(true);
             let _ = bin.set_state(gst::State::Null);
-            self.fail_output(index, "could not connect to the stream URL".into(), ending);
+            self.fail_output(index, why, ending);
         }
         if let Some(end) = ending.take() {
             return Err(Error::new(ErrorKind::RecipeFailed, "", end.reason));
@@ -158,4 +184,15 @@ impl Supervisor {
             self.record.set_manifest_location(location);
         }
     }
+}
+
+/// Whether a stream branch the pipeline left unstarted fails to start alone (srtsink opening a
+/// listener port in use): tried out of the pipeline's hands, then put back to NULL.
+fn refuses_to_start(bin: &gst::Bin) -> bool {
+    if bin.current_state() != gst::State::Null {
+        return false;
+    }
+    let refused = bin.set_state(gst::State::Paused).is_err();
+    let _ = bin.set_state(gst::State::Null);
+    refused
 }

@@ -197,6 +197,10 @@ impl ResultContext<'_> {
     }
 }
 
+/// How long a reconnected SRT branch carries bytes before its connection counts as made
+/// (srtsink gives up a handshake after about 3 s).
+const SRT_PROOF: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where a branch takes its media from.
 #[derive(Debug, Clone, Copy)]
 pub enum Input {
@@ -295,6 +299,12 @@ impl OutputBranch {
         let key_pads: Vec<gst::Pad> = links.iter().map(|(_, src)| src.clone()).collect();
         // Per branch: a stream URL reconnected after a failure is a new branch on the same status.
         let first_bytes = std::sync::atomic::AtomicBool::new(false);
+        // srtsink takes bytes before its handshake: a reconnected SRT URL keeps showing its
+        // outage until its new connection has carried bytes for longer than a failed
+        // handshake takes.
+        let unproven = std::sync::atomic::AtomicBool::new(false);
+        let first_bytes_at = std::sync::OnceLock::new();
+        let is_srt = status.target.to_ascii_lowercase().starts_with("srt://");
         parts.measure.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |_, info| {
             let size = match &info.data {
                 Some(gst::PadProbeData::Buffer(b)) => b.size(),
@@ -302,8 +312,17 @@ impl OutputBranch {
                 _ => 0,
             };
             bytes_status.bytes.fetch_add(size as u64, Ordering::Relaxed);
+            if unproven.load(Ordering::Relaxed)
+                && first_bytes_at.get().is_some_and(|t: &std::time::Instant| t.elapsed() >= SRT_PROOF)
+            {
+                unproven.store(false, Ordering::Relaxed);
+                bytes_status.live_again(false);
+            }
             if size > 0 && !first_bytes.swap(true, Ordering::Relaxed) {
-                bytes_status.set_state(OutputState::Active, None);
+                let retried = is_srt && bytes_status.retries() > 0;
+                let _ = first_bytes_at.set(std::time::Instant::now());
+                unproven.store(retried, Ordering::Relaxed);
+                bytes_status.live_again(retried);
                 let _ = events.send(MediaEvent::Active);
                 for pad in &key_pads {
                     pad.send_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
@@ -377,6 +396,9 @@ impl OutputBranch {
         for (tee, src) in self.links.drain(..) {
             tee.release_request_pad(&src);
         }
+        // Out of the pipeline first: the EOS below must not count as the pipeline's (a lone
+        // stream being reconnected would otherwise end the egress as if its source ended).
+        let _ = pipeline.remove(&self.bin);
         if !self.broken {
             // Unlinked: no streaming thread holds these pads, so this EOS goes through at once
             // and before the bin stops.
@@ -385,7 +407,6 @@ impl OutputBranch {
             }
         }
         crate::media::stop_all(self.bin.upcast_ref());
-        let _ = pipeline.remove(&self.bin);
     }
 
     /// Sends EOS straight into the branch, to finalize it when its source is broken (without

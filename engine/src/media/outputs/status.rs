@@ -131,6 +131,13 @@ impl OutputStatus {
         *retries = (retries.0 + 1, Some(crate::clock::now()));
     }
 
+    /// Live again after a reconnection: active, its error kept (`keep_error`) until the new
+    /// connection is proven (SRT takes bytes before its handshake), else cleared.
+    pub fn live_again(&self, keep_error: bool) {
+        let error = if keep_error { self.state.lock().unwrap().1.clone() } else { None };
+        self.set_state(OutputState::Active, error);
+    }
+
     pub fn retries(&self) -> u32 {
         self.retries.lock().unwrap().0
     }
