@@ -6,7 +6,8 @@ instants. Both are paced by one clock (each fed by its own task) so the flash an
 the publisher together.
 
 Prints one JSON line per event on stdout ({"event": "published", "kind", "sid", ...});
-reads commands on stdin: `unpublish video|audio`, `publish video|audio`, `volume 0..1`, `quit`.
+reads commands on stdin: `unpublish video|audio`, `publish video|audio`, `volume 0..1`,
+`codec vp8|h264|vp9` (for the next video published), `quit`.
 """
 
 import argparse
@@ -162,14 +163,14 @@ async def main():
     audio_source = (
         rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO if args.source == "screen_share" else rtc.TrackSource.SOURCE_MICROPHONE
     )
-    codec = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8, "vp9": rtc.VideoCodec.VP9}[args.codec]
+    codecs = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8, "vp9": rtc.VideoCodec.VP9}
     published = {}
     state = {"video": False, "audio": False}
 
     async def publish(kind):
         if kind == "video":
             track = rtc.LocalVideoTrack.create_video_track("pattern", media.video_source)
-            opts = rtc.TrackPublishOptions(source=video_source, video_codec=codec, simulcast=False)
+            opts = rtc.TrackPublishOptions(source=video_source, video_codec=codecs[args.codec], simulcast=False)
             opts.video_encoding.max_bitrate = 1_500_000
             opts.video_encoding.max_framerate = args.fps
         else:
@@ -208,6 +209,8 @@ async def main():
             await publish(kind)
         elif verb == "volume":
             args.volume = float(kind)
+        elif verb == "codec":
+            args.codec = kind
         say(event="done", command=line)
     feeder.cancel()
     await room.disconnect()

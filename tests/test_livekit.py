@@ -168,6 +168,28 @@ def test_participant_track_unpublished_and_published_again(lk_egret, publish, ro
     assert pairs >= 4 and abs(offset) <= AV_BOUND_S, (offset, pairs)
 
 
+def test_video_republished_with_another_codec(lk_egret, publish, room):
+    """A camera unpublished and published again as H.264 after VP8: the server may carry it
+    on the same m-line with another codec; the participant's file goes on with the new one."""
+    pub = publish("--flash", "--codec", "vp8", identity="dora")
+    info = lk_egret.api.start("participant", room_name=room, identity="dora",
+                              file_outputs=[{"filepath": "p3/{room_name}.mp4"}], **SMALL)
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active")
+    time.sleep(3)
+    pub.command("unpublish video")
+    pub.command("codec h264")
+    pub.command("publish video")
+    time.sleep(4)
+    lk_egret.api.stop(eid)
+    info = lk_egret.api.wait_status(eid, "complete", "failed")
+    assert info["status"] == "complete", info
+    path, media = recorded(lk_egret, info)
+    times, luma = video_luma(path)
+    flashes = onsets(times, luma, 128, 0.5)
+    assert flashes and flashes[-1] > duration(media) - 2.0, (flashes, duration(media))
+
+
 def test_room_deleted_completes_the_egress(lk_egret, livekit, publish, room):
     pub = publish("--codec", "vp8")
     info = lk_egret.api.start("track", room_name=room, track_id=pub.tracks["video"], file_outputs=[{"filepath": "del/x"}])

@@ -94,7 +94,8 @@ impl EncodeSettings {
             framerate,
             video_bitrate,
             audio_bitrate: 128,
-            audio_frequency: 48000,
+            // LiveKit's default for AAC and MP3 (Opus is always 48 kHz).
+            audio_frequency: 44100,
             key_frame_interval: 4.0,
             video_codec: None,
             audio_codec: None,

@@ -110,7 +110,15 @@ pub struct Uploader {
     target: tokio::sync::OnceCell<Result<Target, String>>,
     storage_dir: PathBuf,
     backup_dir: PathBuf,
+    /// Until when each upload is tried once: a file just went to the backup, so the store is
+    /// likely down, and retrying every piece would hold the egress's end for long (LiveKit
+    /// sends every later upload straight to the backup; egret still tries each once, so a
+    /// store that comes back is used again).
+    degraded_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long uploads stay at one attempt after a file went to the backup.
+const DEGRADED_FOR: Duration = Duration::from_secs(60);
 
 fn content_type(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
@@ -133,6 +141,7 @@ impl Uploader {
             target: tokio::sync::OnceCell::new(),
             storage_dir: storage_dir.to_path_buf(),
             backup_dir: backup_dir.to_path_buf(),
+            degraded_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -149,11 +158,14 @@ impl Uploader {
             Ok(target) => target,
             Err(e) => return self.back_up(local, &key, format!("storage cannot be used: {e}"), keep_local),
         };
+        let degraded = self.degraded_until.lock().unwrap().is_some_and(|until| std::time::Instant::now() < until);
+        let attempts = if degraded { 1 } else { ATTEMPTS };
         let mut error = String::new();
-        for attempt in 1..=ATTEMPTS {
+        for attempt in 1..=attempts {
             match put_file(target, local, &key).await {
                 Ok(()) => {
                     crate::metrics::upload("uploaded");
+                    *self.degraded_until.lock().unwrap() = None;
                     return Upload::Uploaded { location: target.location.url(&key) };
                 }
                 Err(failure) => {
@@ -167,10 +179,11 @@ impl Uploader {
                     }
                 }
             }
-            if attempt < ATTEMPTS {
+            if attempt < attempts {
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
             }
         }
+        *self.degraded_until.lock().unwrap() = Some(std::time::Instant::now() + DEGRADED_FOR);
         self.back_up(local, &key, error, keep_local)
     }
 
