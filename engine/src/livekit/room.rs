@@ -312,7 +312,7 @@ impl Session {
             };
             match message {
                 M::Offer(offer) => match subscriber.answer(&offer.sdp, &offer.mid_to_track_id).await {
-                    Ok(sdp) => {
+                    Ok((sdp, stuck)) => {
                         signal.send(proto::signal_request::Message::Answer(proto::SessionDescription {
                             r#type: "answer".into(),
                             sdp,
@@ -321,6 +321,11 @@ impl Session {
                         }));
                         for (mline, candidate) in early_candidates.take().unwrap_or_default() {
                             subscriber.add_candidate(mline, &candidate);
+                        }
+                        if let Some(reason) = stuck {
+                            // A new connection negotiates fresh m-lines; the old one keeps the
+                            // other tracks going until it takes over.
+                            return Outcome::Lost(reason);
                         }
                     }
                     Err(e) => {

@@ -231,23 +231,35 @@ impl Subscriber {
         }
     }
 
-    /// Answers a subscriber offer; returns the answer's SDP.
-    pub async fn answer(&self, sdp: &str, mid_to_track: &HashMap<String, String>) -> Result<String> {
+    /// Answers a subscriber offer; returns the answer's SDP, and why this connection cannot
+    /// carry a routed track if it cannot: the server reuses an m-line for a track of another
+    /// codec (a camera republished as H.264 after VP8) only with the codec negotiated on it,
+    /// and webrtcbin (1.22) keeps a transceiver's first codec for good. A new connection (a
+    /// rejoin) gets fresh m-lines.
+    pub async fn answer(&self, sdp: &str, mid_to_track: &HashMap<String, String>) -> Result<(String, Option<String>)> {
         tracing::debug!(offer = %sdp, "subscriber offer");
         let mut message =
             gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()).context("LiveKit sent an unparsable offer")?;
+        let mut stuck = None;
         {
             let mut routes = self.routes.lock().unwrap();
             routes.mline_mids = message.medias().map(|m| m.attribute_val("mid").unwrap_or("").to_string()).collect();
             for (mid, sid) in track_mids(&message).into_iter().chain(mid_to_track.clone()) {
                 routes.mids.insert(mid, sid);
             }
+            let carried: HashSet<String> = track_mids(&message).into_iter().map(|(_, sid)| sid).collect();
             for media in message.medias_mut() {
-                let wanted = media
-                    .attribute_val("mid")
-                    .and_then(|mid| routes.mids.get(mid))
-                    .and_then(|sid| routes.codecs.get(sid));
-                keep_codec(media, wanted.map(String::as_str));
+                let sid = media.attribute_val("mid").and_then(|mid| routes.mids.get(mid)).cloned();
+                let wanted = sid.as_ref().and_then(|sid| routes.codecs.get(sid)).cloned();
+                if let (Some(sid), Some(codec)) = (&sid, &wanted)
+                    && carried.contains(sid)
+                    && !offers_codec(media, codec)
+                {
+                    stuck.get_or_insert_with(|| {
+                        format!("LiveKit offers track {sid} ({codec}) on an m-line negotiated for another codec")
+                    });
+                }
+                keep_codec(media, wanted.as_deref());
             }
         }
         // webrtcbin (1.22) cannot change a transceiver's direction, and the server changes an
@@ -279,7 +291,7 @@ impl Subscriber {
         self.routes.lock().unwrap().settle_all();
         self.linked.notify_waiters();
         tracing::debug!(offer = %sdp, answer = %text, "subscriber negotiated");
-        Ok(text)
+        Ok((text, stuck))
     }
 
     pub fn add_candidate(&self, mline: u32, candidate: &str) {
@@ -410,17 +422,18 @@ fn keep_codec(media: &mut gst_sdp::SDPMediaRef, wanted: Option<&str>) {
     };
     let offered: Vec<(String, String)> =
         media.formats().map(|pt| (pt.to_string(), encoding(media, pt).unwrap_or_default())).collect();
-    let codec = match wanted {
+    // The track's codec if offered, else the first egret can depayload. Never none: webrtcbin
+    // cannot answer an m-line it refuses inside a bundle ("no fingerprint"), and the egress
+    // would fail.
+    let is_offered = |c: &str| offered.iter().any(|(_, e)| e == c);
+    let codec = match wanted.filter(|w| is_offered(w)) {
         Some(w) => w.to_string(),
-        None => match ["OPUS", "H264", "VP8"].into_iter().find(|c| offered.iter().any(|(_, e)| e == c)) {
+        None => match ["OPUS", "H264", "VP8", "VP9"].into_iter().find(|c| is_offered(c)) {
             Some(c) => c.to_string(),
             None => return,
         },
     };
     let dropped: Vec<String> = offered.iter().filter(|(_, e)| *e != codec).map(|(pt, _)| pt.clone()).collect();
-    if dropped.len() == offered.len() {
-        return; // the codec is not offered: let webrtcbin refuse the m-line
-    }
     for i in (0..media.formats_len()).rev() {
         if media.format(i).is_some_and(|pt| dropped.iter().any(|d| d == pt)) {
             let _ = media.remove_format(i);
@@ -434,6 +447,15 @@ fn keep_codec(media: &mut gst_sdp::SDPMediaRef, wanted: Option<&str>) {
             let _ = media.remove_attribute(i);
         }
     }
+}
+
+/// Whether an m-line offers `codec` (an RTP encoding name, `H264`).
+fn offers_codec(media: &gst_sdp::SDPMediaRef, codec: &str) -> bool {
+    media.attributes().filter(|a| a.key() == "rtpmap").any(|a| {
+        a.value()
+            .and_then(|v| v.split_once(' '))
+            .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or_default().eq_ignore_ascii_case(codec))
+    })
 }
 
 /// Replaces the direction attribute `from` with `to`; false if the m-line had not `from`.
@@ -501,5 +523,11 @@ mod tests {
         keep_codec(message.media_mut(0).unwrap(), None);
         assert_eq!(message.media(0).unwrap().formats().collect::<Vec<_>>(), ["108"]);
         assert_eq!(track_mids(&message), vec![("1".to_string(), "TR_v".to_string())]);
+        // A codec the m-line does not offer (a track republished with another codec): never a
+        // refused m-line, which would fail the whole negotiation; the rejoin fetches the track.
+        let mut message = gst_sdp::SDPMessage::parse_buffer(OFFER.as_bytes()).unwrap();
+        assert!(!offers_codec(message.media(0).unwrap(), "VP9"));
+        keep_codec(message.media_mut(0).unwrap(), Some("VP9"));
+        assert_eq!(message.media(0).unwrap().formats().collect::<Vec<_>>(), ["108"]);
     }
 }

@@ -14,8 +14,7 @@ impl Supervisor {
     /// A stream sink that could not connect (nothing listening at its URL, a host that does
     /// not resolve, a listener port in use) fails the state change of the whole pipeline; as
     /// LiveKit does, that URL fails and the rest plays. A failed branch is known by its state,
-    /// by the error it posted, or, when the pipeline rolled every branch back, by trying it
-    /// alone.
+    /// by the error it posted, or, when nothing says which, by being left unstarted.
     /// Returns whether the pipeline plays now; Err when no output is left.
     pub(super) fn drop_unreachable_streams(&mut self, ending: &mut Option<Ending>) -> Result<bool, Error> {
         let mut errors: Vec<(usize, String)> = Vec::new();
@@ -33,22 +32,36 @@ impl Supervisor {
         }
         let failed: Vec<(usize, gst::Bin, String)> = {
             let graph = self.ctx.graph.lock().unwrap();
-            graph
-                .outputs
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| o.attached && o.status.kind.name == "stream")
+            let streams =
+                || graph.outputs.iter().enumerate().filter(|(_, o)| o.attached && o.status.kind.name == "stream");
+            let known: Vec<(usize, gst::Bin, String)> = streams()
                 .filter_map(|(i, o)| {
                     let posted = errors.iter().find(|(at, _)| *at == i).map(|(_, text)| text.clone());
-                    let refused = o.bin.state(gst::ClockTime::ZERO).0.is_err() || refuses_to_start(&o.bin);
+                    let refused = o.bin.state(gst::ClockTime::ZERO).0.is_err();
                     (posted.is_some() || refused).then(|| {
-                        let why = posted.unwrap_or_else(|| "could not connect to the stream URL".into());
-                        (i, o.bin.clone(), why)
+                        (i, o.bin.clone(), posted.unwrap_or_else(|| "could not connect to the stream URL".into()))
                     })
                 })
-                .collect()
+                .collect();
+            if known.is_empty() && errors.is_empty() && other_error.is_none() {
+                // Nothing said which: a branch the pipeline left unstarted failed (srtsink
+                // opening a port in use, rtmp2sink refused at once, roll the whole bin back).
+                streams()
+                    .filter(|(_, o)| o.bin.current_state() == gst::State::Null)
+                    .map(|(i, o)| (i, o.bin.clone(), "could not start the stream URL".to_string()))
+                    .collect()
+            } else {
+                known
+            }
         };
         if failed.is_empty() {
+            {
+                // For whoever reads the log: how each output stood when nothing could be blamed.
+                let graph = self.ctx.graph.lock().unwrap();
+                let states: Vec<_> =
+                    graph.outputs.iter().map(|o| (o.status.field.clone(), o.bin.state(gst::ClockTime::ZERO))).collect();
+                tracing::warn!(egress = %self.record.id, ?states, ?other_error, "the pipeline refused to play");
+            }
             // Nothing to cut off: the start fails with the first error posted.
             return match errors.into_iter().map(|(_, text)| text).next().or(other_error) {
                 Some(text) => Err(Error::new(ErrorKind::RecipeFailed, "", text)),
@@ -184,15 +197,4 @@ impl Supervisor {
             self.record.set_manifest_location(location);
         }
     }
-}
-
-/// Whether a stream branch the pipeline left unstarted fails to start alone (srtsink opening a
-/// listener port in use): tried out of the pipeline's hands, then put back to NULL.
-fn refuses_to_start(bin: &gst::Bin) -> bool {
-    if bin.current_state() != gst::State::Null {
-        return false;
-    }
-    let refused = bin.set_state(gst::State::Paused).is_err();
-    let _ = bin.set_state(gst::State::Null);
-    refused
 }
