@@ -22,6 +22,21 @@ HERE = Path(__file__).resolve().parent
 SERVER = Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin" / "livekit-server"
 
 
+
+def pump(src, dst):
+    """Copies one direction of a TCP connection until either side closes, then closes both
+    (the tests' proxy, and the quick start's forward out of the namespace)."""
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
 class PcmReceiver:
     """A websocket server on 127.0.0.1 that keeps what a track egress sends it (binary messages)
     and the request's headers; `with PcmReceiver() as rx:` gives `rx.url(path)`."""
@@ -89,20 +104,7 @@ class SignalProxy:
             with self.lock:
                 self.connections += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
     def cut(self, seconds):
         """Drops every connection now; refuses new ones for `seconds`."""

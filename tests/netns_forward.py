@@ -13,6 +13,8 @@ import socket
 import sys
 import threading
 
+from livekit_harness import pump  # stdlib only: runs with the system's python3
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -22,9 +24,14 @@ def inside_connector(namespace, port):
 
     def run():
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        fd = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns failed")
+        try:
+            fd = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns failed")
+        except OSError as e:
+            # Said and ended: a forward that cannot reach inside would leave browsers hanging.
+            print(f"netns_forward: cannot join network namespace {namespace}: {e}", file=sys.stderr)
+            os._exit(1)
         while True:
             reply = requests.get()
             try:
@@ -42,20 +49,6 @@ def inside_connector(namespace, port):
     return connect
 
 
-def pipe(a, b):
-    try:
-        while data := a.recv(65536):
-            b.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 def main(namespace, port):
     port = int(port)
     connect = inside_connector(namespace, port)
@@ -67,8 +60,8 @@ def main(namespace, port):
             outside.close()
             continue
         inside.settimeout(None)
-        threading.Thread(target=pipe, args=(outside, inside), daemon=True).start()
-        threading.Thread(target=pipe, args=(inside, outside), daemon=True).start()
+        threading.Thread(target=pump, args=(outside, inside), daemon=True).start()
+        threading.Thread(target=pump, args=(inside, outside), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -396,9 +396,6 @@ impl OutputBranch {
         for (tee, src) in self.links.drain(..) {
             tee.release_request_pad(&src);
         }
-        // Out of the pipeline first: the EOS below must not count as the pipeline's (a lone
-        // stream being reconnected would otherwise end the egress as if its source ended).
-        let _ = pipeline.remove(&self.bin);
         if !self.broken {
             // Unlinked: no streaming thread holds these pads, so this EOS goes through at once
             // and before the bin stops.
@@ -407,6 +404,7 @@ impl OutputBranch {
             }
         }
         crate::media::stop_all(self.bin.upcast_ref());
+        let _ = pipeline.remove(&self.bin);
     }
 
     /// Sends EOS straight into the branch, to finalize it when its source is broken (without
