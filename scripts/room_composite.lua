@@ -1,15 +1,18 @@
 -- scripts/room_composite.lua: a whole room as one recording (LiveKit's RoomCompositeEgressRequest).
--- Chrome renders a layout page that joins the room as a hidden recorder: egret's own (layouts/,
--- grid / speaker / single-speaker, `-light`/`-dark` themes) or the custom_base_url template.
--- Audio only, without a custom template, starts no Chrome at all: the room's audio tracks are
--- decoded and mixed directly, which costs a fraction of a browser.
+-- The built-in layouts (grid / speaker / single-speaker, `-light`/`-dark` themes) are composed
+-- here, without a browser: the room's video tracks are decoded into GStreamer's compositor,
+-- placed by a layout function from scripts/layouts/ (add NAME.lua there for layout NAME), and
+-- its audio tracks mixed. A custom_base_url template is rendered by Chrome, joined to the room
+-- as a hidden recorder, as LiveKit does (egret's own page, /layouts/, draws the built-in ones).
 -- The egress completes when the room closes: deleted, or empty past its departure timeout.
-local LAYOUTS = { grid = true, speaker = true, ["single-speaker"] = true }
+local stage = require "lib.stage"
 
 local function check_layout(req, layout)
-  local base = layout:gsub("%-light$", ""):gsub("%-dark$", "")
-  if not req.custom_base_url and not LAYOUTS[base] then
-    field_error("layout", ("unknown layout `%s` (grid, speaker, single-speaker; -light or -dark)"):format(layout))
+  if req.custom_base_url then return end -- a template takes any layout name
+  local found, why = stage.layout(layout)
+  if not found then
+    field_error("layout", ("unknown layout `%s` (grid, speaker, single-speaker; -light or -dark; "
+      .. "or scripts/layouts/NAME.lua): %s"):format(layout, why))
   end
 end
 
@@ -47,7 +50,7 @@ end
 
 return recipe {
   name = "room_composite",
-  description = "A LiveKit room rendered by a layout page (or only its mixed audio), to any output",
+  description = "A LiveKit room composed by a layout (or a template page, or only its mixed audio), to any output",
   params = {
     room_name       = "string",
     layout          = "string?",   -- default grid
@@ -74,13 +77,14 @@ return recipe {
     end
     local layout = (req.layout ~= nil and req.layout ~= "") and req.layout or "grid"
     check_layout(req, layout)
-    -- The page is the egress's recorder participant (identity = egress id, where LiveKit's own
-    -- UpdateLayout writes); egret watches the room under another name.
-    local room = egress:join(req.room_name, { identity = egress.id .. "_watch" })
+    local native = not req.custom_base_url
+    -- A template page is the egress's recorder participant (identity = egress id, where
+    -- LiveKit's own UpdateLayout writes); egret then watches the room under another name.
+    local room = egress:join(req.room_name, { identity = native and egress.id or egress.id .. "_watch" })
 
-    -- The room's sound mixed here rather than by the page: audio only (no browser at all), or
-    -- routed channels (a page plays every participant on both sides).
-    local native_audio = not req.video_only and (mixing ~= "DEFAULT_MIXING" or (req.audio_only and not req.custom_base_url))
+    -- The room's sound mixed here rather than by a page: always without one, and for routed
+    -- channels (a page plays every participant on both sides).
+    local native_audio = not req.video_only and (native or mixing ~= "DEFAULT_MIXING")
     local mix
     if native_audio then
       mix = egress:slot("audio")
@@ -88,6 +92,16 @@ return recipe {
     end
     if req.audio_only and native_audio then
       egress:encode { audio = mix }:output(req)
+      return
+    end
+    if native then
+      local canvas = egress:slot("video")
+      local composed = stage.new(room, canvas, layout)
+      egress:on("update_layout", function(new_layout)
+        local ok, why = composed.set_layout(new_layout)
+        if not ok then field_error("layout", ("unknown layout `%s`: %s"):format(new_layout, why)) end
+      end)
+      egress:encode { video = canvas, audio = mix }:output(req)
       return
     end
 

@@ -8,8 +8,10 @@
   track    one VP8 video track of a real LiveKit room copied to WebM (no transcoding), and one
            track composite (that track + its Opus audio) to MP4 at 720p30; the bare path for the
            composite decodes the copied files and encodes them the same way at real time
-  room_composite  3 real publishers in a grid at 720p30: egret's room_composite vs the bare
-           Chrome capture of the same layout page (Xvfb + Pulse + chromium + gst-launch-1.0)
+  room_composite  3, then 9 real publishers in a grid at 720p30: egret's own compositor vs
+           the same layout page drawn by Chrome (egret's page path, and the bare Chrome capture:
+           Xvfb + Pulse + chromium + gst-launch-1.0), distinct frames per second of each; 1-4
+           native grids at once; audio only
   worker   a web egress started through livekit-server (egret as its egress worker) vs the
            same egress on egret's own API: answer and first-byte latency
 
@@ -214,30 +216,47 @@ def bench_track_runs(workdir, seconds, rounds, egret, publisher):
 
 
 def bench_room_composite(workdir, seconds, rounds):
-    """3 publishers (moving pattern 640x360 VP8 + a tone each) in a grid at 720p30: egret's
-    room_composite next to the bare Chrome capture of the same layout page."""
+    """Publishers (moving pattern VP8 + a tone each) in a grid at 720p30, 3 then 9 of them:
+    egret's own compositor next to Chrome drawing the same layout page (egret's page path, given
+    as a custom template, and the bare Chrome capture); then native grids at once; then audio only."""
     import urllib.parse
 
     from livekit import api
     from livekit_harness import LK_KEY, LK_SECRET, Publisher
 
     with livekit_room(workdir, "rc") as (server, egret):
-        publishers = [Publisher(server, "bench-rc", name, "--tone", str(tone))
-                      for name, tone in (("ann", 440), ("ben", 660), ("cyd", 880))]
+        publishers = []
+        page_path = f"http://127.0.0.1:{egret.port}/layouts/"
         try:
-            rows = {"egret room comp.": [], "bare chrome+gst": []}
-            for i in range(rounds):
-                rows["egret room comp."].append(
-                    run_egret(egret, seconds, f"rc-{i}", "room_composite", room_name="bench-rc", layout="grid"))
-                token = (api.AccessToken(LK_KEY, LK_SECRET).with_identity(f"bare-{i}")
-                         .with_grants(api.VideoGrants(room_join=True, room="bench-rc", hidden=True, recorder=True,
-                                                      can_publish=False)).to_jwt())
-                page = (f"http://127.0.0.1:{egret.port}/layouts/?url={urllib.parse.quote(server.url, safe='')}"
-                        f"&token={token}&layout=grid")
-                rows["bare chrome+gst"].append(run_web_bare(workdir, page, seconds, f"rc-{i}"))
-            report("room composite, 3 publishers, grid -> MP4, 720p30 H.264 3 Mb/s + AAC", rows, rounds, seconds)
-            print("  (egret's start latency: request -> first byte, Chrome launch and START_RECORDING included;\n"
-                  "   the bare path records from chromium's launch on, without waiting for the page)")
+            for count in (3, 9):
+                while len(publishers) < count:
+                    n = len(publishers)
+                    # The first three at 640x360 (as earlier benches), then 320x180 (a 9-grid tile).
+                    size = ("--width", "640", "--height", "360") if n < 3 else ("--width", "320", "--height", "180")
+                    publishers.append(Publisher(server, "bench-rc", f"p{n}", "--tone", str(220 + 110 * n), *size))
+                rows = {"egret native grid": [], "egret page (Chrome)": [], "bare chrome+gst": []}
+                distinct = {name: [] for name in rows}
+                for i in range(rounds):
+                    for name, extra in (("egret native grid", {}), ("egret page (Chrome)", {"custom_base_url": page_path})):
+                        tag = f"rc{count}-{'page' if extra else 'native'}-{i}"
+                        rows[name].append(run_egret(egret, seconds, tag, "room_composite", room_name="bench-rc",
+                                                    layout="grid", **extra))
+                        distinct[name].append(distinct_fps(egret.storage / f"bench/{tag}.mp4"))
+                    token = (api.AccessToken(LK_KEY, LK_SECRET).with_identity(f"bare-{count}-{i}")
+                             .with_grants(api.VideoGrants(room_join=True, room="bench-rc", hidden=True, recorder=True,
+                                                          can_publish=False)).to_jwt())
+                    page = f"{page_path}?url={urllib.parse.quote(server.url, safe='')}&token={token}&layout=grid"
+                    rows["bare chrome+gst"].append(run_web_bare(workdir, page, seconds, f"rc{count}-{i}"))
+                    distinct["bare chrome+gst"].append(distinct_fps(workdir / f"bare-web-rc{count}-{i}.mp4"))
+                report(f"room composite, {count} publishers, grid -> MP4, 720p30 H.264 3 Mb/s + AAC", rows, rounds,
+                       seconds, target=False)
+                native, page_cost = (sum(r[0] for r in rows[k]) / sum(r[1] for r in rows[k])
+                                     for k in ("egret native grid", "egret page (Chrome)"))
+                print(f"ratio native / page path: {native / page_cost:.3f} (target <= 0.4)")
+                for name, values in distinct.items():
+                    print(f"  distinct frames per second, {name}: {', '.join(f'{v:.1f}' for v in values)}")
+                print("  (start latency: request -> first byte; the page path waits for Chrome and START_RECORDING)")
+            bench_concurrent_grids(egret, seconds)
             # Audio only: the recipe mixes the tracks itself; the layout page given as a custom
             # template forces the Chrome path (headless chromium + Pulse) for comparison.
             audio = {"egret track mix": [], "chrome audio only": []}
@@ -246,11 +265,43 @@ def bench_room_composite(workdir, seconds, rounds):
                     run_egret(egret, seconds, f"rca-{i}", "room_composite", room_name="bench-rc", audio_only=True))
                 audio["chrome audio only"].append(
                     run_egret(egret, seconds, f"rcc-{i}", "room_composite", room_name="bench-rc", audio_only=True,
-                              custom_base_url=f"http://127.0.0.1:{egret.port}/layouts/"))
-            report("room composite audio only, 3 publishers -> MP4 AAC", audio, rounds, seconds, target=False)
+                              custom_base_url=page_path))
+            report("room composite audio only, 9 publishers -> MP4 AAC", audio, rounds, seconds, target=False)
         finally:
             for p in publishers:
                 p.leave()
+
+
+def distinct_fps(path):
+    """Distinct (not repeated) frames per second of the file: a grid of moving patterns changes
+    every frame unless frames were dropped or repeated."""
+    repeated, frames = repeated_frames(path)
+    return frames * (1 - repeated) / max(duration(probe(path)), 1e-6)
+
+
+def bench_concurrent_grids(egret, seconds):
+    """1..4 native 720p30 grids of the same room at once: CPU, and whether each output kept
+    every frame (frames written per second of output, distinct frames per second)."""
+    print(f"
+concurrent native grids (9 publishers, 720p30), {seconds:.0f} s each")
+    for count in (1, 2, 3, 4):
+        cpu0 = tree_cpu(egret.proc.pid)
+        starts = [egret.api.start("room_composite", room_name="bench-rc", layout="grid",
+                                  file_outputs=[{"filepath": f"bench/grids-{count}-{i}.mp4"}]) for i in range(count)]
+        for s in starts:
+            egret.api.wait_status(s["egress_id"], "active", timeout=60)
+        time.sleep(seconds)
+        cpu = tree_cpu(egret.proc.pid) - cpu0
+        for s in starts:
+            egret.api.stop(s["egress_id"])
+        shown = []
+        for s in starts:
+            info = egret.api.wait_status(s["egress_id"], "complete", "failed")
+            path = egret.storage / info["outputs"][0]["target"]
+            repeated, frames = repeated_frames(path)
+            length = duration(probe(path))
+            shown.append(f"{frames / length:.1f} fps written, {frames * (1 - repeated) / length:.1f} distinct")
+        print(f"  {count} at once: {cpu / seconds:.2f} cores; " + "; ".join(shown))
 
 
 def bench_worker(workdir, seconds, rounds):

@@ -1,5 +1,6 @@
-"""Room composite egress against a real livekit-server: Chrome renders egret's layout page (or a
-custom template) joined to the room; real publishers of solid colours and distinct tones."""
+"""Room composite egress against a real livekit-server: egret composes the built-in layouts itself
+(a custom template is rendered by Chrome, joined to the room); real publishers of solid colours
+and distinct tones. Tile positions of each layout, native and page: test_compositor.py."""
 
 import asyncio
 import subprocess
@@ -99,7 +100,7 @@ def test_audio_only_mixes_the_room_and_ends_with_it(lk_egret, livekit, publish, 
 def test_dual_channel_mixing_puts_each_participant_on_its_side(lk_egret, publish, room, mixing, video):
     """LiveKit's audio_mixing: the agent (440 Hz) left and the other participant (660 Hz)
     right; alternating, the first participant heard left and the second right. With video,
-    the layout page draws the picture and egret mixes the sound."""
+    egret composes the picture and mixes the sound."""
     first = publish("--no-video", "--tone", "440", "--kind", "agent" if mixing == "DUAL_CHANNEL_AGENT" else "",
                     identity="first")
     extension, extra = ("mp4", SMALL) if video else ("ogg", {"audio_only": True})
@@ -188,12 +189,21 @@ def test_js_server_sdk_track_and_room_composite(lk_egret, publish, room):
         assert duration(media) > 2.5, media["format"]
 
 
-def test_unbuilt_layouts_fail_with_a_clear_error(tmp_path, livekit, room):
+def test_built_in_layouts_need_no_page_bundle(tmp_path, livekit, publish, room):
+    """The built-in layouts are composed by egret itself: without the layout page's bundle
+    (layouts/build/, made by npm) a grid still records."""
+    publish("--no-audio", "--color", "230,30,30", "--width", "320", "--height", "180", identity="red")
     egret = EgretProcess(tmp_path, livekit.config_toml(), layouts=tmp_path / "no-layouts")
-    livekit.create_room(room, departure_timeout=5)
     try:
-        with pytest.raises(ApiError) as e:
-            egret.api.start("room_composite", room_name=room, file_outputs=[{"filepath": "x.mp4"}])
-        assert e.value.status == 422 and "not built" in e.value.body["error"], e.value.body
+        info = egret.api.start("room_composite", room_name=room, video_only=True,
+                               file_outputs=[{"filepath": "nobundle.mp4"}], **SMALL)
+        eid = info["egress_id"]
+        egret.api.wait_status(eid, "active", timeout=45)
+        at = egret.api.get(eid)["duration"] + 2.5
+        egret.api.wait(eid, lambda i: i["duration"] >= at + 0.5, what="media time")
+        egret.api.stop(eid)
+        info = egret.api.wait_status(eid, "complete", "failed")
+        path, media = recorded(egret, info)
+        assert near(region_color(frame_rgb(path, at), 0.2, 0.2, 0.8, 0.8), (230, 30, 30)), "the red camera fills the grid"
     finally:
         egret.stop()

@@ -5,6 +5,7 @@
 pub mod room;
 pub mod room_service;
 pub mod signal;
+mod speakers;
 mod subscriber;
 mod timeline;
 
@@ -93,6 +94,7 @@ pub fn participant_json(p: &proto::ParticipantInfo) -> Value {
         "metadata": p.metadata,
         "kind": participant_kind(p),
         "attributes": p.attributes,
+        "joined_at_ms": if p.joined_at_ms > 0 { p.joined_at_ms } else { p.joined_at * 1000 },
     })
 }
 

@@ -111,7 +111,7 @@ impl Room {
         let participants = Arc::new(Mutex::new(participants));
         let changed = Arc::new(tokio::sync::Notify::new());
         let room = join.room.unwrap_or_default();
-        let state = RoomState { participants: participants.clone(), changed: changed.clone() };
+        let state = RoomState { participants: participants.clone(), changed: changed.clone(), speakers: Default::default() };
         let link = Arc::new(Mutex::new(link));
         let session = Session { link: link.clone(), joiner, state, events_to, room: room.name.clone() };
         let task = tokio::spawn(session.run(events));
@@ -256,6 +256,7 @@ fn room_event(events: &RoomEvents, name: &'static str, data: Value) {
 struct RoomState {
     participants: Arc<Mutex<Participants>>,
     changed: Arc<tokio::sync::Notify>,
+    speakers: Mutex<super::speakers::Speakers>,
 }
 
 /// The room's signalling task: answers offers, follows participants, and rejoins when the
@@ -350,6 +351,13 @@ impl Session {
                         }
                     }
                     self.state.changed.notify_waiters();
+                }
+                M::SpeakersChanged(changed) => {
+                    let mut speakers = self.state.speakers.lock().unwrap();
+                    if let Some(now) = speakers.apply(&changed.speakers) {
+                        let known = self.state.participants.lock().unwrap();
+                        room_event(commands, "active_speakers", super::speakers::event(&now, &speakers, &known));
+                    }
                 }
                 M::Leave(leave) => {
                     let reason = proto::DisconnectReason::try_from(leave.reason)

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod budget;
+mod canvas;
 pub mod ctx;
 mod page;
 mod patterns;

@@ -20,8 +20,13 @@ const OWNERS: &[(&str, &str)] = &[
     ("SlotHandle", "slot"),
 ];
 
-const SOURCES: &[&str] =
-    &[include_str!("api.rs"), include_str!("ctx.rs"), include_str!("room.rs"), include_str!("page.rs")];
+const SOURCES: &[&str] = &[
+    include_str!("api.rs"),
+    include_str!("ctx.rs"),
+    include_str!("room.rs"),
+    include_str!("page.rs"),
+    include_str!("canvas.rs"),
+];
 
 /// The first backticked token of each `###` heading, with the heading's lead word(s).
 fn headings() -> Vec<(String, String)> {
@@ -56,8 +61,12 @@ fn registered_members() -> BTreeSet<String> {
         let mut owners: Vec<(usize, &str)> = OWNERS
             .iter()
             .flat_map(|(rust, lua)| {
-                let marker = format!("UserData for {rust}");
-                source.match_indices(marker.as_str()).map(|(at, _)| (at, *lua)).collect::<Vec<_>>()
+                // `impl UserData for X`, or a helper registering on X's methods from another file.
+                let markers = [format!("UserData for {rust}"), format!("UserDataMethods<{rust}>")];
+                markers
+                    .iter()
+                    .flat_map(|m| source.match_indices(m.as_str()).map(|(at, _)| (at, *lua)).collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
             })
             .chain(source.match_indices("fn add_egress_methods").map(|(at, _)| (at, "egress")))
             .collect();

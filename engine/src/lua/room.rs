@@ -28,6 +28,7 @@ pub const ROOM_EVENTS: &[&str] = &[
     "track_unpublished",
     "track_muted",
     "track_unmuted",
+    "active_speakers",
     "room_ended",
     "disconnected",
 ];
@@ -304,8 +305,8 @@ pub fn copy(ctx: &Arc<EgressCtx>, opts: Table) -> mlua::Result<EncoderHandle> {
 /// `egress:slot("video" | "audio")`: black or silence until a track is attached.
 #[derive(Clone)]
 pub struct SlotHandle {
-    ctx: Arc<EgressCtx>,
-    index: usize,
+    pub(super) ctx: Arc<EgressCtx>,
+    pub(super) index: usize,
     pub media: MediaHandle,
     /// The room each attached track came from, to unsubscribe on detach.
     rooms: Arc<Mutex<HashMap<String, Arc<Room>>>>,
@@ -384,6 +385,13 @@ fn timeout_option(opts: &Option<Table>, default: f64) -> mlua::Result<f64> {
 impl UserData for SlotHandle {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
         fields.add_field_method_get("kind", |_, this| Ok(this.media.0.kind.name()));
+        // slot.width / slot.height: a video slot's frame (the egress's encoding), 0 for audio.
+        fields.add_field_method_get("width", |_, this| {
+            Ok(if this.media.0.kind == MediaKind::Video { this.ctx.request.settings.width } else { 0 })
+        });
+        fields.add_field_method_get("height", |_, this| {
+            Ok(if this.media.0.kind == MediaKind::Video { this.ctx.request.settings.height } else { 0 })
+        });
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
@@ -426,6 +434,8 @@ impl UserData for SlotHandle {
 
         // slot:track(): the sid of the attached track, or nil.
         methods.add_method("track", |_, this, ()| Ok(this.rooms.lock().unwrap().keys().next().cloned()));
+
+        super::canvas::add_methods(methods);
     }
 }
 

@@ -1,6 +1,7 @@
 //! GStreamer side of an egress: sources, the encoder and the output branches. Media stays in
 //! GStreamer; Lua only asks for these pieces to be built and connected.
 
+pub mod canvas;
 pub mod chrome;
 pub mod encoder;
 pub mod graph;
@@ -79,6 +80,9 @@ const FACTORIES: &[&str] = &[
     "vp8dec",
     "opusdec",
     "compositor",
+    "aspectratiocrop",
+    "textoverlay",
+    "imagefreeze",
     "audiomixer",
     "fakesink",
 ];

@@ -22,22 +22,37 @@ const TRACK_LATENCY_NS: u64 = 400_000_000;
 
 pub struct Slot {
     pub kind: MediaKind,
-    mixer: gst::Element,
+    pub(super) mixer: gst::Element,
+    /// The always-on source under the tracks (black, silence, or a canvas's background).
+    pub(super) base: gst::Element,
     pub output: MediaPad,
-    attached: HashMap<String, (TrackChain, gst::Pad)>,
+    pub(super) attached: HashMap<String, Attached>,
     /// The frame size tracks are scaled into (video).
     size: (i32, i32),
+    pub(super) fps: i32,
     /// Half an output frame (video): see `attach`.
     half_frame_ns: i64,
-    /// Set once the output is linked and the slot runs; track chains attached before wait
+    /// Set by `arrange` (a canvas): tracks attached later stay hidden until placed.
+    pub(super) arranged: bool,
+    /// A canvas's name cards.
+    pub(super) cards: HashMap<super::canvas::CardKey, super::canvas::Card>,
+    /// Unset once the output is linked and the slot runs; track chains attached before wait
     /// in `pending` (pushing into a mixer that is not running would stop them for good).
-    running: Arc<Mutex<Option<Vec<gst::Element>>>>,
+    pub(super) running: Arc<Mutex<Option<Vec<gst::Element>>>>,
     /// What waits for the slot to run (a track's RTP routed to it: RTP pushed into a chain
     /// that is not running yet would stop its source for good).
     waiting: Arc<Mutex<Vec<Deferred>>>,
 }
 
 pub type Deferred = Box<dyn FnOnce() + Send>;
+
+/// A track on the slot: its decoding chain and its mixer pad; `crop` (video) makes a camera
+/// cover its tile (see `canvas`).
+pub(super) struct Attached {
+    chain: TrackChain,
+    pub(super) pad: gst::Pad,
+    pub(super) crop: Option<gst::Element>,
+}
 
 const AUDIO_CAPS: &str = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=2";
 
@@ -73,6 +88,7 @@ impl Slot {
         let mixer = make("compositor", None)?;
         mixer.set_property_from_str("background", "black");
         let mut slot = Self::build(pipeline, MediaKind::Video, base, &caps, mixer, (width as i32, height as i32))?;
+        slot.fps = fps.max(1) as i32;
         slot.half_frame_ns = 500_000_000 / i64::from(fps.max(1));
         Ok(slot)
     }
@@ -140,7 +156,20 @@ impl Slot {
             }
         });
         let output = MediaPad { kind, pad };
-        Ok(Slot { kind, mixer, output, attached: HashMap::new(), size, half_frame_ns: 0, running: pending, waiting })
+        Ok(Slot {
+            kind,
+            mixer,
+            base,
+            output,
+            attached: HashMap::new(),
+            size,
+            fps: 0,
+            half_frame_ns: 0,
+            arranged: false,
+            cards: HashMap::new(),
+            running: pending,
+            waiting,
+        })
     }
 
     /// Keeps `f` until the slot runs; gives it back when the slot runs already (for the
@@ -174,7 +203,11 @@ impl Slot {
                 tail.push(pan);
             }
             tail.push(capsfilter(AUDIO_CAPS)?);
+        } else {
+            // No crop until a canvas places the track (aspect ratio 0/1 passes frames through).
+            tail.push(make("aspectratiocrop", None)?);
         }
+        let crop = (self.kind == MediaKind::Video).then(|| tail[0].clone());
         let refs: Vec<&gst::Element> = tail.iter().collect();
         if !tail.is_empty() {
             pipeline.add_many(&refs)?;
@@ -184,12 +217,16 @@ impl Slot {
         let src = tail.last().map(|e| e.static_pad("src").expect("src")).unwrap_or_else(|| chain.src.clone());
         let pad = self.mixer.request_pad_simple("sink_%u").ok_or_else(|| anyhow!("the mixer refused a pad"))?;
         if self.kind == MediaKind::Video {
-            // Above the black base, scaled to fill the frame without distortion.
+            // Above the black base, scaled to fill the frame without distortion; on a
+            // canvas, hidden until its layout places it.
             pad.set_property("zorder", 1u32);
             let (w, h) = self.size;
             pad.set_property("width", w);
             pad.set_property("height", h);
             pad.set_property_from_str("sizing-policy", "keep-aspect-ratio");
+            if self.arranged {
+                super::canvas::hide(&pad);
+            }
             // The mixer shows, in the output frame starting at T, the newest input frame that
             // starts before T + one frame: a picture comes out up to a frame early (half a
             // frame on average) against its sound. Half a frame later, it is off by at most
@@ -212,15 +249,15 @@ impl Slot {
             Some(pending) => pending.extend(chain.elements.iter().cloned()),
             None => chain.start(),
         }
-        self.attached.insert(sid.to_string(), (chain, pad));
+        self.attached.insert(sid.to_string(), Attached { chain, pad, crop });
         Ok(sink)
     }
 
     /// Takes track `sid` off the slot (its RTP must be unrouted first).
     pub fn detach(&mut self, pipeline: &gst::Pipeline, sid: &str) -> bool {
-        let Some((chain, pad)) = self.attached.remove(sid) else { return false };
-        chain.remove(pipeline);
-        self.mixer.release_request_pad(&pad);
+        let Some(attached) = self.attached.remove(sid) else { return false };
+        attached.chain.remove(pipeline);
+        self.mixer.release_request_pad(&attached.pad);
         true
     }
 }

@@ -207,6 +207,7 @@ mod tests {
         let mut t = Template::new("EG_abc", "testsrc");
         t.set("room_name", "../../etc/passwd");
         let dir = std::env::temp_dir().join("egret-filepath-test");
+        std::fs::create_dir_all(&dir).unwrap(); // the storage directory exists (egret makes it at start)
         let p = resolve_file(&dir, &t, "{room_name}/{egress_id}", ".mp4", "f").unwrap();
         assert!(p.starts_with(&dir));
         assert!(p.to_string_lossy().ends_with("/EG_abc.mp4"), "{}", p.display());

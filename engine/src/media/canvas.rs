@@ -1,0 +1,226 @@
+//! A video slot as a canvas: its attached tracks and name cards placed where a layout puts
+//! them. The geometry comes from Lua (`slot:arrange`); here it only becomes compositor pad
+//! properties, so a layout change costs no renegotiation and never stops the picture.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, anyhow};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use super::slot::Slot;
+use super::{add_chain, capsfilter, make, sync_states};
+
+/// A tile's place on the canvas, in pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rect {
+    pub x: i32,
+    pub y: i32,
+    pub w: i32,
+    pub h: i32,
+}
+
+/// How a picture fills its tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fit {
+    /// Filled, the overflow cropped (CSS `object-fit: cover`: cameras).
+    Cover,
+    /// Whole, letterboxed (CSS `contain`: screen shares).
+    Contain,
+}
+
+/// What a tile shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TileSource {
+    /// An attached track, by sid.
+    Track(String),
+    /// A name on a plain card (a participant without video).
+    Card { text: String, background: u32, color: u32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Tile {
+    pub source: TileSource,
+    pub rect: Rect,
+    pub fit: Fit,
+}
+
+/// A name card: one frame drawn once (text on a colour), repeated live by `imagefreeze`, so a
+/// card costs only its blend into the canvas.
+pub(super) struct Card {
+    elements: Vec<gst::Element>,
+    pad: gst::Pad,
+}
+
+/// What identifies a card: a change of any of these draws a new one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct CardKey {
+    text: String,
+    size: (i32, i32),
+    background: u32,
+    color: u32,
+}
+
+/// The name's size on a card, as on egret's layout page (28 px DejaVu Sans).
+const CARD_FONT: &str = "DejaVu Sans 28"; // textoverlay draws at 72 dpi: points are pixels
+
+impl Card {
+    fn build(pipeline: &gst::Pipeline, key: &CardKey, fps: i32, mixer: &gst::Element) -> Result<Card> {
+        let (w, h) = key.size;
+        let source = make("videotestsrc", None)?;
+        source.set_property("num-buffers", 1i32);
+        source.set_property_from_str("pattern", "solid-color");
+        source.set_property("foreground-color", key.background);
+        let caps = capsfilter(&format!("video/x-raw,format=I420,width={w},height={h},framerate={fps}/1"))?;
+        let text = make("textoverlay", None)?;
+        text.set_property("text", &key.text);
+        text.set_property("font-desc", CARD_FONT);
+        text.set_property_from_str("valignment", "center");
+        text.set_property_from_str("halignment", "center");
+        text.set_property("shaded-background", false);
+        text.set_property("draw-shadow", false);
+        text.set_property("draw-outline", false);
+        text.set_property("color", key.color);
+        // The one frame, repeated at the canvas rate with live timestamps.
+        let freeze = make("imagefreeze", None)?;
+        freeze.set_property("is-live", true);
+        let elements = vec![source, caps, text, freeze];
+        let refs: Vec<&gst::Element> = elements.iter().collect();
+        add_chain(pipeline, &refs)?;
+        let pad = mixer.request_pad_simple("sink_%u").ok_or_else(|| anyhow!("the mixer refused a pad"))?;
+        super::track::answer_latency(&pad, |_| true);
+        elements[3].static_pad("src").expect("imagefreeze src").link(&pad)?;
+        Ok(Card { elements, pad })
+    }
+
+    fn remove(self, pipeline: &gst::Pipeline, mixer: &gst::Element) {
+        for e in &self.elements {
+            let _ = e.set_state(gst::State::Null);
+        }
+        let _ = pipeline.remove_many(&self.elements);
+        mixer.release_request_pad(&self.pad);
+    }
+}
+
+/// Sets a compositor pad to show its input in `rect`, above `zorder - 1` others.
+fn place(pad: &gst::Pad, rect: Rect, zorder: u32) {
+    pad.set_property("xpos", rect.x);
+    pad.set_property("ypos", rect.y);
+    pad.set_property("width", rect.w.max(1));
+    pad.set_property("height", rect.h.max(1));
+    pad.set_property("zorder", zorder);
+    pad.set_property("alpha", 1.0f64);
+}
+
+/// Hides a compositor pad: at alpha 0 the compositor neither scales nor blends its frames.
+pub(super) fn hide(pad: &gst::Pad) {
+    pad.set_property("alpha", 0.0f64);
+}
+
+/// The aspect ratio `aspectratiocrop` crops a camera to so that it covers `rect`; 0/1 is no crop.
+fn crop_for(rect: Rect, fit: Fit) -> gst::Fraction {
+    match fit {
+        Fit::Cover if rect.w > 0 && rect.h > 0 => {
+            let gcd = gcd(rect.w, rect.h);
+            gst::Fraction::new(rect.w / gcd, rect.h / gcd)
+        }
+        _ => gst::Fraction::new(0, 1),
+    }
+}
+
+fn gcd(a: i32, b: i32) -> i32 {
+    if b == 0 { a.abs().max(1) } else { gcd(b, a % b) }
+}
+
+/// Parses `#rrggbb` (or `rrggbb`) into GStreamer's ARGB, opaque.
+pub fn parse_color(text: &str) -> Option<u32> {
+    let hex = text.strip_prefix('#').unwrap_or(text);
+    if hex.len() != 6 {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok().map(|rgb| 0xff00_0000 | rgb)
+}
+
+impl Slot {
+    /// Places every tile; attached tracks that no tile names are hidden, cards no longer
+    /// named are removed. Tiles later in the list are drawn above earlier ones.
+    pub fn arrange(&mut self, pipeline: &gst::Pipeline, tiles: &[Tile], background: Option<u32>) -> Result<()> {
+        self.arranged = true;
+        if let Some(color) = background {
+            self.base.set_property_from_str("pattern", "solid-color");
+            self.base.set_property("foreground-color", color);
+        }
+        let mut shown: HashMap<String, (Rect, Fit, u32)> = HashMap::new();
+        let mut cards: Vec<(CardKey, Rect, u32)> = Vec::new();
+        for (i, tile) in tiles.iter().enumerate() {
+            let zorder = i as u32 + 1;
+            match &tile.source {
+                TileSource::Track(sid) => {
+                    shown.insert(sid.clone(), (tile.rect, tile.fit, zorder));
+                }
+                TileSource::Card { text, background, color } => {
+                    let key = CardKey {
+                        text: text.clone(),
+                        size: (tile.rect.w.max(2) & !1, tile.rect.h.max(2) & !1),
+                        background: *background,
+                        color: *color,
+                    };
+                    cards.push((key, tile.rect, zorder));
+                }
+            }
+        }
+        for (sid, attached) in &self.attached {
+            match shown.get(sid) {
+                Some((rect, fit, zorder)) => {
+                    if let Some(crop) = &attached.crop {
+                        let ratio = crop_for(*rect, *fit);
+                        if crop.property::<gst::Fraction>("aspect-ratio") != ratio {
+                            crop.set_property("aspect-ratio", ratio);
+                        }
+                    }
+                    place(&attached.pad, *rect, *zorder);
+                }
+                None => hide(&attached.pad),
+            }
+        }
+        let stale: Vec<CardKey> = self.cards.keys().filter(|k| !cards.iter().any(|(c, ..)| c == *k)).cloned().collect();
+        for key in stale {
+            if let Some(card) = self.cards.remove(&key) {
+                card.remove(pipeline, &self.mixer);
+            }
+        }
+        for (key, rect, zorder) in cards {
+            if !self.cards.contains_key(&key) {
+                let card = Card::build(pipeline, &key, self.fps, &self.mixer)?;
+                place(&card.pad, rect, zorder);
+                self.start_or_defer(&card.elements);
+                self.cards.insert(key.clone(), card);
+            }
+            let card = &self.cards[&key];
+            place(&card.pad, rect, zorder);
+        }
+        Ok(())
+    }
+
+    /// Starts elements added to a slot now if it runs, else with it.
+    fn start_or_defer(&self, elements: &[gst::Element]) {
+        match self.running.lock().unwrap().as_mut() {
+            Some(pending) => pending.extend(elements.iter().cloned()),
+            None => sync_states(&elements.iter().collect::<Vec<_>>()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cover_crops_to_the_tile_and_contain_does_not() {
+        let rect = Rect { x: 0, y: 0, w: 320, h: 360 };
+        assert_eq!(crop_for(rect, Fit::Cover), gst::Fraction::new(8, 9));
+        assert_eq!(crop_for(rect, Fit::Contain), gst::Fraction::new(0, 1));
+        assert_eq!(parse_color("#1b1b1b"), Some(0xff1b1b1b));
+        assert_eq!(parse_color("fff"), None);
+    }
+}
