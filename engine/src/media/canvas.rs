@@ -3,6 +3,7 @@
 //! properties, so a layout change costs no renegotiation and never stops the picture.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
 use gstreamer as gst;
@@ -52,6 +53,29 @@ pub(super) struct Card {
     pad: gst::Pad,
 }
 
+/// The output pads of a canvas's cards. `imagefreeze` drops the EOS of its (one-frame) source
+/// and would repeat its frame for ever, holding the compositor, and so the egress's end, open:
+/// each card is ended when the canvas's base source ends (the egress's stop reaches it).
+pub(super) type CardEnds = Arc<Mutex<Vec<gst::Pad>>>;
+
+pub(super) fn end_cards_with(base_out: &gst::Pad, cards: &CardEnds) {
+    let cards = cards.clone();
+    base_out.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(event)) = &info.data
+            && event.type_() == gst::EventType::Eos
+        {
+            let pads = cards.lock().unwrap().clone();
+            // Off this streaming thread: a card's push may wait on the compositor.
+            std::thread::spawn(move || {
+                for pad in pads {
+                    pad.push_event(gst::event::Eos::new());
+                }
+            });
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 /// What identifies a card: a change of any of these draws a new one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct CardKey {
@@ -75,6 +99,7 @@ impl Card {
         let text = make("textoverlay", None)?;
         text.set_property("text", &key.text);
         text.set_property("font-desc", CARD_FONT);
+        text.set_property("auto-resize", false); // a fixed size, as on the page, whatever the tile's
         text.set_property_from_str("valignment", "center");
         text.set_property_from_str("halignment", "center");
         text.set_property("shaded-background", false);
@@ -91,6 +116,11 @@ impl Card {
         super::track::answer_latency(&pad, |_| true);
         elements[3].static_pad("src").expect("imagefreeze src").link(&pad)?;
         Ok(Card { elements, pad })
+    }
+
+    /// The pad the card's frames leave by.
+    fn out(&self) -> gst::Pad {
+        self.elements[3].static_pad("src").expect("imagefreeze src")
     }
 
     fn remove(self, pipeline: &gst::Pipeline, mixer: &gst::Element) {
@@ -186,6 +216,8 @@ impl Slot {
         let stale: Vec<CardKey> = self.cards.keys().filter(|k| !cards.iter().any(|(c, ..)| c == *k)).cloned().collect();
         for key in stale {
             if let Some(card) = self.cards.remove(&key) {
+                let out = card.out();
+                self.card_ends.lock().unwrap().retain(|p| p != &out);
                 card.remove(pipeline, &self.mixer);
             }
         }
@@ -193,6 +225,7 @@ impl Slot {
             if !self.cards.contains_key(&key) {
                 let card = Card::build(pipeline, &key, self.fps, &self.mixer)?;
                 place(&card.pad, rect, zorder);
+                self.card_ends.lock().unwrap().push(card.out());
                 self.start_or_defer(&card.elements);
                 self.cards.insert(key.clone(), card);
             }

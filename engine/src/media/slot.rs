@@ -34,8 +34,9 @@ pub struct Slot {
     half_frame_ns: i64,
     /// Set by `arrange` (a canvas): tracks attached later stay hidden until placed.
     pub(super) arranged: bool,
-    /// A canvas's name cards.
+    /// A canvas's name cards, and their output pads, which end when the base does.
     pub(super) cards: HashMap<super::canvas::CardKey, super::canvas::Card>,
+    pub(super) card_ends: super::canvas::CardEnds,
     /// Unset once the output is linked and the slot runs; track chains attached before wait
     /// in `pending` (pushing into a mixer that is not running would stop them for good).
     pub(super) running: Arc<Mutex<Option<Vec<gst::Element>>>>,
@@ -89,6 +90,9 @@ impl Slot {
         mixer.set_property_from_str("background", "black");
         let mut slot = Self::build(pipeline, MediaKind::Video, base, &caps, mixer, (width as i32, height as i32))?;
         slot.fps = fps.max(1) as i32;
+        if let Some(base_out) = slot.base.static_pad("src") {
+            super::canvas::end_cards_with(&base_out, &slot.card_ends);
+        }
         slot.half_frame_ns = 500_000_000 / i64::from(fps.max(1));
         Ok(slot)
     }
@@ -167,6 +171,7 @@ impl Slot {
             half_frame_ns: 0,
             arranged: false,
             cards: HashMap::new(),
+            card_ends: Default::default(),
             running: pending,
             waiting,
         })
