@@ -282,8 +282,7 @@ def distinct_fps(path):
 def bench_concurrent_grids(egret, seconds):
     """1..4 native 720p30 grids of the same room at once: CPU, and whether each output kept
     every frame (frames written per second of output, distinct frames per second)."""
-    print(f"
-concurrent native grids (9 publishers, 720p30), {seconds:.0f} s each")
+    print(f"\nconcurrent native grids (9 publishers, 720p30), {seconds:.0f} s each")
     for count in (1, 2, 3, 4):
         cpu0 = tree_cpu(egret.proc.pid)
         starts = [egret.api.start("room_composite", room_name="bench-rc", layout="grid",

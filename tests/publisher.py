@@ -6,7 +6,7 @@ instants. Both are paced by one clock (each fed by its own task) so the flash an
 the publisher together.
 
 Prints one JSON line per event on stdout ({"event": "published", "kind", "sid", ...});
-reads commands on stdin: `unpublish video|audio`, `publish video|audio`, `volume 0..1`,
+reads commands on stdin: `unpublish video|audio`, `publish video|audio`, `mute|unmute video|audio`, `volume 0..1`,
 `codec vp8|h264|vp9` (for the next video published), `quit`.
 """
 
@@ -164,7 +164,7 @@ async def main():
         rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO if args.source == "screen_share" else rtc.TrackSource.SOURCE_MICROPHONE
     )
     codecs = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8, "vp9": rtc.VideoCodec.VP9}
-    published = {}
+    published, tracks = {}, {}
     state = {"video": False, "audio": False}
 
     async def publish(kind):
@@ -178,7 +178,7 @@ async def main():
             opts = rtc.TrackPublishOptions(source=audio_source, dtx=args.dtx)
         state[kind] = True
         pub = await room.local_participant.publish_track(track, opts)
-        published[kind] = pub.sid
+        published[kind], tracks[kind] = pub.sid, track
         say(event="published", kind=kind, sid=pub.sid, codec=args.codec if kind == "video" else "opus")
 
     async def unpublish(kind):
@@ -207,6 +207,8 @@ async def main():
             await unpublish(kind)
         elif verb == "publish":
             await publish(kind)
+        elif verb in ("mute", "unmute") and kind in tracks:
+            getattr(tracks[kind], verb)()
         elif verb == "volume":
             args.volume = float(kind)
         elif verb == "codec":

@@ -106,9 +106,10 @@ def test_layout_page_draws_the_same_tiles(lk_egret, livekit, publish, room, layo
 
 def test_name_card_speaker_switch_and_screen_share_first(lk_egret, publish, room):
     """A participant without video gets a name card; the active speaker becomes the main tile in
-    the speaker layout; a screen share, once published, takes the main tile over."""
+    the speaker layout; a screen share, once published, takes the main tile over; a muted camera
+    shows its name card."""
     red, green = COLOURS[0], COLOURS[1]
-    publish("--color", ",".join(map(str, red)), "--width", "320", "--height", "180", "--volume", "0.01",
+    red_camera = publish("--color", ",".join(map(str, red)), "--width", "320", "--height", "180", "--volume", "0.01",
             identity="red")
     voice = publish("--no-video", "--volume", "0.01", identity="voice")
     info = lk_egret.api.start("room_composite", room_name=room, layout="speaker",
@@ -124,6 +125,9 @@ def test_name_card_speaker_switch_and_screen_share_first(lk_egret, publish, room
             "--source", "screen_share", identity="sharer")
     shared = lk_egret.api.get(eid)["duration"] + 3.0
     lk_egret.api.wait(eid, lambda i: i["duration"] >= shared + 0.5, what="the screen share")
+    red_camera.command("mute video")
+    muted = lk_egret.api.get(eid)["duration"] + 2.0
+    lk_egret.api.wait(eid, lambda i: i["duration"] >= muted + 0.5, what="the camera muted")
     lk_egret.api.stop(eid)
     info = lk_egret.api.wait_status(eid, "complete", "failed")
     assert info["status"] == "complete", info
@@ -142,3 +146,7 @@ def test_name_card_speaker_switch_and_screen_share_first(lk_egret, publish, room
 
     shared_frame = frame_rgb(path, shared - start, width=640, height=360)
     assert near(region_color(shared_frame, 0.1, 0.1, 0.7, 0.9), green), "the screen share is the main tile"
+    assert tile_of(shared_frame, red) is not None, "red's camera is still shown beside it"
+    muted_frame = frame_rgb(path, muted - start, width=640, height=360)
+    assert tile_of(muted_frame, red) is None, "a muted camera shows its name card"
+    assert near(region_color(muted_frame, 0.1, 0.1, 0.7, 0.9), green)

@@ -79,7 +79,7 @@ function render() {
   for (const tile of ordered) {
     const box = boxes.get(tile.key);
     tile.el.classList.toggle('hidden', !box);
-    tile.el.classList.toggle('has-video', Boolean(tile.video));
+    tile.el.classList.toggle('has-video', Boolean(tile.video) && !tile.muted);
     if (box) {
       Object.assign(tile.el.style, { left: `${box.x}px`, top: `${box.y}px`, width: `${box.w}px`, height: `${box.h}px` });
     }
@@ -98,7 +98,8 @@ function onTrackSubscribed(track, publication, participant) {
   const tile = ensureTile(participant, screen);
   if (tile.video) track.detach(tile.video);
   tile.video = track.attach();
-  tile.video.muted = true;
+  tile.video.muted = true; // the element's sound (audio plays from its own element)
+  tile.muted = publication.isMuted;
   tile.el.appendChild(tile.video);
   render();
 }
@@ -113,6 +114,16 @@ function onTrackUnsubscribed(track, publication, participant) {
   tile.video = null;
   if (screen) removeTile(tile.key);
   render();
+}
+
+// A muted camera shows its name card (as egret's native layouts do), not a frozen picture.
+function onMuteChanged(publication, participant, muted) {
+  if (publication.kind !== Track.Kind.Video || participant === room.localParticipant) return;
+  const tile = tiles.get(tileKey(participant, publication.source === Track.Source.ScreenShare));
+  if (tile) {
+    tile.muted = muted;
+    render();
+  }
 }
 
 function onParticipantDisconnected(participant) {
@@ -167,6 +178,8 @@ room
   .on(RoomEvent.TrackSubscriptionFailed, (sid, p, reason) => console.warn(`egret layout: cannot subscribe ${sid} of ${p?.identity}: ${reason}`))
   .on(RoomEvent.ParticipantConnected, (p) => { ensureTile(p, false); render(); })
   .on(RoomEvent.ParticipantDisconnected, onParticipantDisconnected)
+  .on(RoomEvent.TrackMuted, (pub, p) => onMuteChanged(pub, p, true))
+  .on(RoomEvent.TrackUnmuted, (pub, p) => onMuteChanged(pub, p, false))
   .on(RoomEvent.ActiveSpeakersChanged, onActiveSpeakers)
   .on(RoomEvent.Disconnected, (reason) => {
     console.log(`egret layout: disconnected (${reason})`);

@@ -63,7 +63,7 @@ function M.new(room, canvas, layout_name)
     for _, p in ipairs(placed) do
       local t = p.of
       local tile = { x = p.x, y = p.y, w = p.w, h = p.h }
-      if t and t.video then
+      if t and t.video and not t.muted then
         tile.track, tile.fit = t.video, t.screen and "contain" or "cover"
       elseif t then
         tile.name, tile.background, tile.color = t.name, theme.card, theme.text
@@ -111,7 +111,7 @@ function M.new(room, canvas, layout_name)
     local track = tile and room:track(t.sid)
     if not track then return end
     canvas:add(track)
-    tile.video = t.sid
+    tile.video, tile.muted = t.sid, t.muted
     self.draw()
   end)
   room:on("track_unpublished", function(t)
@@ -124,6 +124,16 @@ function M.new(room, canvas, layout_name)
     end
     self.draw()
   end)
+  -- A muted camera shows its name card, as LiveKit's templates do, not a frozen picture.
+  local function set_muted(t, muted)
+    local tile = t.kind == "video" and (t.source == "screen_share" and self.shares or self.cameras)[t.participant]
+    if tile and tile.video == t.sid and tile.muted ~= muted then
+      tile.muted = muted
+      self.draw()
+    end
+  end
+  room:on("track_muted", function(t) set_muted(t, true) end)
+  room:on("track_unmuted", function(t) set_muted(t, false) end)
   -- The loudest speaker becomes the main tile and stays so until someone else speaks.
   room:on("active_speakers", function(e)
     local loudest = e.speakers[1]

@@ -176,9 +176,21 @@ impl Slot {
     /// named are removed. Tiles later in the list are drawn above earlier ones.
     pub fn arrange(&mut self, pipeline: &gst::Pipeline, tiles: &[Tile], background: Option<u32>) -> Result<()> {
         self.arranged = true;
-        if let Some(color) = background {
-            self.base.set_property_from_str("pattern", "solid-color");
-            self.base.set_property("foreground-color", color);
+        match background {
+            None => {}
+            // The compositor's own backgrounds cost nothing; another colour is the base
+            // drawn full-frame below the tiles.
+            Some(0xff00_0000) | Some(0xffff_ffff) => {
+                let name = if background == Some(0xff00_0000) { "black" } else { "white" };
+                self.mixer.set_property_from_str("background", name);
+                hide(&self.base_pad);
+            }
+            Some(color) => {
+                self.base.set_property_from_str("pattern", "solid-color");
+                self.base.set_property("foreground-color", color);
+                let (w, h) = self.size;
+                place(&self.base_pad, Rect { x: 0, y: 0, w, h }, 0);
+            }
         }
         let mut shown: HashMap<String, (Rect, Fit, u32)> = HashMap::new();
         let mut cards: Vec<(CardKey, Rect, u32)> = Vec::new();
