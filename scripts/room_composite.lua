@@ -117,6 +117,6 @@ return recipe {
       check_layout(req, new_layout)
       room:set_metadata(template.identity, json.encode { layout = new_layout })
     end)
-    egress:encode { video = page.video, audio = mix or page.audio }:output(req)
+    egress:encode { video = page.video, audio = mix or page.audio, speed = "superfast" }:output(req)
   end,
 }

@@ -3,6 +3,7 @@
   testsrc  the test source to MP4 at 720p30, egret vs gst-launch-1.0 with the same elements
   web      an animated page with a tone to MP4 at 720p30, egret's web egress vs the bare path
            (Xvfb + PulseAudio + chromium + gst-launch-1.0 ximagesrc/pulsesrc -> x264 -> MP4)
+  presets  x264 presets on a captured page at the same bitrate: encode CPU, PSNR and SSIM
   load     1, 2, 3 web egresses at once: repeated frames in each output (a moving page
            repeats none unless frames are dropped)
   track    one VP8 video track of a real LiveKit room copied to WebM (no transcoding), and one
@@ -448,11 +449,66 @@ def report(title, rows, rounds, seconds, target=True):
     print(f"ratio {names[0]} / {names[1]}: {summary[names[0]] / summary[names[1]]:.3f}{goal}")
 
 
+X264_PRESETS = [("veryfast", "tune=zerolatency"), ("superfast", "tune=zerolatency"), ("ultrafast", "tune=zerolatency"),
+                ("veryfast", "")]
+
+
+def bench_web(egret, workdir, page, page_name, seconds, rounds):
+    """A page through egret's web egress, through the bare path with egret's settings, and
+    through the naive bare path (Chrome at 60 Hz + x264 veryfast), with distinct frames per second."""
+    rows = {"egret web": [], "bare chrome+gst": [], "naive bare": []}
+    distinct = {name: [] for name in rows}
+    for i in range(rounds):
+        tag = f"{page_name}-{i}"
+        rows["egret web"].append(run_egret(egret, seconds, f"web-{tag}", "web", url=page))
+        distinct["egret web"].append(distinct_fps(egret.storage / f"bench/web-{tag}.mp4"))
+        rows["bare chrome+gst"].append(run_web_bare(workdir, page, seconds, tag))
+        distinct["bare chrome+gst"].append(distinct_fps(workdir / f"bare-web-{tag}.mp4"))
+        rows["naive bare"].append(run_web_bare(workdir, page, seconds, f"naive-{tag}", NAIVE_X264))
+        distinct["naive bare"].append(distinct_fps(workdir / f"bare-web-naive-{tag}.mp4"))
+    report(f"web page ({page_name}.html) -> MP4, 720p30 H.264 3 Mb/s + AAC", rows, rounds, seconds, target=False)
+    egret_cost, naive_cost = (sum(r[0] for r in rows[k]) / sum(r[1] for r in rows[k]) for k in ("egret web", "naive bare"))
+    print(f"ratio egret web / naive bare (Chrome at 60 Hz + x264 veryfast): {egret_cost / naive_cost:.3f} (target <= 0.6)")
+    for name, values in distinct.items():
+        print(f"  distinct frames per second, {name}: {', '.join(f'{v:.1f}' for v in values)} (target >= 29.5)")
+
+
+def bench_presets(egret, page, seconds):
+    """x264 presets on a captured page at egret's bitrate (3 Mb/s, 720p30): CPU-s per minute
+    of the encode alone (the decode of the reference measured apart and taken off) and
+    PSNR/SSIM against the reference (egret's own capture of the page at 20 Mb/s)."""
+    run_egret(egret, seconds, "preset-ref", "web", url=page, advanced={"video_bitrate": 20000})
+    reference = egret.storage / "bench/preset-ref.mp4"
+    decode = f"filesrc location={reference} ! qtdemux ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420"
+
+    def cpu_of(pipeline):
+        before = os.times()
+        subprocess.run(["gst-launch-1.0", "-q", *split_pipeline(pipeline)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        after = os.times()
+        return (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+    decode_only = cpu_of(f"{decode} ! fakesink")
+    length = duration(probe(reference))
+    print(f"\nx264 presets on the captured page (720p30, 3 Mb/s), {length:.0f} s, encode CPU without the decode")
+    print(f"{'preset':<28}{'CPU-s/min':>10}{'PSNR dB':>9}{'SSIM':>8}")
+    for preset, tune in X264_PRESETS:
+        out = Path(tempfile.mkdtemp()) / "p.mp4"
+        cpu = cpu_of(f"{decode} ! x264enc bitrate=3000 speed-preset={preset} {tune} key-int-max=120 "
+                     f"! video/x-h264,profile=main ! h264parse ! mp4mux ! filesink location={out}") - decode_only
+        scores = subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "info", "-i", str(out), "-i", str(reference), "-lavfi",
+             "[0:v]setpts=PTS-STARTPTS,split[a][c];[1:v]setpts=PTS-STARTPTS,split[b][d];[a][b]psnr;[c][d]ssim", "-f", "null", "-"], capture_output=True, text=True).stderr
+        psnr = next((line.split("average:")[1].split()[0] for line in scores.splitlines() if "PSNR" in line), "?")
+        ssim = next((line.split("All:")[1].split()[0] for line in scores.splitlines() if "SSIM" in line), "?")
+        print(f"{preset + ' ' + tune:<28}{per_minute(cpu, length):>10.2f}{float(psnr):>9.2f}{float(ssim):>8.4f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0, help="recording length per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating egret/bare rounds")
-    parser.add_argument("--only", default="testsrc,web,load,track,room_composite,worker",
+    parser.add_argument("--only", default="testsrc,web,presets,load,track,room_composite,worker",
                         help="comma-separated scenarios")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -467,23 +523,10 @@ def main():
                 rows["bare gst-launch"].append(run_bare(workdir, args.seconds, i))
             report("testsrc -> MP4, 720p30 H.264 3 Mb/s + AAC", rows, args.rounds, args.seconds)
         if "web" in only:
-            page = pages.url("animated.html?tone=440")
-            rows = {"egret web": [], "bare chrome+gst": [], "naive bare": []}
-            distinct = {name: [] for name in rows}
-            for i in range(args.rounds):
-                rows["egret web"].append(run_egret(egret, args.seconds, f"web-{i}", "web", url=page))
-                distinct["egret web"].append(distinct_fps(egret.storage / f"bench/web-{i}.mp4"))
-                rows["bare chrome+gst"].append(run_web_bare(workdir, page, args.seconds, i))
-                distinct["bare chrome+gst"].append(distinct_fps(workdir / f"bare-web-{i}.mp4"))
-                rows["naive bare"].append(run_web_bare(workdir, page, args.seconds, f"naive-{i}", NAIVE_X264))
-                distinct["naive bare"].append(distinct_fps(workdir / f"bare-web-naive-{i}.mp4"))
-            report("web page -> MP4, 720p30 H.264 3 Mb/s + AAC", rows, args.rounds, args.seconds)
-            egret_cost, naive_cost = (sum(r[0] for r in rows[k]) / sum(r[1] for r in rows[k])
-                                      for k in ("egret web", "naive bare"))
-            print(f"ratio egret web / naive bare (Chrome at 60 Hz + x264 veryfast): {egret_cost / naive_cost:.3f} "
-                  "(target <= 0.6)")
-            for name, values in distinct.items():
-                print(f"  distinct frames per second, {name}: {', '.join(f'{v:.1f}' for v in values)} (target >= 29.5)")
+            for page_name in ("animated", "busy"):
+                bench_web(egret, workdir, pages.url(f"{page_name}.html?tone=440"), page_name, args.seconds, args.rounds)
+        if "presets" in only:
+            bench_presets(egret, pages.url("busy.html?tone=440"), args.seconds)
         if "load" in only:
             print(f"\nconcurrent 720p30 web egresses, {args.seconds:.0f} s each: repeated frames per output")
             for count in (1, 2, 3):

@@ -88,6 +88,16 @@ impl UserData for EgressHandle {
             } else {
                 this.0.request.settings.clone()
             };
+            let mut settings = settings;
+            if let Some(speed) = opts.get::<Option<String>>("speed")? {
+                settings.x264_speed = crate::request::encoding::X264_SPEEDS
+                    .iter()
+                    .find(|s| **s == speed)
+                    .ok_or_else(|| {
+                        let known = crate::request::encoding::X264_SPEEDS.join(", ");
+                        mlua::Error::runtime(format!("encode: speed must be one of {known}, not `{speed}`"))
+                    })?;
+            }
             let index = this.0.graph.lock().unwrap().add_encoder(settings, &inputs).map_err(runtime)?;
             Ok(EncoderHandle { ctx: this.0.clone(), index })
         });

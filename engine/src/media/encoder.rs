@@ -140,7 +140,7 @@ impl Encoder {
             VideoCodec::H264 => {
                 let enc = make("x264enc", None)?;
                 enc.set_property("bitrate", s.video_bitrate);
-                enc.set_property_from_str("speed-preset", "veryfast");
+                enc.set_property_from_str("speed-preset", s.x264_speed);
                 enc.set_property_from_str("tune", "zerolatency");
                 enc.set_property("key-int-max", gop);
                 chain.push(enc);

@@ -54,7 +54,14 @@ pub struct EncodeSettings {
     pub video_codec: Option<VideoCodec>,
     pub audio_codec: Option<AudioCodec>,
     pub h264_profile: H264Profile,
+    /// x264's speed preset: LiveKit's `veryfast` unless a recipe chose another
+    /// (`egress:encode { speed = ... }`; web pages use `superfast`, see the bench).
+    #[serde(skip)]
+    pub x264_speed: &'static str,
 }
+
+/// x264 speed presets a recipe may choose, fastest first.
+pub const X264_SPEEDS: &[&str] = &["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"];
 
 pub const PRESETS: &[&str] = &[
     "H264_720P_30",
@@ -100,6 +107,7 @@ impl EncodeSettings {
             video_codec: None,
             audio_codec: None,
             h264_profile: H264Profile::Main,
+            x264_speed: "veryfast",
         }
     }
 
