@@ -27,12 +27,15 @@ use crate::media::outputs::{MediaEvent, OutputState};
 /// that news must win over the error (LiveKit completes such an egress).
 const SOURCE_ERROR_GRACE: Duration = Duration::from_millis(1500);
 
-/// How long outputs get to finalize after EOS before the egress is failed anyway.
+/// How long outputs get to finalize after EOS without writing a byte before the egress is
+/// failed anyway. While they keep writing (a saturated machine encoding its backlog), they get
+/// up to `FINALIZE_LIMIT`: the file is then whole rather than cut.
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(10);
+const FINALIZE_LIMIT: Duration = Duration::from_secs(40);
 /// How long the pipeline gets to reach NULL once finalized (or given up on).
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most an ending takes before the egress has its terminal status (uploads aside).
-pub(super) const ENDING_BOUND: Duration = Duration::from_secs(FINALIZE_TIMEOUT.as_secs() + STOP_TIMEOUT.as_secs());
+pub(super) const ENDING_BOUND: Duration = Duration::from_secs(FINALIZE_LIMIT.as_secs() + STOP_TIMEOUT.as_secs());
 
 pub(super) struct Supervisor {
     pub record: Arc<EgressRecord>,
@@ -56,11 +59,15 @@ struct Ending {
     reason: String,
     error: Option<String>,
     deadline: Instant,
+    /// When the ending began, and the bytes the outputs had written by the last deadline.
+    began: Instant,
+    written: u64,
 }
 
 impl Ending {
     fn now(status: EgressStatus, reason: String, error: Option<String>) -> Self {
-        Ending { status, reason, error, deadline: Instant::now() }
+        let now = Instant::now();
+        Ending { status, reason, error, deadline: now, began: now, written: 0 }
     }
 }
 
@@ -239,8 +246,16 @@ impl Supervisor {
                 }
                 _ = tokio::time::sleep_until(deadline), if ending.is_some() => {
                     let e = ending.as_mut().expect("guarded");
+                    let written = self.bytes_written();
+                    if written > e.written && e.began.elapsed() < FINALIZE_LIMIT {
+                        // Still writing: slow, not stuck.
+                        e.written = written;
+                        e.deadline = (Instant::now() + FINALIZE_TIMEOUT).min(e.began + FINALIZE_LIMIT);
+                        continue;
+                    }
                     e.status = EgressStatus::Failed;
-                    e.error.get_or_insert_with(|| format!("outputs did not finalize within {}s", FINALIZE_TIMEOUT.as_secs()));
+                    let waited = e.began.elapsed().as_secs();
+                    e.error.get_or_insert_with(|| format!("outputs did not finalize within {waited}s"));
                     break;
                 }
             }
@@ -385,7 +400,9 @@ impl Supervisor {
         } else {
             crate::media::send_eos_detached(graph.pipeline.clone());
         }
-        *ending = Some(Ending { status, reason, error, deadline: Instant::now() + FINALIZE_TIMEOUT });
+        let written = self.bytes_written();
+        let began = Instant::now();
+        *ending = Some(Ending { status, reason, error, deadline: began + FINALIZE_TIMEOUT, began, written });
     }
 
     /// Returns true when the egress is done (all outputs finalized or none left).
@@ -491,15 +508,16 @@ impl Supervisor {
         self.ctx.fire(&self.lua, "output_failed", info);
         if remaining == 0 {
             let reason = format!("all outputs failed; last: {field}: {error}");
-            *ending = Some(Ending {
-                status: EgressStatus::Failed,
-                reason: reason.clone(),
-                error: Some(reason),
-                deadline: Instant::now(),
-            });
+            *ending = Some(Ending::now(EgressStatus::Failed, reason.clone(), Some(reason)));
             return true;
         }
         false
+    }
+
+    /// Bytes every output has written so far.
+    fn bytes_written(&self) -> u64 {
+        let graph = self.ctx.graph.lock().unwrap();
+        graph.outputs.iter().map(|o| o.status.bytes.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     async fn finish(mut self, mut end: Ending) {
