@@ -1,9 +1,11 @@
 """Bench: egret next to the bare pipeline doing the same work, measured in the same run.
 
   testsrc  the test source to MP4 at 720p30, egret vs gst-launch-1.0 with the same elements
-  web      an animated page with a tone to MP4 at 720p30, egret's web egress vs the bare path
-           (Xvfb + PulseAudio + chromium + gst-launch-1.0 ximagesrc/pulsesrc -> x264 -> MP4)
-  presets  x264 presets on a captured page at the same bitrate: encode CPU, PSNR and SSIM
+  web      a light (animated.html) and a busy (busy.html) page with a tone to MP4 at 720p30:
+           egret's web egress vs the bare path (Xvfb + PulseAudio + chromium + gst-launch-1.0
+           ximagesrc/pulsesrc -> x264 -> MP4) with egret's settings, and the naive bare path
+           (chromium at its 60 Hz, x264 veryfast at its default latency); distinct fps of each
+  presets  x264 presets on the busy page at the same bitrate: encode CPU, PSNR and SSIM
   load     1, 2, 3 web egresses at once: repeated frames in each output (a moving page
            repeats none unless frames are dropped)
   track    one VP8 video track of a real LiveKit room copied to WebM (no transcoding), and one

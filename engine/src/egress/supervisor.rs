@@ -71,6 +71,10 @@ impl Ending {
     }
 }
 
+fn bytes_of(graph: &crate::media::graph::Graph) -> u64 {
+    graph.outputs.iter().map(|o| o.status.bytes.load(std::sync::atomic::Ordering::Relaxed)).sum()
+}
+
 fn reply(answer: &mut Option<oneshot::Sender<Result<(), Error>>>, result: Result<(), Error>) {
     if let Some(tx) = answer.take() {
         let _ = tx.send(result);
@@ -400,7 +404,8 @@ impl Supervisor {
         } else {
             crate::media::send_eos_detached(graph.pipeline.clone());
         }
-        let written = self.bytes_written();
+        let written = bytes_of(&graph);
+        drop(graph);
         let began = Instant::now();
         *ending = Some(Ending { status, reason, error, deadline: began + FINALIZE_TIMEOUT, began, written });
     }
@@ -514,10 +519,9 @@ impl Supervisor {
         false
     }
 
-    /// Bytes every output has written so far.
+    /// Bytes every output has written so far (takes the graph's lock).
     fn bytes_written(&self) -> u64 {
-        let graph = self.ctx.graph.lock().unwrap();
-        graph.outputs.iter().map(|o| o.status.bytes.load(std::sync::atomic::Ordering::Relaxed)).sum()
+        bytes_of(&self.ctx.graph.lock().unwrap())
     }
 
     async fn finish(mut self, mut end: Ending) {
