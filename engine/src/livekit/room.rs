@@ -111,7 +111,8 @@ impl Room {
         let participants = Arc::new(Mutex::new(participants));
         let changed = Arc::new(tokio::sync::Notify::new());
         let room = join.room.unwrap_or_default();
-        let state = RoomState { participants: participants.clone(), changed: changed.clone(), speakers: Default::default() };
+        let state =
+            RoomState { participants: participants.clone(), changed: changed.clone(), speakers: Default::default() };
         let link = Arc::new(Mutex::new(link));
         let session = Session { link: link.clone(), joiner, state, events_to, room: room.name.clone() };
         let task = tokio::spawn(session.run(events));

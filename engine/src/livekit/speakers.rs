@@ -34,7 +34,6 @@ impl Speakers {
         self.told = now.clone();
         Some(now)
     }
-
 }
 
 /// The event's data: `{ speakers = { { sid, identity, name, level }, ... } }`, loudest first;

@@ -90,10 +90,8 @@ impl UserData for EgressHandle {
             };
             let mut settings = settings;
             if let Some(speed) = opts.get::<Option<String>>("speed")? {
-                settings.x264_speed = crate::request::encoding::X264_SPEEDS
-                    .iter()
-                    .find(|s| **s == speed)
-                    .ok_or_else(|| {
+                settings.x264_speed =
+                    crate::request::encoding::X264_SPEEDS.iter().find(|s| **s == speed).ok_or_else(|| {
                         let known = crate::request::encoding::X264_SPEEDS.join(", ");
                         mlua::Error::runtime(format!("encode: speed must be one of {known}, not `{speed}`"))
                     })?;

@@ -40,7 +40,9 @@ fn tile(t: &Table, at: &str) -> mlua::Result<Tile> {
     let fit = match t.get::<Option<String>>("fit")?.as_deref() {
         None | Some("cover") => Fit::Cover,
         Some("contain") => Fit::Contain,
-        Some(other) => return Err(runtime(format!("arrange: {at}.fit must be \"cover\" or \"contain\", not `{other}`"))),
+        Some(other) => {
+            return Err(runtime(format!("arrange: {at}.fit must be \"cover\" or \"contain\", not `{other}`")));
+        }
     };
     let source = match (t.get::<Option<String>>("track")?, t.get::<Option<String>>("name")?) {
         (Some(sid), None) => TileSource::Track(sid),

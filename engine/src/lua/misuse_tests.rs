@@ -44,6 +44,23 @@ fn misused_primitives_say_what_is_wrong_and_where() {
             "encode: `video` was given audio media",
         ),
         (r#"egress:slot("smell")"#, "slot: kind must be \"video\" or \"audio\", not `smell`"),
+        (
+            "local s = egress:testsrc {}\negress:encode { video = s.video, speed = 'ludicrous' }",
+            "encode: speed must be one of ultrafast, superfast, veryfast, faster, fast, medium, not `ludicrous`",
+        ),
+        ("egress:slot('audio'):arrange {}", "arrange: only a video slot has a layout"),
+        ("egress:slot('video'):arrange { { x = 0, y = 0, w = 10 } }", "arrange: tiles[1].h is missing"),
+        (
+            "egress:slot('video'):arrange { { x = 0, y = 0, w = 10, h = 0, name = 'a' } }",
+            "arrange: tiles[1] has no area",
+        ),
+        ("egress:slot('video'):arrange { { x = 0, y = 0, w = 8, h = 8 } }", "arrange: tiles[1] needs either `track`"),
+        (
+            "egress:slot('video'):arrange({ { x = 0, y = 0, w = 8, h = 8, name = 'a', color = 'red' } })",
+            "arrange: tiles[1].color must be a colour like",
+        ),
+        ("egress:slot('video'):arrange({}, { background = '#12' })", "arrange: background must be a colour like"),
+        ("egress:slot('video'):arrange { 5 }", "arrange: tiles[1] must be a table, not integer"),
         ("egress:after(-1, function() end)", "after: seconds must be a non-negative number"),
         ("egress:after(0/0, function() end)", "after: seconds must be a non-negative number"),
         ("egress:testsrc { video = false, audio = false }", "testsrc: video and audio are both off"),
