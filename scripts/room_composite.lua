@@ -99,7 +99,7 @@ return recipe {
       local composed = stage.new(room, canvas, layout)
       egress:on("update_layout", function(new_layout)
         local ok, why = composed.set_layout(new_layout)
-        if not ok then field_error("layout", ("unknown layout `%s`: %s"):format(new_layout, why)) end
+        if not ok then error(("unknown layout `%s`: %s"):format(new_layout, why), 0) end -- refused at `layout`
       end)
       egress:encode { video = canvas, audio = mix }:output(req)
       return

@@ -150,3 +150,33 @@ def test_name_card_speaker_switch_and_screen_share_first(lk_egret, publish, room
     muted_frame = frame_rgb(path, muted - start, width=640, height=360)
     assert tile_of(muted_frame, red) is None, "a muted camera shows its name card"
     assert near(region_color(muted_frame, 0.1, 0.1, 0.7, 0.9), green)
+
+
+def test_a_camera_unpublished_and_published_again_mid_recording(lk_egret, publish, room):
+    """A participant who stops its camera stays as a name card (the others' tiles reshape
+    without the recording failing), and its camera comes back when published again."""
+    red, green = COLOURS[0], COLOURS[1]
+    red_pub = publish("--no-audio", "--color", ",".join(map(str, red)), "--width", "320", "--height", "180",
+                      identity="red")
+    publish("--no-audio", "--color", ",".join(map(str, green)), "--width", "320", "--height", "180", identity="green")
+    info = lk_egret.api.start("room_composite", room_name=room, layout="grid", video_only=True,
+                              file_outputs=[{"filepath": "tiles/{room_name}-unpublish.mp4"}], **SMALL)
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active", timeout=45)
+    marks = {}
+    for step, command in (("both", None), ("card", "unpublish video"), ("back", "publish video")):
+        if command:
+            red_pub.command(command)
+        marks[step] = lk_egret.api.get(eid)["duration"] + 2.5
+        lk_egret.api.wait(eid, lambda i, at=marks[step]: i["duration"] >= at + 0.5, what=step)
+        assert lk_egret.api.get(eid)["status"] == "active"
+    lk_egret.api.stop(eid)
+    info = lk_egret.api.wait_status(eid, "complete", "failed")
+    assert info["status"] == "complete", info
+    path, media = recorded(lk_egret, info)
+    start = float(streams(media, "video")[0].get("start_time", 0) or 0)
+    frames = {step: frame_rgb(path, at - start, width=640, height=360) for step, at in marks.items()}
+    assert tile_of(frames["both"], red) is not None and tile_of(frames["both"], green) is not None
+    assert tile_of(frames["card"], red) is None, "red's camera is gone: its name card shows"
+    assert near(region_color(frames["card"], 0.6, 0.1, 0.9, 0.9), green), "green keeps its tile"
+    assert tile_of(frames["back"], red) is not None, "red's camera is back"

@@ -8,7 +8,7 @@ local M = {}
 -- Colours of egret's layout page, by theme.
 local THEMES = {
   dark = { background = "#000000", card = "#1b1b1b", text = "#bbbbbb" },
-  light = { background = "#ffffff", card = "#e6e6e6", text = "#bbbbbb" },
+  light = { background = "#ffffff", card = "#e6e6e6", text = "#555555" },
 }
 
 -- The layout function for a name like "speaker-light": (function, theme), or nil and why.

@@ -147,19 +147,110 @@ pub(super) fn hide(pad: &gst::Pad) {
     pad.set_property("alpha", 0.0f64);
 }
 
-/// The aspect ratio `aspectratiocrop` crops a camera to so that it covers `rect`; 0/1 is no crop.
-fn crop_for(rect: Rect, fit: Fit) -> gst::Fraction {
-    match fit {
-        Fit::Cover if rect.w > 0 && rect.h > 0 => {
-            let gcd = gcd(rect.w, rect.h);
-            gst::Fraction::new(rect.w / gcd, rect.h / gcd)
+/// A camera's crop to cover its tile: `videocrop` (whose edges may change while it plays),
+/// set from the tile's shape and the picture's size, whichever is known last.
+#[derive(Clone)]
+pub(super) struct Crop {
+    element: gst::Element,
+    /// (the tile's w, h) to cover, or None (no crop); (the input's w, h) once its caps came.
+    shape: Arc<Mutex<(Option<(i32, i32)>, Option<(i32, i32)>)>>,
+}
+
+impl Crop {
+    pub(super) fn new() -> Result<Crop> {
+        let element = make("videocrop", None)?;
+        let crop = Crop { element, shape: Arc::default() };
+        // Weak: the probe lives on the element's own pad.
+        let (element, shape) = (crop.element.downgrade(), crop.shape.clone());
+        let sink = crop.element.static_pad("sink").expect("videocrop sink");
+        // New caps are asked about before they come (a publisher's camera stopping sends a few
+        // 8x8 frames): edges cut for the old size could leave nothing, and the refusal would
+        // stop the whole connection's stream. The edges follow the size asked about.
+        let (asked_element, asked_shape) = (crop.element.downgrade(), crop.shape.clone());
+        sink.add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, move |_, info| {
+            let asked = match &info.data {
+                Some(gst::PadProbeData::Query(query)) => match query.view() {
+                    gst::QueryView::AcceptCaps(q) => Some(q.caps().to_owned()),
+                    gst::QueryView::Caps(q) => q.filter().map(|c| c.to_owned()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            // The size only: what is asked about need not be fixed in its format.
+            let size = asked.as_ref().and_then(|c| c.structure(0)).and_then(|s| {
+                Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?))
+            });
+            if let Some(size) = size
+                && let Some(element) = asked_element.upgrade()
+            {
+                asked_shape.lock().unwrap().1 = Some(size);
+                Crop { element, shape: asked_shape.clone() }.apply();
+            }
+            gst::PadProbeReturn::Ok
+        });
+        sink.add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| {
+                if let Some(gst::PadProbeData::Event(event)) = &info.data
+                    && let gst::EventView::Caps(caps) = event.view()
+                    && let Ok(video) = gstreamer_video::VideoInfo::from_caps(caps.caps())
+                    && let Some(element) = element.upgrade()
+                {
+                    shape.lock().unwrap().1 = Some((video.width() as i32, video.height() as i32));
+                    Crop { element, shape: shape.clone() }.apply();
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        Ok(crop)
+    }
+
+    pub(super) fn element(&self) -> &gst::Element {
+        &self.element
+    }
+
+    fn cover(&self, tile: Option<(i32, i32)>) {
+        let changed = {
+            let mut shape = self.shape.lock().unwrap();
+            let changed = shape.0 != tile;
+            shape.0 = tile;
+            changed
+        };
+        if changed {
+            self.apply();
         }
-        _ => gst::Fraction::new(0, 1),
+    }
+
+    fn apply(&self) {
+        let shape = *self.shape.lock().unwrap();
+        let [left, right, top, bottom] = match shape {
+            (Some(tile), Some(input)) => crop_edges(tile, input),
+            _ => [0; 4],
+        };
+        for (name, value) in [("left", left), ("right", right), ("top", top), ("bottom", bottom)] {
+            if self.element.property::<i32>(name) != value {
+                self.element.set_property(name, value);
+            }
+        }
     }
 }
 
-fn gcd(a: i32, b: i32) -> i32 {
-    if b == 0 { a.abs().max(1) } else { gcd(b, a % b) }
+/// Pixels to take off (left, right, top, bottom) of an `input`-sized picture so that it has the
+/// shape of `tile`: the overflow of the longer side, split evenly.
+fn crop_edges((tw, th): (i32, i32), (iw, ih): (i32, i32)) -> [i32; 4] {
+    if tw <= 0 || th <= 0 || iw <= 0 || ih <= 0 {
+        return [0; 4];
+    }
+    let (tw, th, iw64, ih64) = (i64::from(tw), i64::from(th), i64::from(iw), i64::from(ih));
+    if iw64 * th > tw * ih64 {
+        let keep = (ih64 * tw / th).max(2) as i32;
+        let cut = iw - keep;
+        [cut / 2, cut - cut / 2, 0, 0]
+    } else {
+        let keep = (iw64 * th / tw).max(2) as i32;
+        let cut = ih - keep;
+        [0, 0, cut / 2, cut - cut / 2]
+    }
 }
 
 /// Parses `#rrggbb` (or `rrggbb`) into GStreamer's ARGB, opaque.
@@ -215,10 +306,7 @@ impl Slot {
             match shown.get(sid) {
                 Some((rect, fit, zorder)) => {
                     if let Some(crop) = &attached.crop {
-                        let ratio = crop_for(*rect, *fit);
-                        if crop.property::<gst::Fraction>("aspect-ratio") != ratio {
-                            crop.set_property("aspect-ratio", ratio);
-                        }
+                        crop.cover((*fit == Fit::Cover).then_some((rect.w, rect.h)));
                     }
                     place(&attached.pad, *rect, *zorder);
                 }
@@ -261,10 +349,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cover_crops_to_the_tile_and_contain_does_not() {
-        let rect = Rect { x: 0, y: 0, w: 320, h: 360 };
-        assert_eq!(crop_for(rect, Fit::Cover), gst::Fraction::new(8, 9));
-        assert_eq!(crop_for(rect, Fit::Contain), gst::Fraction::new(0, 1));
+    fn cover_crops_the_overflow_evenly() {
+        // A 16:9 camera in a tall 8:9 tile loses its sides; in a wide tile, top and bottom.
+        assert_eq!(crop_edges((320, 360), (640, 360)), [160, 160, 0, 0]);
+        assert_eq!(crop_edges((128, 45), (320, 180)), [0, 0, 34, 34]);
+        assert_eq!(crop_edges((320, 180), (640, 360)), [0, 0, 0, 0]);
         assert_eq!(parse_color("#1b1b1b"), Some(0xff1b1b1b));
         assert_eq!(parse_color("fff"), None);
     }

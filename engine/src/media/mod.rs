@@ -80,7 +80,7 @@ const FACTORIES: &[&str] = &[
     "vp8dec",
     "opusdec",
     "compositor",
-    "aspectratiocrop",
+    "videocrop",
     "textoverlay",
     "imagefreeze",
     "audiomixer",

@@ -54,7 +54,7 @@ pub type Deferred = Box<dyn FnOnce() + Send>;
 pub(super) struct Attached {
     chain: TrackChain,
     pub(super) pad: gst::Pad,
-    pub(super) crop: Option<gst::Element>,
+    pub(super) crop: Option<super::canvas::Crop>,
 }
 
 /// The video base's frame side (see `Slot::video`).
@@ -220,10 +220,12 @@ impl Slot {
             }
             tail.push(capsfilter(AUDIO_CAPS)?);
         } else {
-            // No crop until a canvas places the track (aspect ratio 0/1 passes frames through).
-            tail.push(make("aspectratiocrop", None)?);
         }
-        let crop = (self.kind == MediaKind::Video).then(|| tail[0].clone());
+        // No crop until a canvas places the track (videocrop at 0 passes frames through).
+        let crop = if self.kind == MediaKind::Video { Some(super::canvas::Crop::new()?) } else { None };
+        if let Some(crop) = &crop {
+            tail.push(crop.element().clone());
+        }
         let refs: Vec<&gst::Element> = tail.iter().collect();
         if !tail.is_empty() {
             pipeline.add_many(&refs)?;
