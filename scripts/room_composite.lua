@@ -97,6 +97,14 @@ return recipe {
     if native then
       local canvas = egress:slot("video")
       local composed = stage.new(room, canvas, layout)
+      -- UpdateLayout through livekit-server sets egret's own metadata (as for a template page).
+      room:on("own_metadata", function(e)
+        local ok, meta = pcall(json.decode, e.metadata)
+        if ok and type(meta) == "table" and type(meta.layout) == "string" then
+          local done, why = composed.set_layout(meta.layout)
+          if not done then log("layout", meta.layout, "refused:", why) end
+        end
+      end)
       egress:on("update_layout", function(new_layout)
         local ok, why = composed.set_layout(new_layout)
         if not ok then error(("unknown layout `%s`: %s"):format(new_layout, why), 0) end -- refused at `layout`

@@ -54,6 +54,8 @@ def test_start_list_show_watch_stop_with_exit_codes(tmp_path):
         watched = egret_cli(server, "watch", "--count", "2", "--interval", "0.3")
         assert watched.returncode == 0 and watched.stdout.count(running) == 2, watched.stdout
 
+        # A second of media before the stop (the steps above may all take less).
+        server.api.wait(running, lambda i: i["duration"] >= 1.0, what="a second recorded")
         stopped = egret_cli(server, "stop", running)
         assert stopped.returncode == 0 and stopped.stdout.strip() == "complete", stopped.stderr
         assert duration(probe(server.storage / "cli/b.mp4")) > 0.5

@@ -111,8 +111,12 @@ impl Room {
         let participants = Arc::new(Mutex::new(participants));
         let changed = Arc::new(tokio::sync::Notify::new());
         let room = join.room.unwrap_or_default();
-        let state =
-            RoomState { participants: participants.clone(), changed: changed.clone(), speakers: Default::default() };
+        let state = RoomState {
+            participants: participants.clone(),
+            changed: changed.clone(),
+            speakers: Default::default(),
+            own_metadata: Default::default(),
+        };
         let link = Arc::new(Mutex::new(link));
         let session = Session { link: link.clone(), joiner, state, events_to, room: room.name.clone() };
         let task = tokio::spawn(session.run(events));
@@ -258,6 +262,8 @@ struct RoomState {
     participants: Arc<Mutex<Participants>>,
     changed: Arc<tokio::sync::Notify>,
     speakers: Mutex<super::speakers::Speakers>,
+    /// egret's own participant's metadata, as last told.
+    own_metadata: Mutex<String>,
 }
 
 /// The room's signalling task: answers offers, follows participants, and rejoins when the
@@ -347,6 +353,15 @@ impl Session {
                 M::Update(update) => {
                     let mut known = self.state.participants.lock().unwrap();
                     for info in update.participants {
+                        if self.is_own(&info.identity) {
+                            // LiveKit's UpdateLayout sets the recorder's (egret's) metadata.
+                            let mut last = self.state.own_metadata.lock().unwrap();
+                            if *last != info.metadata {
+                                last.clone_from(&info.metadata);
+                                room_event(commands, "own_metadata", json!({ "metadata": info.metadata }));
+                            }
+                            continue;
+                        }
                         for (event, data) in apply_update(&mut known, info) {
                             room_event(commands, event, data);
                         }
@@ -388,6 +403,12 @@ impl Session {
             }
         }
         Outcome::Lost("the signalling task ended".into())
+    }
+
+    /// Whether `identity` is egret's own participant (a rejoin adds `-N`).
+    fn is_own(&self, identity: &str) -> bool {
+        let own = &self.joiner.identity;
+        identity.strip_prefix(own.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
     }
 
     /// Joins again after `reason`, retrying with LiveKit's SDK backoff (n² × 300 ms, here at most

@@ -29,6 +29,7 @@ pub const ROOM_EVENTS: &[&str] = &[
     "track_muted",
     "track_unmuted",
     "active_speakers",
+    "own_metadata",
     "room_ended",
     "disconnected",
 ];

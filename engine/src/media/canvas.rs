@@ -177,9 +177,10 @@ impl Crop {
                 _ => None,
             };
             // The size only: what is asked about need not be fixed in its format.
-            let size = asked.as_ref().and_then(|c| c.structure(0)).and_then(|s| {
-                Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?))
-            });
+            let size = asked
+                .as_ref()
+                .and_then(|c| c.structure(0))
+                .and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?)));
             if let Some(size) = size
                 && let Some(element) = asked_element.upgrade()
             {
@@ -188,20 +189,17 @@ impl Crop {
             }
             gst::PadProbeReturn::Ok
         });
-        sink.add_probe(
-            gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |_, info| {
-                if let Some(gst::PadProbeData::Event(event)) = &info.data
-                    && let gst::EventView::Caps(caps) = event.view()
-                    && let Ok(video) = gstreamer_video::VideoInfo::from_caps(caps.caps())
-                    && let Some(element) = element.upgrade()
-                {
-                    shape.lock().unwrap().1 = Some((video.width() as i32, video.height() as i32));
-                    Crop { element, shape: shape.clone() }.apply();
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
+        sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            if let Some(gst::PadProbeData::Event(event)) = &info.data
+                && let gst::EventView::Caps(caps) = event.view()
+                && let Ok(video) = gstreamer_video::VideoInfo::from_caps(caps.caps())
+                && let Some(element) = element.upgrade()
+            {
+                shape.lock().unwrap().1 = Some((video.width() as i32, video.height() as i32));
+                Crop { element, shape: shape.clone() }.apply();
+            }
+            gst::PadProbeReturn::Ok
+        });
         Ok(crop)
     }
 
