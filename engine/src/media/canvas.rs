@@ -147,13 +147,16 @@ pub(super) fn hide(pad: &gst::Pad) {
     pad.set_property("alpha", 0.0f64);
 }
 
+/// (the tile's w, h), (the input's w, h): see `Crop`.
+type Shapes = (Option<(i32, i32)>, Option<(i32, i32)>);
+
 /// A camera's crop to cover its tile: `videocrop` (whose edges may change while it plays),
 /// set from the tile's shape and the picture's size, whichever is known last.
 #[derive(Clone)]
 pub(super) struct Crop {
     element: gst::Element,
     /// (the tile's w, h) to cover, or None (no crop); (the input's w, h) once its caps came.
-    shape: Arc<Mutex<(Option<(i32, i32)>, Option<(i32, i32)>)>>,
+    shape: Arc<Mutex<Shapes>>,
 }
 
 impl Crop {

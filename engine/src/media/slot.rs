@@ -219,7 +219,6 @@ impl Slot {
                 tail.push(pan);
             }
             tail.push(capsfilter(AUDIO_CAPS)?);
-        } else {
         }
         // No crop until a canvas places the track (videocrop at 0 passes frames through).
         let crop = if self.kind == MediaKind::Video { Some(super::canvas::Crop::new()?) } else { None };
