@@ -220,8 +220,10 @@ impl Slot {
             }
             tail.push(capsfilter(AUDIO_CAPS)?);
         }
-        // No crop until a canvas places the track (videocrop at 0 passes frames through).
-        let crop = if self.kind == MediaKind::Video { Some(super::canvas::Crop::new()?) } else { None };
+        // On a canvas only (a slot already arranged): a camera cropped to cover its tile. A
+        // slot showing one track full-frame keeps its chain as short as it was.
+        let crop =
+            if self.kind == MediaKind::Video && self.arranged { Some(super::canvas::Crop::new()?) } else { None };
         if let Some(crop) = &crop {
             tail.push(crop.element().clone());
         }
