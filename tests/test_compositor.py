@@ -67,6 +67,12 @@ def record_layout_steps(lk_egret, livekit, publish, room, layout, **extra):
             at = lk_egret.api.get(eid)["duration"] + 3.0
             lk_egret.api.wait(eid, lambda i: i["duration"] >= at + 0.5, what=f"{n} tiles recorded", timeout=60)
             marks[n] = at
+    return stop_and_read(lk_egret, eid, marks)
+
+
+def stop_and_read(lk_egret, eid, marks):
+    """Stops the egress, which must complete with a 640x360 file; returns ({mark: the frame shown
+    at that media time}, probe)."""
     lk_egret.api.stop(eid)
     info = lk_egret.api.wait_status(eid, "complete", "failed")
     assert info["status"] == "complete", info
@@ -74,7 +80,7 @@ def record_layout_steps(lk_egret, livekit, publish, room, layout, **extra):
     (video,) = streams(media, "video")
     assert (video["width"], video["height"]) == (640, 360)
     start = float(video.get("start_time", 0) or 0)
-    return {n: frame_rgb(path, at - start, width=640, height=360) for n, at in marks.items()}, media
+    return {name: frame_rgb(path, at - start, width=640, height=360) for name, at in marks.items()}, media
 
 
 def check_tiles(frames, layout):
@@ -128,26 +134,19 @@ def test_name_card_speaker_switch_and_screen_share_first(lk_egret, publish, room
     red_camera.command("mute video")
     muted = lk_egret.api.get(eid)["duration"] + 2.0
     lk_egret.api.wait(eid, lambda i: i["duration"] >= muted + 0.5, what="the camera muted")
-    lk_egret.api.stop(eid)
-    info = lk_egret.api.wait_status(eid, "complete", "failed")
-    assert info["status"] == "complete", info
-    path, media = recorded(lk_egret, info)
-    start = float(streams(media, "video")[0].get("start_time", 0) or 0)
+    frames, _ = stop_and_read(lk_egret, eid, {"before": first, "after": spoke - 0.2, "shared": shared, "muted": muted})
+    before, after, shared_frame, muted_frame = (frames[k] for k in ("before", "after", "shared", "muted"))
 
-    before = frame_rgb(path, first - start, width=640, height=360)
     assert near(region_color(before, 0.1, 0.1, 0.7, 0.9), red), "red (first to join) is the main tile"
     card = region_color(before, 0.82, 0.42, 0.98, 0.58)
     assert max(card) < 90 and abs(card[0] - card[2]) < 15, f"the voice's side tile is a grey name card: {card}"
 
-    after = frame_rgb(path, spoke - start - 0.2, width=640, height=360)
     main = region_color(after, 0.05, 0.05, 0.2, 0.2)  # the card's plain background, off the name
     assert max(main) < 90 and abs(main[0] - main[2]) < 15, f"the speaking card is the main tile: {main}"
     assert tile_of(after, red) is not None and tile_of(after, red)[2] <= 132, "red moved to the side"
 
-    shared_frame = frame_rgb(path, shared - start, width=640, height=360)
     assert near(region_color(shared_frame, 0.1, 0.1, 0.7, 0.9), green), "the screen share is the main tile"
     assert tile_of(shared_frame, red) is not None, "red's camera is still shown beside it"
-    muted_frame = frame_rgb(path, muted - start, width=640, height=360)
     assert tile_of(muted_frame, red) is None, "a muted camera shows its name card"
     assert near(region_color(muted_frame, 0.1, 0.1, 0.7, 0.9), green)
 
@@ -170,12 +169,7 @@ def test_a_camera_unpublished_and_published_again_mid_recording(lk_egret, publis
         marks[step] = lk_egret.api.get(eid)["duration"] + 2.5
         lk_egret.api.wait(eid, lambda i, at=marks[step]: i["duration"] >= at + 0.5, what=step)
         assert lk_egret.api.get(eid)["status"] == "active"
-    lk_egret.api.stop(eid)
-    info = lk_egret.api.wait_status(eid, "complete", "failed")
-    assert info["status"] == "complete", info
-    path, media = recorded(lk_egret, info)
-    start = float(streams(media, "video")[0].get("start_time", 0) or 0)
-    frames = {step: frame_rgb(path, at - start, width=640, height=360) for step, at in marks.items()}
+    frames, _ = stop_and_read(lk_egret, eid, marks)
     assert tile_of(frames["both"], red) is not None and tile_of(frames["both"], green) is not None
     assert tile_of(frames["card"], red) is None, "red's camera is gone: its name card shows"
     assert near(region_color(frames["card"], 0.6, 0.1, 0.9, 0.9), green), "green keeps its tile"
