@@ -10,40 +10,43 @@ use super::{Ending, Supervisor};
 use crate::errors::{Error, ErrorKind};
 use crate::media::outputs::OutputState;
 
+/// Every element not held out of the pipeline's state changes is PLAYING.
+fn everything_plays(pipeline: &gst::Pipeline) -> bool {
+    let held = |e: &gst::Element| {
+        std::iter::successors(Some(e.clone()), |e| e.parent().and_then(|p| p.downcast::<gst::Element>().ok()))
+            .any(|e| e.is_locked_state())
+    };
+    pipeline.iterate_recurse().into_iter().flatten().all(|e| e.current_state() == gst::State::Playing || held(&e))
+}
+
 impl Supervisor {
     /// A stream sink that could not connect (nothing listening at its URL, a host that does
     /// not resolve, a listener port in use) fails the state change of the whole pipeline; as
-    /// LiveKit does, that URL fails and the rest plays. A failed branch is known by its state,
-    /// by the error it posted, or, when nothing says which, by being left unstarted.
+    /// LiveKit does, that URL fails and the rest plays. A failed branch is known by its state
+    /// or, when nothing says which, by being left unstarted. Its error message, if it posted
+    /// one, reaches the supervisor's bus stream like any other and fails that output there.
     /// Returns whether the pipeline plays now; Err when no output is left.
     pub(super) fn drop_unreachable_streams(&mut self, ending: &mut Option<Ending>) -> Result<bool, Error> {
-        let mut errors: Vec<(usize, String)> = Vec::new();
-        let mut other_error = None;
-        let bus = self.pipeline().bus();
-        while let Some(message) = bus.as_ref().and_then(|b| b.pop_filtered(&[gst::MessageType::Error])) {
-            let gst::MessageView::Error(e) = message.view() else { continue };
-            let output = message.src().and_then(|src| self.ctx.graph.lock().unwrap().output_of(src));
-            match output {
-                Some(i) => errors.push((i, e.error().to_string())),
-                None => {
-                    other_error.get_or_insert_with(|| e.error().to_string());
-                }
-            }
+        let pipeline = self.pipeline();
+        if everything_plays(&pipeline) {
+            // An element posted an ERROR while the state change ran (an RTMP server refusing
+            // the connection the moment it was asked): a bin then reports the change failed,
+            // though every element reached PLAYING. The error itself is on the bus and fails
+            // its own output; setting the state again clears the bins' failure flag, which
+            // would otherwise keep them from completing later asynchronous changes.
+            tracing::debug!(egress = %self.record.id, "an error was posted while the pipeline started; all of it plays");
+            let _ = pipeline.set_state(gst::State::Playing);
+            return Ok(true);
         }
         let failed: Vec<(usize, gst::Bin, String)> = {
             let graph = self.ctx.graph.lock().unwrap();
             let streams =
                 || graph.outputs.iter().enumerate().filter(|(_, o)| o.attached && o.status.kind.name == "stream");
-            let known: Vec<(usize, gst::Bin, String)> = streams()
-                .filter_map(|(i, o)| {
-                    let posted = errors.iter().find(|(at, _)| *at == i).map(|(_, text)| text.clone());
-                    let refused = o.bin.state(gst::ClockTime::ZERO).0.is_err();
-                    (posted.is_some() || refused).then(|| {
-                        (i, o.bin.clone(), posted.unwrap_or_else(|| "could not connect to the stream URL".into()))
-                    })
-                })
+            let refused: Vec<(usize, gst::Bin, String)> = streams()
+                .filter(|(_, o)| o.bin.state(gst::ClockTime::ZERO).0.is_err())
+                .map(|(i, o)| (i, o.bin.clone(), "could not connect to the stream URL".to_string()))
                 .collect();
-            if known.is_empty() && errors.is_empty() && other_error.is_none() {
+            if refused.is_empty() {
                 // Nothing said which: a branch the pipeline left unstarted failed (srtsink
                 // opening a port in use, rtmp2sink refused at once, roll the whole bin back).
                 streams()
@@ -51,22 +54,16 @@ impl Supervisor {
                     .map(|(i, o)| (i, o.bin.clone(), "could not start the stream URL".to_string()))
                     .collect()
             } else {
-                known
+                refused
             }
         };
         if failed.is_empty() {
-            {
-                // For whoever reads the log: how each output stood when nothing could be blamed.
-                let graph = self.ctx.graph.lock().unwrap();
-                let states: Vec<_> =
-                    graph.outputs.iter().map(|o| (o.status.field.clone(), o.bin.state(gst::ClockTime::ZERO))).collect();
-                tracing::warn!(egress = %self.record.id, ?states, ?other_error, "the pipeline refused to play");
-            }
-            // Nothing to cut off: the start fails with the first error posted.
-            return match errors.into_iter().map(|(_, text)| text).next().or(other_error) {
-                Some(text) => Err(Error::new(ErrorKind::RecipeFailed, "", text)),
-                None => Ok(false),
-            };
+            // For whoever reads the log: how each output stood when nothing could be blamed.
+            let graph = self.ctx.graph.lock().unwrap();
+            let states: Vec<_> =
+                graph.outputs.iter().map(|o| (o.status.field.clone(), o.bin.state(gst::ClockTime::ZERO))).collect();
+            tracing::warn!(egress = %self.record.id, ?states, "the pipeline refused to play");
+            return Ok(false);
         }
         for (index, bin, why) in failed {
             // Out of the pipeline's state changes from now on; its unlink removes it.
@@ -77,7 +74,7 @@ impl Supervisor {
         if let Some(end) = ending.take() {
             return Err(Error::new(ErrorKind::RecipeFailed, "", end.reason));
         }
-        Ok(self.pipeline().set_state(gst::State::Playing).is_ok())
+        Ok(pipeline.set_state(gst::State::Playing).is_ok() || everything_plays(&pipeline))
     }
 
     pub(super) fn update_stream(&self, add: &[String], remove: &[String]) -> crate::errors::Result<()> {
