@@ -4,9 +4,15 @@
 //! or pacer held back 100 ms lands 100 ms late against its audio. A sender report pairs a
 //! track's RTP clock with the sender's NTP clock, which every track of a publisher shares, so
 //! RTP → NTP gives each packet its capture time. Per track:
-//! - RTP → NTP is a least-squares line over the last 20 reports (the nominal clock rate until
-//!   4 reports span 5 s); a report 3σ off the line (at least 100 µs) is an outlier, five in a
-//!   row or an RTP jump of 30 s start the line afresh;
+//! - RTP → NTP runs at the track's nominal clock rate through the earliest of the last 20
+//!   reports (their lower envelope). A sender computes a report from the moment its last
+//!   frame reached the encoder, and a frame handed over late (a busy capture thread, a
+//!   scheduler's wake-up) only ever makes that moment later: audio reports from one sender
+//!   scatter over 15 ms, all on the late side. A least-squares line through them (LiveKit's
+//!   way) took that scatter for a clock rate 600 ppm off, and the sound drifted from its
+//!   picture by 0.6 ms every second until the fit forgot it. A sender's real clock error is
+//!   tens of ppm: over the window's 60 s the envelope lags it by a few ms at most. An RTP jump
+//!   of 30 s (a restarted sender) starts the window afresh;
 //! - the one-way delay is the smallest (arrival − NTP) of those reports, per track as LiveKit
 //!   keeps it (a sender's tracks reach their reports' NTP times differently: audio and video
 //!   of one instant carry different capture stamps), without the encoder and pacer delays a
@@ -21,20 +27,18 @@
 //! time). For LiveKit's 20 ms Opus packets that is 20 ms of lateness in every real sender.
 //!
 //! Until its first report a track keeps its arrival time. Later corrections (a new line, a
-//! new delay) are slewed at 5 ms per second of media with a 5 ms dead band, so nothing jumps.
-//! The numbers follow LiveKit's sync engine (server-sdk-go `pkg/synchronizer`).
+//! new delay) are slewed at 5 ms per second of media with a 1 ms dead band, so nothing jumps.
+//! The window and the slew follow LiveKit's sync engine (server-sdk-go `pkg/synchronizer`);
+//! the envelope and the narrower band are ours: LiveKit's 5 ms band kept, for good, up to
+//! 5 ms of the first reports' lateness, which is always on the same side.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 const REPORTS: usize = 20;
-const FIT_AFTER: usize = 4;
-const FIT_SPAN_NS: f64 = 5e9;
-const OUTLIER_FLOOR_NS: f64 = 100_000.0;
-const OUTLIERS_TO_RESET: u32 = 5;
 const JUMP_NS: f64 = 30e9;
 const SLEW_PER_S: f64 = 0.005;
-const DEAD_BAND_NS: f64 = 5e6;
+const DEAD_BAND_NS: f64 = 1e6;
 /// LiveKit's Opus packets (ptime 20), and the longest an audio packet may be (Opus's 120 ms).
 const DEFAULT_AUDIO_PACKET_NS: f64 = 20e6;
 const MAX_AUDIO_PACKET_NS: f64 = 120e6;
@@ -71,7 +75,6 @@ struct TrackClock {
     /// The last extended RTP time seen (packets and reports), to unwrap the next one.
     last_rtp: Option<u64>,
     reports: VecDeque<Report>,
-    outliers: u32,
     line: Option<Line>,
     delay_ns: i64,
     locked: bool,
@@ -103,39 +106,18 @@ impl TrackClock {
         self.clock_rate.filter(|r| *r > 0).map(|r| 1e9 / f64::from(r))
     }
 
-    /// The line through the reports: least squares once they are enough, else the nominal
-    /// rate through the newest.
+    /// The line at the nominal rate through the earliest report: for each report, how much
+    /// later than the newest's line it says its RTP time was captured; the least of those
+    /// is the sender's own timing, the rest is lateness in handing frames over.
     fn fit(&self) -> Option<Line> {
         let newest = *self.reports.back()?;
-        let nominal = self.nominal_slope()?;
-        let first = self.reports.front()?;
-        let span = (newest.ntp_ns - first.ntp_ns) as f64;
-        if self.reports.len() < FIT_AFTER || span < FIT_SPAN_NS {
-            return Some(Line { base_rtp: newest.rtp, base_ntp: newest.ntp_ns, slope: nominal });
-        }
-        let n = self.reports.len() as f64;
-        let xs: Vec<f64> = self.reports.iter().map(|r| (r.rtp - first.rtp) as f64).collect();
-        let ys: Vec<f64> = self.reports.iter().map(|r| (r.ntp_ns - first.ntp_ns) as f64).collect();
-        let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-        let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-        let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-        let slope = if sxx > 0.0 { sxy / sxx } else { nominal };
-        // A sender's clock is off by parts per million, not by a tenth.
-        let slope = if (slope / nominal - 1.0).abs() < 0.1 { slope } else { nominal };
-        let intercept = my - slope * mx;
-        Some(Line { base_rtp: first.rtp, base_ntp: first.ntp_ns + intercept.round() as i64, slope })
-    }
-
-    /// Whether `report` sits off the current line by more than 3σ of the reports' residuals.
-    fn is_outlier(&self, report: &Report) -> bool {
-        let Some(line) = self.line else { return false };
-        if self.reports.len() < FIT_AFTER {
-            return false;
-        }
-        let residuals: Vec<f64> = self.reports.iter().map(|r| r.ntp_ns as f64 - line.at(r.rtp)).collect();
-        let mean = residuals.iter().sum::<f64>() / residuals.len() as f64;
-        let sigma = (residuals.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / residuals.len() as f64).sqrt();
-        (report.ntp_ns as f64 - line.at(report.rtp)).abs() > (3.0 * sigma).max(OUTLIER_FLOOR_NS)
+        let slope = self.nominal_slope()?;
+        let earliest = self
+            .reports
+            .iter()
+            .map(|r| (r.ntp_ns - newest.ntp_ns) as f64 - (r.rtp as f64 - newest.rtp as f64) * slope)
+            .fold(f64::INFINITY, f64::min);
+        Some(Line { base_rtp: newest.rtp, base_ntp: newest.ntp_ns + earliest.round() as i64, slope })
     }
 
     fn add_report(&mut self, report: Report) {
@@ -143,15 +125,7 @@ impl TrackClock {
             && (report.ntp_ns as f64 - line.at(report.rtp)).abs() > JUMP_NS
         {
             self.reports.clear(); // the sender restarted its RTP clock
-            self.outliers = 0;
-        } else if self.is_outlier(&report) {
-            self.outliers += 1;
-            if self.outliers < OUTLIERS_TO_RESET {
-                return;
-            }
-            self.reports.clear();
         }
-        self.outliers = 0;
         self.reports.push_back(report);
         while self.reports.len() > REPORTS {
             self.reports.pop_front();
@@ -227,6 +201,8 @@ impl Timeline {
                 ntp_ms = unix_ns / 1_000_000,
                 arrival_ms = arrival_ns / 1_000_000,
                 delay_ms = track.delay_ns as f64 / 1e6,
+                slope_ppm = track.line.zip(track.nominal_slope()).map(|(l, n)| ((l.slope / n - 1.0) * 1e6).round()),
+                error_ms = track.error_ns / 1e6,
                 "sender report"
             );
         });
@@ -375,6 +351,29 @@ mod tests {
             let step = now - last - 100_000_000;
             assert!(step.abs() <= 600_000, "packet {k} moved {step} ns beyond its 100 ms");
             last = now;
+        }
+    }
+
+    /// Audio reports scattered late by up to 15 ms (frames handed over late), one sender:
+    /// the line follows the earliest, so a packet lands where it was captured, and it keeps
+    /// doing so over a minute (a least-squares line drifted 0.6 ms a second on such reports).
+    #[test]
+    fn late_scattered_reports_neither_offset_nor_drift() {
+        let timeline = Timeline::default();
+        let (audio, video) = (1u32, 2u32);
+        // Lateness of each report in ms, as measured from a Python publisher.
+        let late = [0.3, 5.7, 0.0, 0.2, 6.5, 7.6, 7.8, 14.0, 13.9, 1.1, 8.0, 12.0, 3.0, 9.5];
+        let rtp = |ns: i64, khz: i64| (ns * khz / 1_000_000) as u32;
+        for (k, late_ms) in late.iter().enumerate() {
+            let t = k as i64 * 3_000_000_000;
+            let late_ns = (late_ms * 1e6) as i64;
+            timeline.on_sender_report(audio, rtp(t - late_ns, 48), ntp_plus(t), t + 1_000_000);
+            timeline.on_sender_report(video, rtp(t, 90), ntp_plus(t), t + 1_000_000);
+            // One packet of each, captured together 1.5 s after the report.
+            let at = t + 1_500_000_000;
+            let a = timeline.retime(audio, 48000, rtp(at, 48), at + 30_000_000, false);
+            let v = timeline.retime(video, 90000, rtp(at, 90), at + 60_000_000, false);
+            assert!((a - v).abs() <= 1_000_000, "report {k}: audio {a} video {v}: {} µs apart", (a - v) / 1000);
         }
     }
 
