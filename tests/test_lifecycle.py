@@ -77,7 +77,7 @@ def test_a_restart_reports_what_a_crash_interrupted_and_closes_its_playlist(fres
     fresh_egret.proc.wait()
     playlist = fresh_egret.storage / "restart/hls/p.m3u8"
     assert "#EXT-X-ENDLIST" not in playlist.read_text()
-    on_disk = sorted(p.name for p in playlist.parent.glob("seg_*.ts"))
+    before = sorted(p.name for p in playlist.parent.glob("seg_*.ts"))
 
     fresh_egret.restart()
     info = api.get(eid)
@@ -97,7 +97,10 @@ def test_a_restart_reports_what_a_crash_interrupted_and_closes_its_playlist(fres
     text = playlist.read_text()
     assert text.rstrip().endswith("#EXT-X-ENDLIST"), text
     listed_segments = [line for line in text.splitlines() if line.endswith(".ts")]
+    on_disk = sorted(p.name for p in playlist.parent.glob("seg_*.ts"))
     assert listed_segments == on_disk, (listed_segments, on_disk)
+    # Only a segment opened as egret died, with no media in it yet, may have gone.
+    assert before[: len(before) - 1] == on_disk[: len(before) - 1] and len(on_disk) >= len(before) - 1, (before, on_disk)
     assert info["outputs"][1]["count"] == len(on_disk)
     media = probe(playlist)
     assert abs(duration(media) - info["outputs"][1]["duration"]) < 0.5, (duration(media), info["outputs"][1])

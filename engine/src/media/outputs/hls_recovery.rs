@@ -1,7 +1,7 @@
 //! Closing an HLS output that egret died under: its playlist lists the segments closed before
 //! the crash, and not the one being written. At the next start the playlist gets every
 //! segment on disk (each unlisted one timed from its own PES timestamps) and its ENDLIST, so
-//! players see the whole recording as ended.
+//! players see the whole recording as ended. A segment the crash left without media is removed.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +23,12 @@ pub fn recover(output: &mut OutputSnapshot, storage: &Path) {
     };
     for path in unlisted(&prefix, &segments, &dir) {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let Some(duration) = std::fs::read(&path).ok().and_then(|data| ts_duration(&data)) else { continue };
+        let Some(duration) = std::fs::read(&path).ok().and_then(|data| ts_duration(&data)) else {
+            // Opened just before the crash, not one timestamped packet in it: no media to
+            // list, and left on disk it would be a segment its playlist never names.
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
         let uri = path.strip_prefix(&dir).unwrap_or(&path).to_string_lossy().to_string();
         segments.push(Segment { uri, duration, bytes });
     }
@@ -166,6 +171,7 @@ mod tests {
         let segment = |from: u64| (0..60u64).flat_map(|i| pes_packet(0xE0, from + i * 3000)).collect::<Vec<u8>>();
         std::fs::write(dir.join("hls/a_00000.ts"), segment(0)).unwrap();
         std::fs::write(dir.join("hls/a_00001.ts"), segment(180_000)).unwrap();
+        std::fs::write(dir.join("hls/a_00002.ts"), [0u8; 0]).unwrap(); // opened as egret died
         std::fs::write(
             dir.join("hls/p.m3u8"),
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:2.000,\na_00000.ts\n",
@@ -182,6 +188,7 @@ mod tests {
         assert!(text.contains("a_00000.ts\n#EXTINF:2.000,\na_00001.ts\n#EXT-X-ENDLIST"), "{text}");
         assert_eq!(output.count, 2);
         assert_eq!(output.bytes, 2 * 60 * 188);
+        assert!(!dir.join("hls/a_00002.ts").exists(), "a segment without media stays on disk");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
