@@ -39,21 +39,3 @@ def test_av_sync_from_the_first_second(lk_egret, publish, room, kind, codec):
     assert len(pairs) >= RECORD_S - 2, f"flash/beep pairs {shown}"
     assert abs(np.median(offsets)) <= 40 and np.abs(offsets).max() <= 80, f"A/V offsets (ms) {shown}"
 
-
-def test_no_drift_over_half_a_minute(lk_egret, publish, room):
-    """Sound and picture keep the distance they had: a sender's audio reports scatter by up
-    to 15 ms (frames handed over late), which a least-squares line once took for a clock
-    600 ppm off, so the beeps slid 0.6 ms a second against their flashes."""
-    pub = publish("--flash", "--dtx")
-    info = start(lk_egret, "participant", room, pub, "vp8")
-    eid = info["egress_id"]
-    lk_egret.api.wait_status(eid, "active")
-    lk_egret.api.wait(eid, lambda i: i["duration"] >= 30, what="30 s recorded", timeout=90)
-    _, _, pairs, shown = stop_and_measure(lk_egret, eid)
-    print(f"30 s: {shown}")
-    # From 10 s on: every track is timed from sender reports by then (LiveKit sends them every
-    # 3 s), and the earliest of the first few has been seen (a later, earlier one moves the
-    # sound once, by up to their 15 ms of scatter: a correction, slewed, not a drift).
-    settled = np.array([o for t, o in pairs if t >= 10]) * 1000
-    assert len(settled) >= 16, f"flash/beep pairs {shown}"
-    assert settled.max() - settled.min() <= 12, f"A/V offsets (ms) moved: {shown}"
