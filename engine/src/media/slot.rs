@@ -13,6 +13,23 @@ use super::encoder::Codec;
 use super::track::{self, TrackChain};
 use super::{MediaKind, MediaPad, add_chain, capsfilter, make, sync_states};
 
+/// Decoded WebRTC frames carry no duration. The mixer cannot tell when such a frame ends
+/// until the next one is queued, so which output frame shows it depends on whether its
+/// successor arrived before the output deadline: now and then a frame came out one frame
+/// late (a flash read 33 ms off its beep) or not at all. One output frame of duration makes
+/// the choice depend on timestamps only; the last frame stays on screen until a newer one.
+fn give_frames_a_duration(pad: &gst::Pad, frame_ns: u64) {
+    let frame = gst::ClockTime::from_nseconds(frame_ns);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buffer) = info.buffer_mut()
+            && buffer.duration().is_none()
+        {
+            buffer.make_mut().set_duration(frame);
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 /// Opus's algorithmic delay at 48 kHz: 312 samples (its standard pre-skip).
 const OPUS_LOOKAHEAD_NS: i64 = 312 * 1_000_000_000 / 48_000;
 
@@ -255,6 +272,7 @@ impl Slot {
             // the encoder took it (its lookahead; RTP does not say so, and WebRTC senders do
             // not shift their timestamps for it): pictures wait as long.
             src.set_offset(self.half_frame_ns + OPUS_LOOKAHEAD_NS);
+            give_frames_a_duration(&src, 2 * self.half_frame_ns as u64);
         }
         // The track's latency is covered by the mixer's minimum: its answer must not depend
         // on whether the track flows yet (a failed query makes an aggregator non-live).
