@@ -38,4 +38,3 @@ def test_av_sync_from_the_first_second(lk_egret, publish, room, kind, codec):
     print(f"{kind} {codec}: {shown}")
     assert len(pairs) >= RECORD_S - 2, f"flash/beep pairs {shown}"
     assert abs(np.median(offsets)) <= 40 and np.abs(offsets).max() <= 80, f"A/V offsets (ms) {shown}"
-

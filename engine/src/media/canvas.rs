@@ -163,43 +163,38 @@ impl Crop {
     pub(super) fn new() -> Result<Crop> {
         let element = make("videocrop", None)?;
         let crop = Crop { element, shape: Arc::default() };
-        // Weak: the probe lives on the element's own pad.
+        // Weak: the probes live on the element's own pad.
         let (element, shape) = (crop.element.downgrade(), crop.shape.clone());
+        let follow = Arc::new(move |caps: &gst::CapsRef| {
+            // The size only: what is asked about need not be fixed in its format.
+            let size =
+                caps.structure(0).and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?)));
+            if let (Some(size), Some(element)) = (size, element.upgrade()) {
+                shape.lock().unwrap().1 = Some(size);
+                Crop { element, shape: shape.clone() }.apply();
+            }
+        });
         let sink = crop.element.static_pad("sink").expect("videocrop sink");
         // New caps are asked about before they come (a publisher's camera stopping sends a few
         // 8x8 frames): edges cut for the old size could leave nothing, and the refusal would
-        // stop the whole connection's stream. The edges follow the size asked about.
-        let (asked_element, asked_shape) = (crop.element.downgrade(), crop.shape.clone());
+        // stop the whole connection's stream. The edges follow the size asked about, then the
+        // size that came.
+        let asked = follow.clone();
         sink.add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, move |_, info| {
-            let asked = match &info.data {
-                Some(gst::PadProbeData::Query(query)) => match query.view() {
-                    gst::QueryView::AcceptCaps(q) => Some(q.caps().to_owned()),
-                    gst::QueryView::Caps(q) => q.filter().map(|c| c.to_owned()),
-                    _ => None,
-                },
-                _ => None,
-            };
-            // The size only: what is asked about need not be fixed in its format.
-            let size = asked
-                .as_ref()
-                .and_then(|c| c.structure(0))
-                .and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?)));
-            if let Some(size) = size
-                && let Some(element) = asked_element.upgrade()
-            {
-                asked_shape.lock().unwrap().1 = Some(size);
-                Crop { element, shape: asked_shape.clone() }.apply();
+            if let Some(gst::PadProbeData::Query(query)) = &info.data {
+                match query.view() {
+                    gst::QueryView::AcceptCaps(q) => asked(q.caps()),
+                    gst::QueryView::Caps(q) => q.filter().into_iter().for_each(|c| asked(c)),
+                    _ => {}
+                }
             }
             gst::PadProbeReturn::Ok
         });
         sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
             if let Some(gst::PadProbeData::Event(event)) = &info.data
                 && let gst::EventView::Caps(caps) = event.view()
-                && let Ok(video) = gstreamer_video::VideoInfo::from_caps(caps.caps())
-                && let Some(element) = element.upgrade()
             {
-                shape.lock().unwrap().1 = Some((video.width() as i32, video.height() as i32));
-                Crop { element, shape: shape.clone() }.apply();
+                follow(caps.caps());
             }
             gst::PadProbeReturn::Ok
         });
