@@ -84,6 +84,26 @@ def video_luma(path, width=32, height=18):
     return times[:n], luma[:n]
 
 
+def longest_still(path, rows=16):
+    """The longest time (seconds) the bottom `rows` of the picture stayed the same once it
+    first moved: with a publisher's --ticker moving there every frame, the longest freeze of
+    the video (how long the first picture takes is the start's business, not a freeze)."""
+    info = streams(probe(path), "video")[0]
+    width, height = int(info["width"]), int(info["height"])
+    rows = max(2, rows * height // 180)
+    frames = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-vf",
+         f"crop={width}:{rows}:0:{height - rows},format=gray", "-fps_mode", "passthrough", "-f", "rawvideo", "-"],
+        capture_output=True,
+        timeout=120,
+    ).stdout
+    pictures = np.frombuffer(frames, np.uint8).reshape(-1, width * rows).astype(np.int16)
+    times = frame_times(path)[: len(pictures)]
+    moved = np.abs(np.diff(pictures[: len(times)], axis=0)).max(axis=1) > 24
+    change_times = [times[i + 1] for i in np.flatnonzero(moved)] + [times[-1]]
+    return float(np.max(np.diff(change_times)))
+
+
 def frame_times(path):
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0", str(path)],

@@ -21,6 +21,7 @@ from livekit import api, rtc
 
 FLASH_S = 0.1
 BEEP_HZ = 1000.0
+TICKER = 16  # side of the --ticker square, in pixels; it moves 4 sides a second
 TONE_HZ = 440.0
 RATE = 48000
 CHUNK = RATE // 100  # 10 ms
@@ -49,6 +50,11 @@ class Media:
         rgba[..., 3] = 255
         if self.args.flash:
             rgba[..., :3] = 255 if (t % 1.0) < FLASH_S else 0
+            if self.args.ticker:
+                # A grey square crossing the bottom rows: every frame differs from the last,
+                # so a frozen picture shows in the file. Too small to move the mean luma.
+                x = int(t * 4 * TICKER) % (self.width - TICKER)
+                rgba[-TICKER:, x : x + TICKER, :3] = 96
         elif self.args.color:
             rgba[..., :3] = self.args.color
         else:
@@ -124,6 +130,7 @@ async def main():
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--no-audio", action="store_true")
     p.add_argument("--flash", action="store_true", help="flash + beep once a second")
+    p.add_argument("--ticker", action="store_true", help="with --flash: a small square moving every frame")
     p.add_argument("--dtx", action="store_true", help="let the encoder skip silent frames, as browsers do")
     p.add_argument("--width", type=int, default=0, help="default 640, or 320 with --flash")
     p.add_argument("--height", type=int, default=0, help="default 360, or 180 with --flash")

@@ -4,6 +4,7 @@
 
 pub mod room;
 pub mod room_service;
+mod rtcp;
 pub mod signal;
 mod speakers;
 mod subscriber;

@@ -13,7 +13,8 @@ use gstreamer::prelude::*;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 
-use super::timeline::{Timeline, sender_reports};
+use super::rtcp;
+use super::timeline::Timeline;
 use crate::media::{make, sync_states};
 
 const SUBSCRIBER_NAME: &str = "livekit-subscriber";
@@ -100,7 +101,7 @@ impl Subscriber {
             None
         });
         pipeline.add(&webrtc)?;
-        read_sender_reports(&webrtc, timeline.clone());
+        rtcp::tune_sessions(&webrtc, timeline.clone());
         let routes = Arc::new(Mutex::new(Routes::default()));
         let linked = Arc::new(tokio::sync::Notify::new());
 
@@ -133,7 +134,7 @@ impl Subscriber {
                 if pad.peer().is_none() { gst::PadProbeReturn::Drop } else { gst::PadProbeReturn::Ok }
             });
             retime(pad, timeline.clone());
-            ask_keyframes_by_ssrc(pad);
+            rtcp::ask_keyframes_by_ssrc(pad);
             routes.pads.insert(mid.clone(), pad.clone());
             routes.settle(&mid);
             notify.notify_waiters();
@@ -297,66 +298,6 @@ impl Subscriber {
     pub fn add_candidate(&self, mline: u32, candidate: &str) {
         self.webrtc.emit_by_name::<()>("add-ice-candidate", &[&mline, &candidate]);
     }
-}
-
-/// A keyframe request from a depayloader (after a loss, or a consumer joining) must name
-/// the stream's SSRC and ask for a PLI for rtpbin's session to send one; as the depayloaders
-/// send it (no SSRC, all headers) it never left egret, and a lost packet froze the video until
-/// the sender's next keyframe of its own accord. Requests are at most one per 300 ms.
-fn ask_keyframes_by_ssrc(pad: &gst::Pad) {
-    let last = Mutex::new(None::<std::time::Instant>);
-    pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |pad, info| {
-        let Some(gst::PadProbeData::Event(event)) = &info.data else { return gst::PadProbeReturn::Ok };
-        let Some(s) = event.structure().filter(|s| s.name() == "GstForceKeyUnit") else {
-            return gst::PadProbeReturn::Ok;
-        };
-        if s.has_field("ssrc") {
-            return gst::PadProbeReturn::Ok;
-        }
-        let ssrc = pad.current_caps().and_then(|c| c.structure(0).and_then(|s| s.get::<u32>("ssrc").ok()));
-        let Some(ssrc) = ssrc else { return gst::PadProbeReturn::Ok };
-        let mut last = last.lock().unwrap();
-        if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(300)) {
-            return gst::PadProbeReturn::Drop;
-        }
-        *last = Some(std::time::Instant::now());
-        let request =
-            gst::Structure::builder("GstForceKeyUnit").field("all-headers", false).field("ssrc", ssrc).build();
-        info.data = Some(gst::PadProbeData::Event(gst::event::CustomUpstream::new(request)));
-        gst::PadProbeReturn::Ok
-    });
-}
-
-/// Feeds every RTCP sender report webrtcbin receives to `timeline`, stamped with its arrival.
-/// rtpbin makes its sessions as streams come: each is hooked once, when its first jitter
-/// buffer appears.
-fn read_sender_reports(webrtc: &gst::Element, timeline: Arc<Timeline>) {
-    let Some(rtpbin) = webrtc.downcast_ref::<gst::Bin>().and_then(|b| b.by_name("rtpbin")) else {
-        tracing::warn!("webrtcbin has no rtpbin: tracks stay timed by arrival");
-        return;
-    };
-    let hooked = Mutex::new(HashSet::<u32>::new());
-    let clock_of = webrtc.downgrade();
-    rtpbin.connect("new-jitterbuffer", false, move |values| {
-        let rtpbin = values[0].get::<gst::Element>().ok()?;
-        let session = values[2].get::<u32>().ok()?;
-        if !hooked.lock().unwrap().insert(session) {
-            return None;
-        }
-        let internal = rtpbin.emit_by_name::<Option<gst::glib::Object>>("get-internal-session", &[&session])?;
-        let timeline = timeline.clone();
-        let clock_of = clock_of.clone();
-        internal.connect("on-receiving-rtcp", false, move |values| {
-            let buffer = values[1].get::<gst::Buffer>().ok()?;
-            let arrival = clock_of.upgrade()?.current_running_time()?.nseconds() as i64;
-            let map = buffer.map_readable().ok()?;
-            for (ssrc, ntp, rtp) in sender_reports(&map) {
-                timeline.on_sender_report(ssrc, rtp, ntp, arrival);
-            }
-            None
-        });
-        None
-    });
 }
 
 /// Gives each RTP packet leaving `pad` its place on the session timeline (its PTS).
