@@ -372,8 +372,9 @@ class Publisher:
 
 
 class PacketLoss:
-    """Drops a share of the media livekit-server sends (UDP from its port) inside the tests'
-    network namespace, with nftables (the kernel here has no netem, so no jitter)."""
+    """Drops a share (percent, 100 = all) of the media livekit-server sends (UDP from its port)
+    inside the tests' network namespace, with nftables (the kernel here has no netem, so no
+    jitter)."""
 
     TABLE = "egret_loss"
 
@@ -383,8 +384,9 @@ class PacketLoss:
         self.run = lambda *args: subprocess.run(["nft", *args], check=True, capture_output=True)
         self.run("add", "table", "inet", self.TABLE)
         self.run("add", "chain", "inet", self.TABLE, "out", "{ type filter hook output priority 0 ; }")
-        self.run("add", "rule", "inet", self.TABLE, "out", "udp", "sport", str(livekit.udp_port),
-                 "numgen", "random", "mod", "100", "<", str(percent), "counter", "drop")
+        share = [] if percent >= 100 else ["numgen", "random", "mod", "100", "<", str(percent)]
+        self.run("add", "rule", "inet", self.TABLE, "out", "udp", "sport", str(livekit.udp_port), *share,
+                 "counter", "drop")
 
     def dropped(self):
         import re

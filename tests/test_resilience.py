@@ -68,3 +68,33 @@ def test_packet_loss_keeps_sync_and_motion(lk_egret, livekit, publish, room):
     assert len(pairs) >= duration(media) - 2 and max(np.diff(times)) < 1.5, f"flash/beep pairs {shown}"
     assert max(abs(o) for _, o in pairs) <= 0.060, f"flash/beep pairs {shown}"
     assert still <= 1.0, f"the picture stood still for {still:.2f} s"
+
+
+MEDIA_CUT_S = 20
+
+
+def test_media_cut_recovers(lk_egret, livekit, publish, room):
+    """All of livekit-server's UDP dropped for 20 s while signalling stays up (a media path that
+    dies and comes back): the egress stays active, the picture and sound come back in step
+    when the path does, and the file keeps one timeline (the cut is held, not cut out)."""
+    egret = lk_egret
+    pub = publish("--flash", "--ticker", "--dtx")
+    info = egret.api.start("participant", room_name=room, identity=pub.identity,
+                           file_outputs=[{"filepath": "mediacut/{room_name}.mp4"}], **SMALL)
+    eid = info["egress_id"]
+    egret.api.wait_status(eid, "active")
+    egret.api.wait(eid, lambda i: i["duration"] >= 3, what="3 s recorded")
+    cut = PacketLoss(livekit, 100)
+    try:
+        egret.api.wait(eid, lambda i: i["duration"] >= 3 + MEDIA_CUT_S, what="the cut", timeout=60)
+        assert egret.api.get(eid)["status"] == "active"
+    finally:
+        cut.close()
+    restored = egret.api.get(eid)["duration"]
+    egret.api.wait(eid, lambda i: i["duration"] >= restored + 6, what="6 s more recorded", timeout=60)
+    path, media, pairs, shown = stop_and_measure(egret, eid)
+    print(f"media back at {restored:.1f} s; pairs {shown}")
+    assert duration(media) >= restored + 5, "the cut was taken out of the file's timeline"
+    after = [(t, o) for t, o in pairs if t > restored]
+    assert len(after) >= 4 and after[0][0] < restored + 2.5, f"media did not come back: pairs {shown}"
+    assert max(abs(o) for _, o in after) <= 0.080, f"flash/beep pairs {shown}"
