@@ -11,7 +11,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
   gstreamer1.0-libav gstreamer1.0-nice gstreamer1.0-tools gstreamer1.0-x gstreamer1.0-plugins-base-apps
   # chrome capture (web and room composite egress): a browser, a virtual display, a sound server
-  chromium xvfb pulseaudio fonts-dejavu-core
+  chromium xvfb pulseaudio pulseaudio-utils fonts-dejavu-core
   # tests: ffprobe/ffmpeg to check media, nginx-rtmp as a real RTMP server
   ffmpeg nginx libnginx-mod-rtmp curl
   # packet loss inside the tests' network namespace (the kernel has no netem)

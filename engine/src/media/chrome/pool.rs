@@ -1,5 +1,6 @@
 //! One X display and one PulseAudio server kept ready, so a page capture starts without
-//! waiting for them (Xvfb ~0.5 s; a new Pulse null sink gives no samples for ~2 s).
+//! waiting for them (Xvfb ~0.5 s; a new Pulse null sink gives no samples for ~2 s). The
+//! pooled Pulse sleeps (its sink suspended) until taken: an idle egret costs no CPU.
 //! Taken by the next egress that fits, refilled in the background; a taker that comes while
 //! a refill runs waits for it rather than starting a second cold server beside it.
 
@@ -35,7 +36,13 @@ pub fn refill() {
         if pulse.is_none() {
             let name = format!("egret-pulse-{}-{}", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed));
             match display::start_pulse(&std::env::temp_dir().join(name)).await {
-                Ok(p) => *pulse = Some(p),
+                Ok(p) => {
+                    // Asleep until taken; one that cannot sleep still serves, awake.
+                    if let Err(e) = p.set_suspended(true).await {
+                        tracing::debug!("pooled PulseAudio stays awake: {e:#}");
+                    }
+                    *pulse = Some(p);
+                }
                 Err(e) => tracing::debug!("no pooled PulseAudio: {e:#}"),
             }
         }
@@ -66,7 +73,13 @@ pub async fn pulse(dir: &Path) -> Result<Pulse> {
     match pooled {
         Some(p) => {
             refill();
-            Ok(p)
+            match p.set_suspended(false).await {
+                Ok(()) => Ok(p),
+                Err(e) => {
+                    tracing::warn!("the pooled PulseAudio did not wake ({e:#}): starting another");
+                    display::start_pulse(dir).await
+                }
+            }
         }
         None => display::start_pulse(dir).await,
     }
