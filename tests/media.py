@@ -104,6 +104,18 @@ def longest_still(path, rows=16):
     return float(np.max(np.diff(change_times)))
 
 
+def packet_times(path, stream="v:0"):
+    """Each packet's timestamp (seconds) in file order: a copied stream must never go back."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries", "packet=pts_time", "-of", "csv=p=0",
+         str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    return [float(v) for v in out.split() if v.strip() not in ("", "N/A")]
+
+
 def frame_times(path):
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0", str(path)],

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import EgretProcess
-from livekit_harness import SMALL, PacketLoss, SignalProxy, stop_and_measure
-from media import duration, longest_still
+from livekit_harness import SMALL, PacketLoss, SignalProxy, recorded, stop_and_measure
+from media import audio_samples, duration, longest_still, onsets, packet_times, video_luma
 
 CUT_S = 3
 
@@ -40,6 +40,46 @@ def test_signalling_cut_keeps_the_recording_going(proxied, publish, room):
     # One timeline across the rejoin: A/V as before the cut (within a frame).
     offsets = [o for _, o in pairs]
     assert max(offsets) - min(offsets) <= 0.045, f"flash/beep pairs {shown}"
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+def test_a_copied_track_goes_on_through_a_rejoin_without_repeats(proxied, publish, room, kind):
+    """Track egress (no transcoding) through a 3 s signalling cut: the new connection takes
+    over where the old one stopped. Before, it repeated the last 200 ms of video with
+    timestamps going back (players and remuxers choke on that) and moved the sound by 40 ms."""
+    egret, proxy = proxied
+    pub = publish("--flash", "--dtx")
+    info = egret.api.start("track", room_name=room, track_id=pub.tracks[kind],
+                           file_outputs=[{"filepath": "cut/{track_id}"}])
+    eid = info["egress_id"]
+    egret.api.wait_status(eid, "active")
+    egret.api.wait(eid, lambda i: i["duration"] >= 3, what="3 s recorded")
+    proxy.cut(CUT_S)
+    egret.api.wait(eid, lambda i: "reconnected" in (i.get("details") or ""), what="reconnected", timeout=60)
+    before = egret.api.get(eid)["duration"]
+    # Past the new connection's first sender report (every 3 s), when it takes over.
+    egret.api.wait(eid, lambda i: i["duration"] >= before + 6, what="6 s more recorded")
+    egret.api.stop(eid)
+    done = egret.api.wait_status(eid, "complete", "failed")
+    path, media = recorded(egret, done)
+    times = packet_times(path, "v:0" if kind == "video" else "a:0")
+    steps = np.diff(times)
+    print(f"{kind}: {len(times)} packets, smallest step {steps.min() * 1000:.1f} ms, largest {steps.max() * 1000:.0f} ms")
+    assert steps.min() > 0 if kind == "video" else steps.min() >= 0, f"timestamps go back by {-steps.min():.3f} s"
+    assert steps.max() < 1.0, f"a gap of {steps.max():.2f} s"
+    if kind == "video":
+        flashes = onsets(*video_luma(path), 128, 0.5)
+    else:
+        samples, start = audio_samples(path)
+        energy = np.abs(samples[: len(samples) // 48 * 48]).reshape(-1, 48).max(axis=1)
+        flashes = onsets(start + np.arange(len(energy)) / 1000, energy, 0.2, 0.5)
+    # One flash (or beep) a second, on the same grid before and after the rejoin: within the
+    # publisher's frame interval for flashes, within a packet's rounding for beeps.
+    phases = [(f - flashes[0]) % 1.0 for f in flashes]
+    drift = max(min(p, 1 - p) for p in phases)
+    print(f"{kind} onsets {[round(f, 3) for f in flashes]}")
+    assert len(flashes) >= duration(media) - 2, f"onsets {flashes}"
+    assert drift <= (0.035 if kind == "video" else 0.012), f"onsets {flashes}"
 
 
 def test_packet_loss_keeps_sync_and_motion(lk_egret, livekit, publish, room):

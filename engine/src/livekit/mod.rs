@@ -2,6 +2,7 @@
 //! (`livekit-protocol` messages on a websocket) and receives encoded RTP in a GStreamer
 //! `webrtcbin`, so tracks can be copied without transcoding.
 
+mod handover;
 pub mod room;
 pub mod room_service;
 mod rtcp;

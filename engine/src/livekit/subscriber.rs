@@ -13,8 +13,8 @@ use gstreamer::prelude::*;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 
-use super::rtcp;
 use super::timeline::Timeline;
+use super::{handover, rtcp};
 use crate::media::{make, sync_states};
 
 const SUBSCRIBER_NAME: &str = "livekit-subscriber";
@@ -37,6 +37,8 @@ struct Routes {
     /// mid → its webrtcbin pad. The server reuses m-lines: a mid carries another track
     /// after a track was unpublished, on the same pad.
     pads: HashMap<String, gst::Pad>,
+    /// The room's timeline, shared with the connections this one replaces.
+    timeline: Arc<Timeline>,
 }
 
 impl Routes {
@@ -52,6 +54,9 @@ impl Routes {
             let _ = pad.unlink(&peer);
         }
         let Some(sink) = sink else { return };
+        if !handover::may_take_over(&pad, &sink, &self.timeline) {
+            return;
+        }
         // webrtcbin may give a reused m-line a new pad: the old one lets go of the consumer.
         if let Some(previous) = sink.peer() {
             let _ = previous.unlink(&sink);
@@ -102,7 +107,7 @@ impl Subscriber {
         });
         pipeline.add(&webrtc)?;
         rtcp::tune_sessions(&webrtc, timeline.clone());
-        let routes = Arc::new(Mutex::new(Routes::default()));
+        let routes = Arc::new(Mutex::new(Routes { timeline: timeline.clone(), ..Default::default() }));
         let linked = Arc::new(tokio::sync::Notify::new());
 
         let r = routes.clone();
@@ -128,12 +133,26 @@ impl Subscriber {
                 .unwrap_or_default();
             let mut routes = r.lock().unwrap();
             tracing::debug!(%mid, sid = ?routes.mids.get(&mid), caps = ?pad.current_caps(), "LiveKit track pad");
+            // Every packet is placed, linked or not: a stream waiting to take a consumer over
+            // (a rejoin) gets its clock rate and sender reports meanwhile.
+            retime(pad, timeline.clone());
             // Between consumers (a track detached, a pad re-routed) a buffer would meet no
             // peer, and NOT_LINKED would stop the shared transport for every track: dropped.
-            pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, |pad, _| {
-                if pad.peer().is_none() { gst::PadProbeReturn::Drop } else { gst::PadProbeReturn::Ok }
+            // A pad waiting for its turn (`handover::may_take_over`) is linked from here as
+            // soon as it may, and carries the consumer from its next packet.
+            let (waiting_routes, waiting_mid, notify_link) = (r.clone(), mid.clone(), notify.clone());
+            pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |pad, _| {
+                if pad.peer().is_some() {
+                    return gst::PadProbeReturn::Ok;
+                }
+                if let Ok(mut routes) = waiting_routes.try_lock() {
+                    routes.settle(&waiting_mid);
+                    if pad.peer().is_some() {
+                        notify_link.notify_waiters();
+                    }
+                }
+                gst::PadProbeReturn::Drop
             });
-            retime(pad, timeline.clone());
             rtcp::ask_keyframes_by_ssrc(pad);
             routes.pads.insert(mid.clone(), pad.clone());
             routes.settle(&mid);
@@ -207,6 +226,7 @@ impl Subscriber {
         routes.codecs.insert(sid.to_string(), codec.to_ascii_uppercase());
         routes.settle_all();
         drop(routes);
+        handover::drop_repeats(&sink);
         self.linked.notify_waiters();
         // A decoder joining mid-stream needs a keyframe: webrtcbin turns this into a PLI.
         sink.push_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());

@@ -84,6 +84,8 @@ struct TrackClock {
     last_packet: Option<u64>,
     /// The shortest step between consecutive packets seen: an audio packet's duration.
     packet_ticks: Option<u64>,
+    /// When its last packet was retimed.
+    last_seen: Option<std::time::Instant>,
 }
 
 impl TrackClock {
@@ -183,7 +185,21 @@ impl State {
     }
 }
 
+/// How recently a stream's last packet must have come for it to count as still delivering.
+const DELIVERING: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Timeline {
+    /// Whether `ssrc` is placed from its sender reports (it had one, and its clock rate is known).
+    pub fn is_timed(&self, ssrc: u32) -> bool {
+        self.state.lock().unwrap().target(ssrc, Some(0)).is_some()
+    }
+
+    /// Whether packets of `ssrc` still come (one within the last 500 ms).
+    pub fn is_delivering(&self, ssrc: u32) -> bool {
+        let state = self.state.lock().unwrap();
+        state.tracks.get(&ssrc).and_then(|t| t.last_seen).is_some_and(|seen| seen.elapsed() < DELIVERING)
+    }
+
     /// A sender report for `ssrc`: RTP time `rtp` was NTP time `ntp` (64-bit, 1900 epoch),
     /// received at running time `arrival_ns`.
     pub fn on_sender_report(&self, ssrc: u32, rtp: u32, ntp: u64, arrival_ns: i64) {
@@ -219,6 +235,7 @@ impl Timeline {
             track.line = track.fit();
         }
         let ext = track.unwrap(rtp);
+        track.last_seen = Some(std::time::Instant::now());
         if let Some(step) = track.last_packet.and_then(|last| ext.checked_sub(last)).filter(|s| *s > 0) {
             track.packet_ticks = Some(track.packet_ticks.map_or(step, |t| t.min(step)));
         }
