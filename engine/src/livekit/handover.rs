@@ -3,10 +3,11 @@
 //!
 //! Both connections carry the same publisher stream, but each under its own SSRC, and a new
 //! SSRC is timed by arrival until its first sender report: tens of ms off the old stream's
-//! place (40 ms measured for audio). Switched at once, a copied track wrote 200 ms of video
-//! twice with timestamps going back, and its sound moved by 40 ms. So the new pad waits until
-//! its stream is placed from sender reports (LiveKit sends one every 3 s) while the old one
-//! still delivers, and the consumer drops what the new one repeats of what it already had.
+//! place (40 ms measured for audio), and its first reports alone still leave it up to 15 ms
+//! off. Switched at once, a copied track wrote 200 ms of video twice with timestamps going
+//! back, and its sound moved by 40 ms. So while the old stream still delivers, the new pad
+//! waits until its stream has inherited the old one's timing (`Timeline::inherit`), and the
+//! consumer drops what the new one repeats of what it already had.
 
 use std::sync::Mutex;
 
@@ -16,14 +17,18 @@ use gstreamer::prelude::*;
 use super::timeline::Timeline;
 
 /// Whether `pad` may take `sink` over now: at once unless `sink` is fed by another stream
-/// that still delivers while `pad`'s stream is not yet placed from sender reports.
+/// that still delivers while `pad`'s stream is not yet placed the same way (`pad`'s stream
+/// inherits the other's timing once half a second of both can be compared, or is placed from
+/// its own sender reports).
 pub fn may_take_over(pad: &gst::Pad, sink: &gst::Pad, timeline: &Timeline) -> bool {
     let Some(current) = sink.peer() else { return true };
     if current == *pad {
         return true;
     }
     match (ssrc_of(&current), ssrc_of(pad)) {
-        (Some(old), Some(new)) if old != new => !timeline.is_delivering(old) || timeline.is_timed(new),
+        (Some(old), Some(new)) if old != new => {
+            !timeline.is_delivering(old) || timeline.inherit(new, old) || timeline.is_timed(new)
+        }
         _ => true,
     }
 }

@@ -13,7 +13,7 @@ use gstreamer::prelude::*;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 
-use super::timeline::Timeline;
+use super::timeline::{Arrival, Timeline};
 use super::{handover, rtcp};
 use crate::media::{make, sync_states};
 
@@ -343,7 +343,10 @@ fn retime(pad: &gst::Pad, timeline: Arc<Timeline>) {
             return gst::PadProbeReturn::Ok;
         };
         let Some(arrival) = segment.to_running_time(pts) else { return gst::PadProbeReturn::Ok };
-        let placed = timeline.retime(ssrc, clock_rate, rtp, arrival.nseconds() as i64, audio);
+        // The jitter buffer's PTS is its smoothed arrival; its DTS is when the packet came.
+        let received = buffer.dts().and_then(|dts| segment.to_running_time(dts)).unwrap_or(arrival);
+        let (arrival, received) = (arrival.nseconds() as i64, received.nseconds() as i64);
+        let placed = timeline.retime(ssrc, clock_rate, rtp, Arrival { smoothed: arrival, received }, audio);
         let placed = gst::ClockTime::from_nseconds(placed.max(0) as u64);
         if let Some(new_pts) = segment.position_from_running_time(placed) {
             let buffer = buffer.make_mut();

@@ -86,6 +86,10 @@ struct TrackClock {
     packet_ticks: Option<u64>,
     /// When its last packet was retimed.
     last_seen: Option<std::time::Instant>,
+    /// (arrival, extended RTP time) of its packets of the last second.
+    recent: VecDeque<(i64, u64)>,
+    /// The stream whose timing it took over (see `Timeline::inherit`).
+    inherited: bool,
 }
 
 impl TrackClock {
@@ -145,6 +149,18 @@ impl TrackClock {
         }
     }
 
+    /// The least (arrival − RTP time) of its last second's packets, in ns, once they span half
+    /// a second: the instant its RTP time 0 would have arrived, had it come as fast as its
+    /// fastest packet.
+    fn arrival_floor(&self) -> Option<f64> {
+        let rate = f64::from(self.clock_rate.filter(|r| *r > 0)?);
+        let (first, last) = (self.recent.front()?, self.recent.back()?);
+        if last.0 - first.0 < RECENT_NS / 2 {
+            return None;
+        }
+        self.recent.iter().map(|(arrival, rtp)| *arrival as f64 - *rtp as f64 * 1e9 / rate).reduce(f64::min)
+    }
+
     /// The smallest (arrival − NTP) of its reports, if it has any.
     fn own_delay(&self) -> Option<i64> {
         (!self.reports.is_empty()).then_some(self.delay_ns)
@@ -185,6 +201,26 @@ impl State {
     }
 }
 
+/// When a packet reached egret, in running time: `received` as it came, `smoothed` as the
+/// jitter buffer evens arrival out (its PTS). Two connections compare by `received`: each
+/// jitter buffer smooths its own way, ±10 ms apart while a new one settles.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub smoothed: i64,
+    pub received: i64,
+}
+
+#[cfg(test)]
+impl Arrival {
+    /// A packet whose arrival the jitter buffer left as it was.
+    fn at(ns: i64) -> Arrival {
+        Arrival { smoothed: ns, received: ns }
+    }
+}
+
+/// How much of a stream's recent packets is kept to compare it with another (`inherit`).
+const RECENT_NS: i64 = 1_000_000_000;
+
 /// How recently a stream's last packet must have come for it to count as still delivering.
 const DELIVERING: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -198,6 +234,48 @@ impl Timeline {
     pub fn is_delivering(&self, ssrc: u32) -> bool {
         let state = self.state.lock().unwrap();
         state.tracks.get(&ssrc).and_then(|t| t.last_seen).is_some_and(|seen| seen.elapsed() < DELIVERING)
+    }
+
+    /// Gives `new` the timing of `old` when both carry the same track (a rejoin's connection
+    /// and its predecessor): `old`'s sender reports, shifted into `new`'s RTP time, join `new`'s
+    /// own, with `old`'s delay and current correction, so a packet of `new` lands exactly where
+    /// the same packet of `old` does. The server sends the same packet to both connections at
+    /// once, so the RTP offset between them is the difference of their arrival floors. Its own
+    /// few reports would place `new` up to 15 ms off (audio reports scatter that much), and the
+    /// sound would step when it took over. False until both streams have half a second of
+    /// packets to compare, or if `old` has no reports.
+    pub fn inherit(&self, new: u32, old: u32) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let (Some(from), Some(to)) = (state.tracks.get(&old), state.tracks.get(&new)) else { return false };
+        if to.inherited {
+            return true;
+        }
+        let rate = match (from.clock_rate, to.clock_rate) {
+            (Some(a), Some(b)) if a == b && a > 0 => f64::from(a),
+            _ => return false,
+        };
+        let (Some(floor_old), Some(floor_new)) = (from.arrival_floor(), to.arrival_floor()) else { return false };
+        if from.reports.is_empty() {
+            return false;
+        }
+        let offset = ((floor_old - floor_new) * rate / 1e9).round() as i64;
+        let mut reports: Vec<Report> = from
+            .reports
+            .iter()
+            .filter_map(|r| Some(Report { rtp: u64::try_from(r.rtp as i64 + offset).ok()?, ..*r }))
+            .chain(to.reports.iter().copied())
+            .collect();
+        reports.sort_by_key(|r| r.ntp_ns);
+        let (delay_ns, error_ns) = (from.delay_ns, from.error_ns);
+        let to = state.tracks.get_mut(&new).expect("looked up above");
+        to.reports = reports.into_iter().rev().take(REPORTS).rev().collect();
+        to.line = to.fit();
+        to.delay_ns = to.reports.iter().map(|r| r.arrival_ns - r.ntp_ns).min().unwrap_or(delay_ns);
+        to.error_ns = error_ns;
+        to.locked = true;
+        to.inherited = true;
+        tracing::info!(new, old, offset, "a new connection's stream takes over the timing of its predecessor");
+        true
     }
 
     /// A sender report for `ssrc`: RTP time `rtp` was NTP time `ntp` (64-bit, 1900 epoch),
@@ -225,9 +303,10 @@ impl Timeline {
     }
 
     /// The running time a packet of `ssrc` with RTP time `rtp` belongs at; `arrival` is its
-    /// running time from the jitter buffer (kept until the track's first report). `audio`
-    /// packets are placed at their first sample's capture (see the module's notes).
-    pub fn retime(&self, ssrc: u32, clock_rate: u32, rtp: u32, arrival: i64, audio: bool) -> i64 {
+    /// running time from the jitter buffer (kept, smoothed, until the track's first report).
+    /// `audio` packets are placed at their first sample's capture (see the module's notes).
+    pub fn retime(&self, ssrc: u32, clock_rate: u32, rtp: u32, arrival: Arrival, audio: bool) -> i64 {
+        let Arrival { smoothed: arrival, received } = arrival;
         let mut state = self.state.lock().unwrap();
         let track = state.tracks.entry(ssrc).or_default();
         if track.clock_rate.is_none() && clock_rate > 0 {
@@ -236,6 +315,10 @@ impl Timeline {
         }
         let ext = track.unwrap(rtp);
         track.last_seen = Some(std::time::Instant::now());
+        track.recent.push_back((received, ext));
+        while track.recent.front().is_some_and(|(at, _)| *at < received - RECENT_NS) {
+            track.recent.pop_front();
+        }
         if let Some(step) = track.last_packet.and_then(|last| ext.checked_sub(last)).filter(|s| *s > 0) {
             track.packet_ticks = Some(track.packet_ticks.map_or(step, |t| t.min(step)));
         }
@@ -312,7 +395,7 @@ mod tests {
         let net = 3_000_000; // 3 ms network
         let (a0, v0) = (1000u32, 5_000_000u32);
         // Before any report: arrival time.
-        assert_eq!(timeline.retime(audio, 48000, a0, 100_000_000, false), 100_000_000);
+        assert_eq!(timeline.retime(audio, 48000, a0, Arrival::at(100_000_000), false), 100_000_000);
         // Reports every 3 s for both tracks, from capture time t (ns since NTP_2026, which is
         // running time 0 here).
         for k in 0..6i64 {
@@ -322,9 +405,51 @@ mod tests {
         }
         // A packet of each, captured at 16 s: audio arrives 20 ms after, video 140 ms after.
         let t = 16_000_000_000i64;
-        let a = timeline.retime(audio, 48000, a0.wrapping_add((t * 48 / 1_000_000) as u32), t + 20_000_000, false);
-        let v = timeline.retime(video, 90000, v0.wrapping_add((t * 90 / 1_000_000) as u32), t + 140_000_000, false);
+        let a = timeline.retime(
+            audio,
+            48000,
+            a0.wrapping_add((t * 48 / 1_000_000) as u32),
+            Arrival::at(t + 20_000_000),
+            false,
+        );
+        let v = timeline.retime(
+            video,
+            90000,
+            v0.wrapping_add((t * 90 / 1_000_000) as u32),
+            Arrival::at(t + 140_000_000),
+            false,
+        );
         assert!((a - v).abs() < 100_000, "audio {a} video {v}: {} µs apart", (a - v) / 1000);
+    }
+
+    /// A rejoin's new connection carries the same audio under another SSRC and RTP offset.
+    /// Its only report is 12 ms late (audio reports scatter); the old stream's envelope is
+    /// exact. Inheriting, the new stream's packets land where the old one's do.
+    #[test]
+    fn a_new_connections_stream_lands_where_its_predecessors_did() {
+        let timeline = Timeline::default();
+        let (old, new) = (1u32, 2u32);
+        let (o0, n0) = (1000u32, 777_777u32);
+        let rtp = |base: u32, t: i64| base.wrapping_add((t * 48 / 1_000_000) as u32);
+        for k in 0..5i64 {
+            let t = k * 3_000_000_000;
+            timeline.on_sender_report(old, rtp(o0, t), ntp_plus(t), t + 1_000_000);
+        }
+        // Both connections get each 20 ms packet at once (jitter ±0.4 ms), for a second.
+        let mut placed = Vec::new();
+        for i in 0..60i64 {
+            let t = 14_000_000_000 + i * 20_000_000;
+            let jitter = (i % 3 - 1) * 400_000;
+            placed.push(timeline.retime(old, 48000, rtp(o0, t), Arrival::at(t + 5_000_000 + jitter), true));
+            timeline.retime(new, 48000, rtp(n0, t), Arrival::at(t + 5_000_000 - jitter), true);
+        }
+        let t = 15_000_000_000i64;
+        timeline.on_sender_report(new, rtp(n0, t - 12_000_000), ntp_plus(t), t + 1_000_000);
+        assert!(timeline.inherit(new, old));
+        let t = 15_200_000_000i64;
+        let a = timeline.retime(old, 48000, rtp(o0, t), Arrival::at(t + 5_000_000), true);
+        let b = timeline.retime(new, 48000, rtp(n0, t), Arrival::at(t + 5_000_000), true);
+        assert!((a - b).abs() < 1_000_000, "old {a} new {b}: {} µs apart", (b - a) / 1000);
     }
 
     /// A sender stamps an audio packet when it is complete (its first sample 20 ms earlier for
@@ -342,10 +467,10 @@ mod tests {
         }
         let t = 7_000_000_000i64;
         let rtp = |ns: i64| (ns * 48 / 1_000_000) as u32;
-        timeline.retime(audio, 48000, rtp(t - 40_000_000), t, true);
-        timeline.retime(audio, 48000, rtp(t - 20_000_000), t, true);
-        let a = timeline.retime(audio, 48000, rtp(t), t + 30_000_000, true);
-        let v = timeline.retime(video, 90000, (t * 90 / 1_000_000) as u32, t + 90_000_000, false);
+        timeline.retime(audio, 48000, rtp(t - 40_000_000), Arrival::at(t), true);
+        timeline.retime(audio, 48000, rtp(t - 20_000_000), Arrival::at(t), true);
+        let a = timeline.retime(audio, 48000, rtp(t), Arrival::at(t + 30_000_000), true);
+        let v = timeline.retime(video, 90000, (t * 90 / 1_000_000) as u32, Arrival::at(t + 90_000_000), false);
         assert!((a - v).abs() < 100_000, "audio {a} video {v}: {} µs apart", (a - v) / 1000);
     }
 
@@ -356,7 +481,7 @@ mod tests {
         let ssrc = 7;
         let rate = 48000u32;
         timeline.on_sender_report(ssrc, 0, ntp_plus(0), 0);
-        let mut last = timeline.retime(ssrc, rate, 0, 0, false);
+        let mut last = timeline.retime(ssrc, rate, 0, Arrival::at(0), false);
         // The next report says the delay is 50 ms longer (a slower path): the output moves
         // toward it, by at most 5 ms a second.
         let second = rate;
@@ -364,7 +489,7 @@ mod tests {
         timeline.on_sender_report(ssrc, 2 * second, ntp_plus(2_000_000_000), 2_050_000_000);
         for k in 1..=40u32 {
             let rtp = k * rate / 10; // every 100 ms
-            let now = timeline.retime(ssrc, rate, rtp, 0, false);
+            let now = timeline.retime(ssrc, rate, rtp, Arrival::at(0), false);
             let step = now - last - 100_000_000;
             assert!(step.abs() <= 600_000, "packet {k} moved {step} ns beyond its 100 ms");
             last = now;
@@ -388,8 +513,8 @@ mod tests {
             timeline.on_sender_report(video, rtp(t, 90), ntp_plus(t), t + 1_000_000);
             // One packet of each, captured together 1.5 s after the report.
             let at = t + 1_500_000_000;
-            let a = timeline.retime(audio, 48000, rtp(at, 48), at + 30_000_000, false);
-            let v = timeline.retime(video, 90000, rtp(at, 90), at + 60_000_000, false);
+            let a = timeline.retime(audio, 48000, rtp(at, 48), Arrival::at(at + 30_000_000), false);
+            let v = timeline.retime(video, 90000, rtp(at, 90), Arrival::at(at + 60_000_000), false);
             assert!((a - v).abs() <= 1_000_000, "report {k}: audio {a} video {v}: {} µs apart", (a - v) / 1000);
         }
     }
