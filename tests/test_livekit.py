@@ -269,3 +269,25 @@ def test_an_unreachable_stream_url_fails_alone(lk_egret, publish, room):
         assert info["status"] == "active", info
         lk_egret.api.stop(eid)
         assert lk_egret.api.wait_status(eid, "complete")["status"] == "complete"
+
+
+def test_a_slow_publishers_picture_is_held_between_its_frames(lk_egret, publish, room):
+    """A camera sending 5 frames a second: each picture stays on screen until the next, with
+    no black (or missing) output frame between them, in a 30 fps recording."""
+    egret = lk_egret
+    pub = publish("--fps", "5")
+    info = egret.api.start("participant", room_name=room, identity=pub.identity,
+                           file_outputs=[{"filepath": "slow/{room_name}.mp4"}], **SMALL)
+    eid = info["egress_id"]
+    egret.api.wait_status(eid, "active")
+    egret.api.wait(eid, lambda i: i["duration"] >= 5, what="5 s recorded")
+    egret.api.stop(eid)
+    done = egret.api.wait_status(eid, "complete", "failed")
+    path, media = recorded(egret, done)
+    _, luma = video_luma(path)
+    lit = np.flatnonzero(luma > 20)
+    assert len(lit), "no picture at all"
+    # (From the first picture to the last: how a recording starts and stops is not the point.)
+    dark = int((luma[lit[0]:lit[-1]] < 20).sum())
+    print(f"{len(luma)} frames, pictures from frame {lit[0]} to {lit[-1]}, {dark} dark between")
+    assert dark == 0, f"{dark} dark frames between the publisher's pictures"

@@ -16,10 +16,17 @@ use super::{MediaKind, MediaPad, add_chain, capsfilter, make, sync_states};
 /// Decoded WebRTC frames carry no duration. The mixer cannot tell when such a frame ends
 /// until the next one is queued, so which output frame shows it depends on whether its
 /// successor arrived before the output deadline: now and then a frame came out one frame
-/// late (a flash read 33 ms off its beep) or not at all. One output frame of duration makes
-/// the choice depend on timestamps only; the last frame stays on screen until a newer one.
-fn give_frames_a_duration(pad: &gst::Pad, frame_ns: u64) {
-    let frame = gst::ClockTime::from_nseconds(frame_ns);
+/// late (a flash read 33 ms off its beep) or not at all.
+///
+/// The duration given is 1 ms, not a frame: the mixer takes one queued frame per output
+/// frame, the next one as soon as it overlaps the output frame at all, so a frame lasting a
+/// whole frame could be shown in either of the two output frames it overlaps, whichever the
+/// queue's history gave. The choice then latched at a stream's first frame and flipped at a
+/// gap (a rejoin's takeover moved pictures 33 ms against their sound). A frame of 1 ms
+/// overlaps only the output frame its start falls in. The last frame stays on screen until a
+/// newer one comes.
+fn give_frames_a_duration(pad: &gst::Pad) {
+    let frame = gst::ClockTime::from_mseconds(1);
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if let Some(buffer) = info.buffer_mut()
             && buffer.duration().is_none()
@@ -272,7 +279,7 @@ impl Slot {
             // the encoder took it (its lookahead; RTP does not say so, and WebRTC senders do
             // not shift their timestamps for it): pictures wait as long.
             src.set_offset(self.half_frame_ns + OPUS_LOOKAHEAD_NS);
-            give_frames_a_duration(&src, 2 * self.half_frame_ns as u64);
+            give_frames_a_duration(&src);
         }
         // The track's latency is covered by the mixer's minimum: its answer must not depend
         // on whether the track flows yet (a failed query makes an aggregator non-live).
