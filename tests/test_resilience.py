@@ -21,16 +21,22 @@ def proxied(tmp_path, livekit):
     proxy.close()
 
 
+def record_through_a_cut(egret, proxy, eid):
+    """Waits for 3 s of recording, cuts egret's signalling for CUT_S seconds, waits until egret
+    says it reconnected; returns the recorded duration then."""
+    egret.api.wait_status(eid, "active")
+    egret.api.wait(eid, lambda i: i["duration"] >= 3, what="3 s recorded")
+    proxy.cut(CUT_S)
+    egret.api.wait(eid, lambda i: "reconnected" in (i.get("details") or ""), what="reconnected", timeout=60)
+    return egret.api.get(eid)["duration"]
+
+
 def test_signalling_cut_keeps_the_recording_going(proxied, publish, room):
     egret, proxy = proxied
     pub = publish("--flash", "--dtx")
     info = egret.api.start("participant", room_name=room, identity=pub.identity, file_outputs=[{"filepath": "cut/{room_name}.mp4"}], **SMALL)
     eid = info["egress_id"]
-    egret.api.wait_status(eid, "active")
-    egret.api.wait(eid, lambda i: i["duration"] >= 3, what="3 s recorded")
-    proxy.cut(CUT_S)
-    egret.api.wait(eid, lambda i: "reconnected" in (i.get("details") or ""), what="reconnected", timeout=60)
-    before = egret.api.get(eid)["duration"]
+    before = record_through_a_cut(egret, proxy, eid)
     egret.api.wait(eid, lambda i: i["duration"] >= before + 3, what="3 s more recorded")
     _, media, pairs, shown = stop_and_measure(egret, eid)
     times = [t for t, _ in pairs]
@@ -53,11 +59,7 @@ def test_a_copied_track_goes_on_through_a_rejoin_without_repeats(proxied, publis
     info = egret.api.start("track", room_name=room, track_id=pub.tracks[kind],
                            file_outputs=[{"filepath": "cut/{track_id}"}])
     eid = info["egress_id"]
-    egret.api.wait_status(eid, "active")
-    egret.api.wait(eid, lambda i: i["duration"] >= 3, what="3 s recorded")
-    proxy.cut(CUT_S)
-    egret.api.wait(eid, lambda i: "reconnected" in (i.get("details") or ""), what="reconnected", timeout=60)
-    before = egret.api.get(eid)["duration"]
+    before = record_through_a_cut(egret, proxy, eid)
     # Past the new connection's first sender report (every 3 s), when it takes over.
     egret.api.wait(eid, lambda i: i["duration"] >= before + 6, what="6 s more recorded")
     egret.api.stop(eid)
