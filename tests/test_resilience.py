@@ -69,7 +69,10 @@ def test_a_copied_track_goes_on_through_a_rejoin_without_repeats(proxied, publis
     steps = np.diff(times)
     print(f"{kind}: {len(times)} packets, smallest step {steps.min() * 1000:.1f} ms, largest {steps.max() * 1000:.0f} ms")
     assert steps.min() > 0 if kind == "video" else steps.min() >= 0, f"timestamps go back by {-steps.min():.3f} s"
-    assert steps.max() < 1.0, f"a gap of {steps.max():.2f} s"
+    # Not a frame or a packet lost at the takeover: until the new connection spliced its
+    # packets into the old stream (same SSRC, sequence numbers going on) the depayloader took
+    # the change for a loss and dropped frames until the next keyframe (67-101 ms gaps).
+    assert steps.max() < (0.050 if kind == "video" else 0.021), f"a gap of {steps.max() * 1000:.0f} ms"
     if kind == "video":
         flashes = onsets(*video_luma(path), 128, 0.5)
     else:

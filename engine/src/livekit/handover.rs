@@ -1,15 +1,22 @@
 //! A consumer handed from one connection's pad to another's (a rejoin while the old
-//! connection still delivers) without its timeline stepping back or forth.
+//! connection still delivers) without its stream stepping, repeating or losing a frame.
 //!
-//! Both connections carry the same publisher stream, but each under its own SSRC, and a new
-//! SSRC is timed by arrival until its first sender report: tens of ms off the old stream's
-//! place (40 ms measured for audio), and its first reports alone still leave it up to 15 ms
-//! off. Switched at once, a copied track wrote 200 ms of video twice with timestamps going
-//! back, and its sound moved by 40 ms. So while the old stream still delivers, the new pad
-//! waits until its stream has inherited the old one's timing (`Timeline::inherit`), and the
-//! consumer drops what the new one repeats of what it already had.
+//! Both connections carry the same publisher stream, but each under its own SSRC and sequence
+//! numbers, and a new SSRC is timed by arrival until its first sender report: tens of ms off
+//! the old stream's place (40 ms measured for audio). Switched at once, a copied track wrote
+//! 200 ms of video twice with timestamps going back, and its sound moved by 40 ms. So:
+//! - the new pad waits until its stream has inherited the old one's timing
+//!   (`Timeline::inherit`), for as long as the old one still delivers;
+//! - it takes over between two frames on both sides, and replays what it received while it
+//!   waited (`Backlog`): it may run ahead of the old connection;
+//! - the consumer keeps one RTP stream (`Splice`): it drops the frames it already had, and
+//!   the new packets go on with the old SSRC and sequence numbers. A depayloader takes a new
+//!   SSRC or a gap for a loss and drops every frame until the next keyframe: one to three
+//!   frames were missing at each rejoin (a flash missing from a copied track in one CI run).
 
-use std::sync::Mutex;
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -17,17 +24,25 @@ use gstreamer::prelude::*;
 use super::timeline::Timeline;
 
 /// Whether `pad` may take `sink` over now: at once unless `sink` is fed by another stream
-/// that still delivers while `pad`'s stream is not yet placed the same way (`pad`'s stream
-/// inherits the other's timing once half a second of both can be compared, or is placed from
-/// its own sender reports).
-pub fn may_take_over(pad: &gst::Pad, sink: &gst::Pad, timeline: &Timeline) -> bool {
+/// that still delivers. Then only once `pad`'s stream is placed the same way (it inherits
+/// the other's timing once half a second of both can be compared, or is placed from its own
+/// sender reports), `pad`'s next packet begins a frame (`at_frame_start`) and the consumer
+/// has no frame half delivered.
+pub fn may_take_over(
+    pad: &gst::Pad,
+    sink: &gst::Pad,
+    splice: &Splice,
+    timeline: &Timeline,
+    at_frame_start: bool,
+) -> bool {
     let Some(current) = sink.peer() else { return true };
     if current == *pad {
         return true;
     }
     match (ssrc_of(&current), ssrc_of(pad)) {
         (Some(old), Some(new)) if old != new => {
-            !timeline.is_delivering(old) || timeline.inherit(new, old) || timeline.is_timed(new)
+            !timeline.is_delivering(old)
+                || (at_frame_start && splice.between_frames() && (timeline.inherit(new, old) || timeline.is_timed(new)))
         }
         _ => true,
     }
@@ -37,39 +52,188 @@ fn ssrc_of(pad: &gst::Pad) -> Option<u32> {
     pad.current_caps()?.structure(0)?.get::<u32>("ssrc").ok()
 }
 
-/// Makes `sink` drop, after each change of the pad feeding it, the buffers that do not come
-/// after the last one it had (by running time): the new connection starts with what the old
-/// one already delivered.
-pub fn drop_repeats(sink: &gst::Pad) {
-    #[derive(Default)]
-    struct Seen {
-        source: Option<gst::Pad>,
-        last: Option<gst::ClockTime>,
-        /// Set at a change of source: buffers up to here are repeats.
-        floor: Option<gst::ClockTime>,
+struct Header {
+    marker: bool,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+}
+
+fn rtp_header(buffer: &gst::BufferRef) -> Option<Header> {
+    let map = buffer.map_readable().ok()?;
+    (map.len() >= 12).then(|| Header {
+        marker: map[1] & 0x80 != 0,
+        seq: u16::from_be_bytes([map[2], map[3]]),
+        timestamp: u32::from_be_bytes([map[4], map[5], map[6], map[7]]),
+        ssrc: u32::from_be_bytes([map[8], map[9], map[10], map[11]]),
+    })
+}
+
+/// Tells, packet by packet, whether a packet begins a frame: its timestamp differs from the
+/// packet before it (every packet of one frame carries the frame's timestamp).
+#[derive(Default)]
+pub struct FrameEdges {
+    previous: Mutex<Option<u32>>,
+}
+
+impl FrameEdges {
+    pub fn starts_frame(&self, buffer: &gst::BufferRef) -> bool {
+        let Some(header) = rtp_header(buffer) else { return false };
+        let previous = self.previous.lock().unwrap().replace(header.timestamp);
+        previous.is_some_and(|p| p != header.timestamp)
     }
-    let seen = Mutex::new(Seen::default());
-    sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        let Some(pts) = info.buffer().and_then(|b| b.pts()) else { return gst::PadProbeReturn::Ok };
-        let Some(segment) = pad.sticky_event::<gst::event::Segment>(0) else { return gst::PadProbeReturn::Ok };
-        let Some(running) = segment.segment().downcast_ref::<gst::ClockTime>().and_then(|s| s.to_running_time(pts))
-        else {
-            return gst::PadProbeReturn::Ok;
-        };
-        let source = pad.peer();
-        let mut seen = seen.lock().unwrap();
-        if seen.source != source {
-            seen.floor = seen.last;
-            seen.source = source;
+}
+
+/// What a waiting pad received (already placed on the timeline) in the last second.
+#[derive(Default)]
+pub struct Backlog {
+    packets: Mutex<VecDeque<gst::Buffer>>,
+}
+
+const BACKLOG: gst::ClockTime = gst::ClockTime::SECOND;
+
+impl Backlog {
+    pub fn keep(&self, buffer: gst::Buffer) {
+        let mut packets = self.packets.lock().unwrap();
+        let newest = buffer.pts();
+        packets.push_back(buffer);
+        while packets.len() > 2000
+            || packets.front().and_then(|b| b.pts()).zip(newest).is_some_and(|(old, new)| old + BACKLOG < new)
+        {
+            packets.pop_front();
         }
-        if let Some(floor) = seen.floor {
-            if running <= floor {
+    }
+
+    pub fn take(&self) -> Vec<gst::Buffer> {
+        std::mem::take(&mut *self.packets.lock().unwrap()).into()
+    }
+
+    pub fn clear(&self) {
+        self.packets.lock().unwrap().clear();
+    }
+}
+
+thread_local! {
+    static REPLAYING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread pushes packets again that went through the pad's probes already.
+pub fn replaying() -> bool {
+    REPLAYING.with(Cell::get)
+}
+
+/// Pushes `packets` from `pad` (just linked) again: its sticky events go first, and its
+/// probes let them through untouched (`replaying`).
+pub fn replay(pad: &gst::Pad, packets: Vec<gst::Buffer>) {
+    REPLAYING.with(|r| r.set(true));
+    for packet in packets {
+        if pad.push(packet).is_err() {
+            break;
+        }
+    }
+    REPLAYING.with(|r| r.set(false));
+}
+
+/// Two connections place the same frame within ~1.5 ms of each other (`Timeline::inherit`);
+/// frames and audio packets are 10 ms apart or more.
+const SAME_FRAME: gst::ClockTime = gst::ClockTime::from_mseconds(5);
+
+/// One consumer's RTP stream across the pads that feed it in turn.
+pub struct Splice {
+    state: Mutex<SpliceState>,
+}
+
+#[derive(Default)]
+struct SpliceState {
+    source: Option<gst::Pad>,
+    /// The running time of the last frame delivered whole (a video packet with the marker
+    /// bit, any audio packet), and whether the last packet ended one.
+    last_whole: Option<gst::ClockTime>,
+    between_frames: bool,
+    /// Between the last two whole frames.
+    frame_interval: Option<gst::ClockTime>,
+    /// Set at a change of source: frames up to here are repeats.
+    floor: Option<gst::ClockTime>,
+    /// The stream as the consumer sees it: the first source's SSRC, its numbering.
+    ssrc: Option<u32>,
+    next_seq: Option<u16>,
+    seq_shift: u16,
+}
+
+impl Splice {
+    /// Watches what reaches `sink`.
+    pub fn attach(sink: &gst::Pad) -> Arc<Splice> {
+        let splice = Arc::new(Splice { state: Mutex::new(SpliceState { between_frames: true, ..Default::default() }) });
+        let watching = splice.clone();
+        sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| watching.on_packet(pad, info));
+        splice
+    }
+
+    pub fn between_frames(&self) -> bool {
+        self.state.lock().unwrap().between_frames
+    }
+
+    fn on_packet(&self, pad: &gst::Pad, info: &mut gst::PadProbeInfo) -> gst::PadProbeReturn {
+        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let Some(header) = rtp_header(buffer) else { return gst::PadProbeReturn::Ok };
+        let Some(running) = running_time(pad, buffer) else { return gst::PadProbeReturn::Ok };
+        let audio = pad
+            .current_caps()
+            .and_then(|c| c.structure(0).and_then(|s| s.get::<String>("media").ok()))
+            .is_some_and(|m| m == "audio");
+        let source = pad.peer();
+        let mut state = self.state.lock().unwrap();
+        if state.source != source {
+            state.floor = state.last_whole;
+            state.source = source;
+        }
+        let (mut spliced, mut missing) = (false, false);
+        if let Some(floor) = state.floor {
+            if running <= floor + SAME_FRAME {
                 return gst::PadProbeReturn::Drop;
             }
-            seen.floor = None;
-            tracing::debug!(pad = %pad.name(), "a new connection carries on from its predecessor");
+            state.floor = None;
+            if let Some(next) = state.next_seq {
+                state.seq_shift = next.wrapping_sub(header.seq);
+            }
+            spliced = true;
+            // Frames the old connection never delivered and the new one came too late for:
+            // the depayloader must know, and wait for a keyframe rather than decode deltas
+            // against a picture it never had.
+            missing = !audio
+                && state.frame_interval.is_some_and(|interval| running > floor + interval + interval / 2 + SAME_FRAME);
+            tracing::debug!(pad = %pad.name(), ?running, ?floor, missing, "a new connection carries on from its predecessor");
         }
-        seen.last = Some(seen.last.map_or(running, |last| last.max(running)));
+        let ssrc = *state.ssrc.get_or_insert(header.ssrc);
+        let seq = header.seq.wrapping_add(state.seq_shift);
+        state.next_seq = Some(seq.wrapping_add(1));
+        let whole = audio || header.marker;
+        state.between_frames = whole;
+        if whole {
+            if let Some(last) = state.last_whole.filter(|last| running > *last) {
+                state.frame_interval = Some(running - last);
+            }
+            state.last_whole = Some(state.last_whole.map_or(running, |last| last.max(running)));
+        }
+        drop(state);
+        if spliced || ssrc != header.ssrc || seq != header.seq {
+            let Some(buffer) = info.buffer_mut() else { return gst::PadProbeReturn::Ok };
+            let buffer = buffer.make_mut();
+            if missing {
+                buffer.set_flags(gst::BufferFlags::DISCONT);
+            } else if spliced {
+                buffer.unset_flags(gst::BufferFlags::DISCONT);
+            }
+            if let Ok(mut map) = buffer.map_writable() {
+                map[2..4].copy_from_slice(&seq.to_be_bytes());
+                map[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            }
+        }
         gst::PadProbeReturn::Ok
-    });
+    }
+}
+
+fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<gst::ClockTime> {
+    let segment = pad.sticky_event::<gst::event::Segment>(0)?;
+    segment.segment().downcast_ref::<gst::ClockTime>()?.to_running_time(buffer.pts()?)
 }

@@ -24,6 +24,13 @@ const SUBSCRIBER_NAME: &str = "livekit-subscriber";
 static RETIRED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
 
+/// A sink pad that takes a track's RTP, and its one stream across connections.
+#[derive(Clone)]
+struct Consumer {
+    sink: gst::Pad,
+    splice: Arc<handover::Splice>,
+}
+
 #[derive(Default)]
 struct Routes {
     /// mid → track sid, from the offers.
@@ -31,7 +38,7 @@ struct Routes {
     /// m-line index → mid of the current offer (local candidates name both).
     mline_mids: Vec<String>,
     /// track sid → the sink pad its RTP should reach.
-    sinks: HashMap<String, gst::Pad>,
+    sinks: HashMap<String, Consumer>,
     /// track sid → its codec's RTP encoding name (`H264`, `VP8`, `OPUS`): what the answer accepts.
     codecs: HashMap<String, String>,
     /// mid → its webrtcbin pad. The server reuses m-lines: a mid carries another track
@@ -43,19 +50,21 @@ struct Routes {
 
 impl Routes {
     /// Links the pad of `mid` to the sink of the track it carries now, or leaves it unlinked.
-    fn settle(&mut self, mid: &str) {
-        let Some(pad) = self.pads.get(mid).cloned() else { return };
-        let sink = self.mids.get(mid).and_then(|sid| self.sinks.get(sid)).cloned();
+    /// A consumer another connection still feeds is taken over only `at_frame_start` (the
+    /// pad's next packet begins a frame). Returns whether the pad waits to take one over.
+    fn settle(&mut self, mid: &str, at_frame_start: bool) -> bool {
+        let Some(pad) = self.pads.get(mid).cloned() else { return false };
+        let consumer = self.mids.get(mid).and_then(|sid| self.sinks.get(sid)).cloned();
         let peer = pad.peer();
-        if sink.is_some() && peer == sink {
-            return;
+        if consumer.as_ref().is_some_and(|c| peer.as_ref() == Some(&c.sink)) {
+            return false;
         }
         if let Some(peer) = peer {
             let _ = pad.unlink(&peer);
         }
-        let Some(sink) = sink else { return };
-        if !handover::may_take_over(&pad, &sink, &self.timeline) {
-            return;
+        let Some(Consumer { sink, splice }) = consumer else { return false };
+        if !handover::may_take_over(&pad, &sink, &splice, &self.timeline, at_frame_start) {
+            return true;
         }
         // webrtcbin may give a reused m-line a new pad: the old one lets go of the consumer.
         if let Some(previous) = sink.peer() {
@@ -64,12 +73,13 @@ impl Routes {
         if pad.link(&sink).is_err() {
             tracing::warn!(%mid, caps = ?pad.current_caps(), "a track's RTP does not fit its consumer");
         }
+        false
     }
 
     fn settle_all(&mut self) {
         let mids: Vec<String> = self.pads.keys().cloned().collect();
         for mid in mids {
-            self.settle(&mid);
+            self.settle(&mid, false);
         }
     }
 }
@@ -141,21 +151,38 @@ impl Subscriber {
             // A pad waiting for its turn (`handover::may_take_over`) is linked from here as
             // soon as it may, and carries the consumer from its next packet.
             let (waiting_routes, waiting_mid, notify_link) = (r.clone(), mid.clone(), notify.clone());
-            pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |pad, _| {
+            // Taking over, it replays what it received while it waited (the old connection may
+            // lag behind) and this packet, after its sticky events (`handover::replay`).
+            let (edges, backlog) = (handover::FrameEdges::default(), handover::Backlog::default());
+            pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |pad, info| {
+                if handover::replaying() {
+                    return gst::PadProbeReturn::Ok;
+                }
+                let packets: Vec<gst::Buffer> = match &info.data {
+                    Some(gst::PadProbeData::Buffer(buffer)) => vec![buffer.clone()],
+                    Some(gst::PadProbeData::BufferList(list)) => list.iter_owned().collect(),
+                    _ => Vec::new(),
+                };
+                let at_frame_start = packets.first().is_some_and(|b| edges.starts_frame(b));
                 if pad.peer().is_some() {
                     return gst::PadProbeReturn::Ok;
                 }
-                if let Ok(mut routes) = waiting_routes.try_lock() {
-                    routes.settle(&waiting_mid);
-                    if pad.peer().is_some() {
-                        notify_link.notify_waiters();
-                    }
+                let Ok(mut routes) = waiting_routes.try_lock() else { return gst::PadProbeReturn::Drop };
+                let waiting = routes.settle(&waiting_mid, at_frame_start);
+                drop(routes);
+                if pad.peer().is_some() {
+                    notify_link.notify_waiters();
+                    handover::replay(pad, backlog.take().into_iter().chain(packets).collect());
+                } else if waiting {
+                    packets.into_iter().for_each(|p| backlog.keep(p));
+                } else {
+                    backlog.clear();
                 }
                 gst::PadProbeReturn::Drop
             });
             rtcp::ask_keyframes_by_ssrc(pad);
             routes.pads.insert(mid.clone(), pad.clone());
-            routes.settle(&mid);
+            routes.settle(&mid, false);
             notify.notify_waiters();
         });
 
@@ -202,7 +229,7 @@ impl Subscriber {
 
     fn carries_all(&self) -> bool {
         let routes = self.routes.lock().unwrap();
-        routes.sinks.values().all(|sink| sink.peer().is_some_and(|peer| routes.pads.values().any(|p| *p == peer)))
+        routes.sinks.values().all(|c| c.sink.peer().is_some_and(|peer| routes.pads.values().any(|p| *p == peer)))
     }
 
     /// Takes this subscriber's webrtcbin out of the pipeline (after a rejoin replaced it).
@@ -222,11 +249,11 @@ impl Subscriber {
     /// Sends `sid`'s RTP to `sink` from now on (at once if the track already flows).
     pub fn route(&self, sid: &str, codec: &str, sink: gst::Pad) {
         let mut routes = self.routes.lock().unwrap();
-        routes.sinks.insert(sid.to_string(), sink.clone());
+        let splice = handover::Splice::attach(&sink);
+        routes.sinks.insert(sid.to_string(), Consumer { sink: sink.clone(), splice });
         routes.codecs.insert(sid.to_string(), codec.to_ascii_uppercase());
         routes.settle_all();
         drop(routes);
-        handover::drop_repeats(&sink);
         self.linked.notify_waiters();
         // A decoder joining mid-stream needs a keyframe: webrtcbin turns this into a PLI.
         sink.push_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
@@ -244,7 +271,7 @@ impl Subscriber {
     /// files finalize without waiting on webrtcbin.
     pub fn end(&self) {
         let mut routes = self.routes.lock().unwrap();
-        let sinks: Vec<gst::Pad> = routes.sinks.drain().map(|(_, sink)| sink).collect();
+        let sinks: Vec<gst::Pad> = routes.sinks.drain().map(|(_, c)| c.sink).collect();
         routes.settle_all();
         drop(routes);
         for sink in sinks {
@@ -323,6 +350,9 @@ impl Subscriber {
 /// Gives each RTP packet leaving `pad` its place on the session timeline (its PTS).
 fn retime(pad: &gst::Pad, timeline: Arc<Timeline>) {
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        if handover::replaying() {
+            return gst::PadProbeReturn::Ok; // placed when it first came
+        }
         let Some(buffer) = info.buffer_mut() else { return gst::PadProbeReturn::Ok };
         let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
         let header = {
