@@ -27,7 +27,8 @@
 //! time). For LiveKit's 20 ms Opus packets that is 20 ms of lateness in every real sender.
 //!
 //! Until its first report a track keeps its arrival time. Later corrections (a new line, a
-//! new delay) are slewed at 5 ms per second of media with a 1 ms dead band, so nothing jumps.
+//! new delay) are slewed at 5 ms per second of media with a 1 ms dead band, so nothing jumps;
+//! so is the move from arrival timing at the first report, when it is 40 ms or less.
 //! The window and the slew follow LiveKit's sync engine (server-sdk-go `pkg/synchronizer`);
 //! the envelope and the narrower band are ours: LiveKit's 5 ms band kept, for good, up to
 //! 5 ms of the first reports' lateness, which is always on the same side.
@@ -44,6 +45,9 @@ const DEFAULT_AUDIO_PACKET_NS: f64 = 20e6;
 const MAX_AUDIO_PACKET_NS: f64 = 120e6;
 /// A correction this large is a new situation (a reset, a rejoin), not drift: stepped.
 const STEP_NS: f64 = 1e9;
+/// A track's first lock moves it from its arrival timing to its reports' by slewing up to
+/// this far, by one step beyond.
+const SLEWED_FIRST_STEP_NS: f64 = 40e6;
 
 /// Seconds from 1900 (NTP) to 1970 (Unix).
 const NTP_UNIX_OFFSET_S: u64 = 2_208_988_800;
@@ -336,8 +340,13 @@ impl Timeline {
         let track = state.tracks.get_mut(&ssrc).expect("added above");
         if !track.locked {
             track.locked = true;
-            track.error_ns = 0.0;
-            let step_ms = (target + shift - arrival as f64) / 1e6;
+            // Its arrival timing was this far off. Up to 40 ms (within what the eye takes
+            // for in sync) it is slewed away like any later correction: stepped, the sound
+            // clicked or skipped. More (an encoder that held its video back 100 ms) is stepped
+            // at once: slewed at 5 ms a second it would stay visibly out of sync for seconds.
+            let step = target + shift - arrival as f64;
+            track.error_ns = if step.abs() <= SLEWED_FIRST_STEP_NS { -step } else { 0.0 };
+            let step_ms = step / 1e6;
             tracing::info!(ssrc, step_ms, reports = track.reports.len(), "track timed from sender reports from now on");
         } else if let Some(last) = track.last_packet {
             let media_s = ext.saturating_sub(last) as f64 / f64::from(clock_rate.max(1));
@@ -496,6 +505,44 @@ mod tests {
         }
     }
 
+    /// A second track, 15 ms off by arrival, gets its first report: it goes on from where it
+    /// was and slews to its place (5 ms a second), where it used to step 15 ms at once. A
+    /// track 120 ms off is stepped.
+    #[test]
+    fn a_small_first_lock_is_slewed_and_a_large_one_stepped() {
+        for (off_ms, stepped) in [(15i64, false), (-15, false), (120, true)] {
+            let timeline = Timeline::default();
+            let (first, second) = (1u32, 2u32);
+            let rtp = |ns: i64| (ns * 48 / 1_000_000) as u32;
+            timeline.on_sender_report(first, rtp(0), ntp_plus(0), 1_000_000);
+            timeline.retime(first, 48000, rtp(0), Arrival::at(1_000_000), false);
+            // The second track arrives `off_ms` later than its reports place it.
+            let arrival = |ns: i64| Arrival::at(ns + 1_000_000 + off_ms * 1_000_000);
+            let before = timeline.retime(second, 48000, rtp(980_000_000), arrival(980_000_000), false);
+            timeline.on_sender_report(second, rtp(900_000_000), ntp_plus(900_000_000), 901_000_000);
+            let mut last = before;
+            let mut placed = 0;
+            for k in 1..=200i64 {
+                let t = 980_000_000 + k * 20_000_000;
+                placed = timeline.retime(second, 48000, rtp(t), arrival(t), false);
+                let step = placed - last - 20_000_000;
+                if stepped && k == 1 {
+                    assert!((step + off_ms * 1_000_000).abs() < 100_000, "{off_ms} ms: stepped by {step} ns");
+                } else {
+                    assert!(step.abs() <= 150_000, "{off_ms} ms: packet {k} moved {step} ns beyond its 20 ms");
+                }
+                last = placed;
+            }
+            // 4 s later: within the dead band of its place.
+            let target = 980_000_000 + 200 * 20_000_000 + 1_000_000;
+            assert!(
+                (placed - target).abs() <= 1_000_000,
+                "{off_ms} ms: {} µs from its place",
+                (placed - target) / 1000
+            );
+        }
+    }
+
     /// Audio reports scattered late by up to 15 ms (frames handed over late), one sender:
     /// the line follows the earliest, so a packet lands where it was captured, and it keeps
     /// doing so over a minute (a least-squares line drifted 0.6 ms a second on such reports).
@@ -514,7 +561,9 @@ mod tests {
             // One packet of each, captured together 1.5 s after the report.
             let at = t + 1_500_000_000;
             let a = timeline.retime(audio, 48000, rtp(at, 48), Arrival::at(at + 30_000_000), false);
-            let v = timeline.retime(video, 90000, rtp(at, 90), Arrival::at(at + 60_000_000), false);
+            // (Arriving as the audio does: a first lock off by arrival is slewed, another test's
+            // subject.)
+            let v = timeline.retime(video, 90000, rtp(at, 90), Arrival::at(at + 30_000_000), false);
             assert!((a - v).abs() <= 1_000_000, "report {k}: audio {a} video {v}: {} µs apart", (a - v) / 1000);
         }
     }
