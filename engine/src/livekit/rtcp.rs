@@ -20,6 +20,9 @@ use super::timeline::{Timeline, sender_reports};
 /// 5 s (`rtcp-min-interval`), so without loss nothing more is sent.
 const RTCP_BYTES_PER_SECOND: f64 = 50_000.0;
 
+/// Consecutive packets a jitter buffer needs to start without waiting out its latency.
+const FASTSTART_PACKETS: u32 = 4;
+
 /// Tunes each RTP session and jitter buffer webrtcbin makes, and feeds every RTCP sender
 /// report to `timeline`, stamped with its arrival. rtpbin makes its sessions as streams come:
 /// each is hooked once, when its first jitter buffer appears.
@@ -38,6 +41,10 @@ pub fn tune_sessions(webrtc: &gst::Element, timeline: Arc<Timeline>) {
         // when the buffer guesses it is due: an audio sender in DTX sends one packet in 400 ms,
         // so each of those was asked for, given up as lost, and dropped when it came.
         jitterbuffer.set_property("rtx-next-seqnum", false);
+        // A stream's first packets leave as soon as a few in a row are there, rather than
+        // after the buffer's whole latency: an egress starts ~200 ms sooner. Packets after a
+        // gap still wait for their retransmission.
+        jitterbuffer.set_property("faststart-min-packets", FASTSTART_PACKETS);
         if !hooked.lock().unwrap().insert(session) {
             return None;
         }
