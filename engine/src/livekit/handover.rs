@@ -158,6 +158,8 @@ struct SpliceState {
     ssrc: Option<u32>,
     next_seq: Option<u16>,
     seq_shift: u16,
+    /// Whether the consumer takes audio (each packet a whole frame), from its caps.
+    audio: Option<bool>,
 }
 
 impl Splice {
@@ -177,12 +179,13 @@ impl Splice {
         let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
         let Some(header) = rtp_header(buffer) else { return gst::PadProbeReturn::Ok };
         let Some(running) = running_time(pad, buffer) else { return gst::PadProbeReturn::Ok };
-        let audio = pad
-            .current_caps()
-            .and_then(|c| c.structure(0).and_then(|s| s.get::<String>("media").ok()))
-            .is_some_and(|m| m == "audio");
         let source = pad.peer();
         let mut state = self.state.lock().unwrap();
+        let audio = *state.audio.get_or_insert_with(|| {
+            pad.current_caps()
+                .and_then(|c| c.structure(0).and_then(|s| s.get::<String>("media").ok()))
+                .is_some_and(|m| m == "audio")
+        });
         if state.source != source {
             state.floor = state.last_whole;
             state.source = source;

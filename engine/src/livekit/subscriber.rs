@@ -155,7 +155,7 @@ impl Subscriber {
             // lag behind) and this packet, after its sticky events (`handover::replay`).
             let (edges, backlog) = (handover::FrameEdges::default(), handover::Backlog::default());
             pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |pad, info| {
-                if handover::replaying() {
+                if handover::replaying() || pad.peer().is_some() {
                     return gst::PadProbeReturn::Ok;
                 }
                 let packets: Vec<gst::Buffer> = match &info.data {
@@ -164,9 +164,6 @@ impl Subscriber {
                     _ => Vec::new(),
                 };
                 let at_frame_start = packets.first().is_some_and(|b| edges.starts_frame(b));
-                if pad.peer().is_some() {
-                    return gst::PadProbeReturn::Ok;
-                }
                 let Ok(mut routes) = waiting_routes.try_lock() else { return gst::PadProbeReturn::Drop };
                 let waiting = routes.settle(&waiting_mid, at_frame_start);
                 drop(routes);
