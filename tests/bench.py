@@ -215,7 +215,7 @@ def bench_track_runs(workdir, seconds, rounds, egret, publisher):
     print(f"\nroom track -> WebM, VP8 1280x720 copied (no transcoding), {rounds} x {seconds:.0f} s")
     for cpu, media, latency in copy:
         print(f"  {per_minute(cpu, media):6.2f} CPU-s/min = {per_minute(cpu, media) / 60 * 100:.2f} % of a core "
-              f"(target <= 1 %), start {latency * 1000:.0f} ms (target <= 300 ms)")
+              f"(target <= 1 %), start {latency * 1000:.0f} ms (target <= 250 ms)")
     report("room track composite -> MP4, 720p30 H.264 3 Mb/s + AAC",
            {"egret composite": composite, "bare decode+encode": bare}, rounds, seconds)
 
