@@ -176,6 +176,7 @@ async fn serve(mut config: config::Config, config_path: PathBuf) -> Result<()> {
     let as_written = config.clone();
     gstreamer::init().context("GStreamer could not start")?;
     let missing = media::preload_plugins();
+    livekit::prepare_dtls_certificate();
     if !missing.is_empty() {
         tracing::warn!(?missing, "GStreamer elements missing: outputs needing them will fail (run tests/setup.sh)");
     }

@@ -19,6 +19,18 @@ use jsonwebtoken::{EncodingKey, Header};
 use livekit_protocol as proto;
 use serde_json::{Value, json};
 
+/// Makes the process's DTLS certificate now, in the background. webrtcbin's DTLS elements
+/// share one certificate per process, made with the first connection (an RSA key): the
+/// first room egress after a start waited ~100 ms more for its first answer than the next.
+pub fn prepare_dtls_certificate() {
+    std::thread::spawn(|| {
+        let started = std::time::Instant::now();
+        if crate::media::make("dtlsdec", None).is_ok() {
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "DTLS certificate ready");
+        }
+    });
+}
+
 /// A join token for the recorder: hidden from other participants, subscribe-only.
 pub fn recorder_token(api_key: &str, api_secret: &str, room: &str, identity: &str) -> String {
     let grant = json!({
