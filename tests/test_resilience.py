@@ -49,14 +49,17 @@ def test_signalling_cut_keeps_the_recording_going(proxied, publish, room):
     assert max(offsets) - min(offsets) <= 0.045, f"flash/beep pairs {shown}"
 
 
-@pytest.mark.parametrize("kind", ["video", "audio"])
+@pytest.mark.parametrize("kind", ["video", "h264", "audio"])
 def test_a_copied_track_goes_on_through_a_rejoin_without_repeats(proxied, publish, room, kind):
     """Track egress (no transcoding) through a 3 s signalling cut: the new connection takes
     over where the old one stopped. Before, it repeated the last 200 ms of video with
-    timestamps going back (players and remuxers choke on that) and moved the sound by 40 ms."""
+    timestamps going back (players and remuxers choke on that) and moved the sound by 40 ms.
+    `video` is VP8 (to WebM), `h264` H.264 (to MP4)."""
     egret, proxy = proxied
-    pub = publish("--flash", "--dtx")
-    info = egret.api.start("track", room_name=room, track_id=pub.tracks[kind],
+    pub = publish("--flash", "--dtx", *(["--codec", "h264"] if kind == "h264" else []))
+    track = pub.tracks["audio" if kind == "audio" else "video"]
+    kind = "audio" if kind == "audio" else "video"
+    info = egret.api.start("track", room_name=room, track_id=track,
                            file_outputs=[{"filepath": "cut/{track_id}"}])
     eid = info["egress_id"]
     before = record_through_a_cut(egret, proxy, eid)
