@@ -190,6 +190,25 @@ def test_video_republished_with_another_codec(lk_egret, publish, room):
     assert flashes and flashes[-1] > duration(media) - 2.0, (flashes, duration(media))
 
 
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+def test_a_track_egress_completes_when_its_track_is_unpublished(lk_egret, publish, room, codec):
+    """As LiveKit: the egress ends complete ("track unpublished") with a playable file.
+    livekit-server ends the track with tiny blank keyframes (2x2 for H.264): the MP4 writer
+    refused that change of picture size and the egress failed."""
+    pub = publish("--codec", codec)
+    info = lk_egret.api.start("track", room_name=room, track_id=pub.tracks["video"],
+                              file_outputs=[{"filepath": "unpub/{track_id}"}])
+    eid = info["egress_id"]
+    lk_egret.api.wait_status(eid, "active")
+    lk_egret.api.wait(eid, lambda i: i["duration"] >= 2, what="2 s recorded")
+    pub.command("unpublish video")
+    info = lk_egret.api.wait_status(eid, "complete", "failed", "aborted")
+    assert info["status"] == "complete" and info["reason"] == "track unpublished", info
+    path, media = recorded(lk_egret, info)
+    (video,) = streams(media, "video")
+    assert duration(media) > 1.5 and video["width"] > 16, video
+
+
 def test_room_deleted_completes_the_egress(lk_egret, livekit, publish, room):
     pub = publish("--codec", "vp8")
     info = lk_egret.api.start("track", room_name=room, track_id=pub.tracks["video"], file_outputs=[{"filepath": "del/x"}])

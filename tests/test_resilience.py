@@ -31,9 +31,12 @@ def record_through_a_cut(egret, proxy, eid):
     return egret.api.get(eid)["duration"]
 
 
-def test_signalling_cut_keeps_the_recording_going(proxied, publish, room):
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+def test_signalling_cut_keeps_the_recording_going(proxied, publish, room, codec):
+    """A participant egress (decoded) through a cut. With H.264 the takeover made FFmpeg's
+    decoder drain and flush (a new stream-start) and draw grey until the next keyframe."""
     egret, proxy = proxied
-    pub = publish("--flash", "--dtx")
+    pub = publish("--flash", "--dtx", "--codec", codec)
     info = egret.api.start("participant", room_name=room, identity=pub.identity, file_outputs=[{"filepath": "cut/{room_name}.mp4"}], **SMALL)
     eid = info["egress_id"]
     before = record_through_a_cut(egret, proxy, eid)

@@ -168,6 +168,17 @@ impl Splice {
         let splice = Arc::new(Splice { state: Mutex::new(SpliceState { between_frames: true, ..Default::default() }) });
         let watching = splice.clone();
         sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| watching.on_packet(pad, info));
+        // Each connection's pad starts its own stream (a new stream-id). Passed on, it made a
+        // decoder drain and flush at the takeover: FFmpeg's H.264 decoder lost its reference
+        // pictures and drew grey for the 0.3-0.6 s until the next keyframe. It is one stream.
+        sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |pad, info| {
+            let is_stream_start =
+                matches!(&info.data, Some(gst::PadProbeData::Event(e)) if e.type_() == gst::EventType::StreamStart);
+            if is_stream_start && pad.sticky_event::<gst::event::StreamStart>(0).is_some() {
+                return gst::PadProbeReturn::Drop;
+            }
+            gst::PadProbeReturn::Ok
+        });
         splice
     }
 

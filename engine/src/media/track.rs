@@ -59,7 +59,40 @@ fn depay_chain(codec: Codec, own_thread: bool) -> Result<Vec<gst::Element>> {
         }
         Codec::Audio(AudioCodec::Aac) => bail!("LiveKit tracks are never AAC"),
     }
+    if let (Codec::Video(_), Some(last)) = (codec, chain.last()) {
+        drop_end_of_track_filler(&last.static_pad("src").expect("src pad"));
+    }
     Ok(chain)
+}
+
+/// livekit-server ends a video track it stops forwarding (unpublished, the subscription
+/// closed) with a few tiny blank keyframes (2×2 for H.264, 8×8 for VP8). Passed on, they
+/// changed the stream's picture size at its very end: an MP4 writer refused the change
+/// ("not-negotiated"), which stopped webrtcbin's transport and failed the egress instead of
+/// completing it. Pictures of 16×16 or less, with their caps, are dropped.
+fn drop_end_of_track_filler(pad: &gst::Pad) {
+    let filler = std::sync::atomic::AtomicBool::new(false);
+    pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &info.data {
+            Some(gst::PadProbeData::Event(event)) => {
+                let gst::EventView::Caps(caps) = event.view() else { return gst::PadProbeReturn::Ok };
+                let size = caps
+                    .caps()
+                    .structure(0)
+                    .and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?)));
+                let tiny = size.is_some_and(|(w, h)| w <= 16 && h <= 16);
+                filler.store(tiny, Relaxed);
+                if tiny {
+                    tracing::debug!(?size, "LiveKit's end-of-track filler dropped");
+                    return gst::PadProbeReturn::Drop;
+                }
+                gst::PadProbeReturn::Ok
+            }
+            Some(gst::PadProbeData::Buffer(_)) if filler.load(Relaxed) => gst::PadProbeReturn::Drop,
+            _ => gst::PadProbeReturn::Ok,
+        }
+    });
 }
 
 /// Senders using DTX (browsers do) send nothing while silent, so Opus packets come with
