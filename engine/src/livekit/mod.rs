@@ -11,6 +11,7 @@ mod speakers;
 mod subscriber;
 mod timeline;
 
+pub use handover::DISCARD;
 pub use subscriber::is_data_channel_error;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -85,11 +85,11 @@ fn drop_end_of_track_filler(pad: &gst::Pad) {
                 filler.store(tiny, Relaxed);
                 if tiny {
                     tracing::debug!(?size, "LiveKit's end-of-track filler dropped");
-                    return gst::PadProbeReturn::Drop;
+                    return crate::livekit::DISCARD;
                 }
                 gst::PadProbeReturn::Ok
             }
-            Some(gst::PadProbeData::Buffer(_)) if filler.load(Relaxed) => gst::PadProbeReturn::Drop,
+            Some(gst::PadProbeData::Buffer(_)) if filler.load(Relaxed) => crate::livekit::DISCARD,
             _ => gst::PadProbeReturn::Ok,
         }
     });
