@@ -83,7 +83,7 @@ pub fn ask_keyframes_by_ssrc(pad: &gst::Pad) {
         let Some(ssrc) = ssrc else { return gst::PadProbeReturn::Ok };
         let mut last = last.lock().unwrap();
         if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(300)) {
-            return gst::PadProbeReturn::Drop;
+            return super::handover::DISCARD;
         }
         *last = Some(std::time::Instant::now());
         let request =
