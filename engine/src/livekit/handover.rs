@@ -52,14 +52,15 @@ fn ssrc_of(pad: &gst::Pad) -> Option<u32> {
     pad.current_caps()?.structure(0)?.get::<u32>("ssrc").ok()
 }
 
-struct Header {
-    marker: bool,
-    seq: u16,
-    timestamp: u32,
-    ssrc: u32,
+/// The RTP header fields egret reads (timing, handover).
+pub struct Header {
+    pub marker: bool,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
 }
 
-fn rtp_header(buffer: &gst::BufferRef) -> Option<Header> {
+pub fn rtp_header(buffer: &gst::BufferRef) -> Option<Header> {
     let map = buffer.map_readable().ok()?;
     (map.len() >= 12).then(|| Header {
         marker: map[1] & 0x80 != 0,

@@ -158,22 +158,30 @@ impl Subscriber {
                 if handover::replaying() || pad.peer().is_some() {
                     return gst::PadProbeReturn::Ok;
                 }
+                let first = match &info.data {
+                    Some(gst::PadProbeData::Buffer(buffer)) => Some(buffer.as_ref()),
+                    Some(gst::PadProbeData::BufferList(list)) => list.get(0),
+                    _ => None,
+                };
+                let at_frame_start = first.is_some_and(|b| edges.starts_frame(b));
+                let Ok(mut routes) = waiting_routes.try_lock() else { return gst::PadProbeReturn::Drop };
+                let waiting = routes.settle(&waiting_mid, at_frame_start);
+                drop(routes);
+                let linked = pad.peer().is_some();
+                if !linked && !waiting {
+                    backlog.clear(); // a pad nobody routed: its packets are only dropped
+                    return gst::PadProbeReturn::Drop;
+                }
                 let packets: Vec<gst::Buffer> = match &info.data {
                     Some(gst::PadProbeData::Buffer(buffer)) => vec![buffer.clone()],
                     Some(gst::PadProbeData::BufferList(list)) => list.iter_owned().collect(),
                     _ => Vec::new(),
                 };
-                let at_frame_start = packets.first().is_some_and(|b| edges.starts_frame(b));
-                let Ok(mut routes) = waiting_routes.try_lock() else { return gst::PadProbeReturn::Drop };
-                let waiting = routes.settle(&waiting_mid, at_frame_start);
-                drop(routes);
-                if pad.peer().is_some() {
+                if linked {
                     notify_link.notify_waiters();
                     handover::replay(pad, backlog.take().into_iter().chain(packets).collect());
-                } else if waiting {
-                    packets.into_iter().for_each(|p| backlog.keep(p));
                 } else {
-                    backlog.clear();
+                    packets.into_iter().for_each(|p| backlog.keep(p));
                 }
                 gst::PadProbeReturn::Drop
             });
@@ -352,15 +360,9 @@ fn retime(pad: &gst::Pad, timeline: Arc<Timeline>) {
         }
         let Some(buffer) = info.buffer_mut() else { return gst::PadProbeReturn::Ok };
         let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
-        let header = {
-            let Ok(map) = buffer.map_readable() else { return gst::PadProbeReturn::Ok };
-            if map.len() < 12 {
-                return gst::PadProbeReturn::Ok;
-            }
-            let word = |i: usize| u32::from_be_bytes([map[i], map[i + 1], map[i + 2], map[i + 3]]);
-            (word(4), word(8))
+        let Some(handover::Header { timestamp: rtp, ssrc, .. }) = handover::rtp_header(buffer) else {
+            return gst::PadProbeReturn::Ok;
         };
-        let (rtp, ssrc) = header;
         let caps = pad.current_caps();
         let field = |name: &str| caps.as_ref().and_then(|c| c.structure(0)).map(|s| s.value(name).ok().cloned());
         let clock_rate = field("clock-rate").flatten().and_then(|v| v.get::<i32>().ok()).unwrap_or(0).max(0) as u32;
