@@ -401,3 +401,48 @@ class PacketLoss:
 
         subprocess.run(["nft", "delete", "table", "inet", self.TABLE], capture_output=True)
 
+
+class Jitter:
+    """Delays every packet livekit-server sends from its media port by `delay_ms` ± `jitter_ms`
+    (uniform, reordering allowed), inside the tests' namespace: netem's `delay D J`, for a kernel
+    without netem. A policy rule routes those packets (locally sent, UDP from the port) into a
+    TUN device whose other end is tests/netdelay.py, which writes each back after its delay; the
+    kernel then delivers it as received. Stacks with PacketLoss (its drop comes first)."""
+
+    DEVICE = "egJitter"
+    TABLE = "4242"
+    RULE = "10"
+
+    def __init__(self, livekit, delay_ms, jitter_ms):
+        self.line = subprocess.Popen(
+            [sys.executable, str(HERE / "netdelay.py"), self.DEVICE, str(delay_ms), str(jitter_ms)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.line.stdout.readline().strip() != "ready":
+            raise RuntimeError("netdelay.py did not start")
+        ip = lambda *args: subprocess.run(["ip", *args], check=True, capture_output=True)
+        ip("link", "set", self.DEVICE, "up")
+        # Packets written back carry one of the namespace's own addresses as their source:
+        # accepted only with accept_local, and without reverse-path filtering.
+        for key in (f"conf.{self.DEVICE}.accept_local=1", f"conf.{self.DEVICE}.rp_filter=0", "conf.all.rp_filter=0"):
+            subprocess.run(["sysctl", "-qw", f"net.ipv4.{key}"], check=True)
+        ip("route", "add", "default", "dev", self.DEVICE, "table", self.TABLE)
+        ip("rule", "add", "pref", self.RULE, "iif", "lo", "ipproto", "udp", "sport", str(livekit.udp_port),
+           "lookup", self.TABLE)
+        # The `local` table's rule comes first (pref 0) and would deliver the packets directly:
+        # it moves behind ours for as long as the delay lasts.
+        ip("rule", "add", "pref", "100", "lookup", "local")
+        ip("rule", "del", "pref", "0")
+
+    def close(self):
+        ip = lambda *args: subprocess.run(["ip", *args], capture_output=True)
+        ip("rule", "add", "pref", "0", "lookup", "local")
+        ip("rule", "del", "pref", "100")
+        ip("rule", "del", "pref", self.RULE)
+        ip("route", "flush", "table", self.TABLE)
+        self.line.stdin.close()
+        try:
+            self.line.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.line.kill()
+        return self.line.stdout.read().strip()
+

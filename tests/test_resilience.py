@@ -2,11 +2,13 @@
 for a while (a proxy in between drops it and refuses new connections). egret rejoins as a new
 hidden participant while the old connection still delivers media, so nothing is lost."""
 
+import os
+
 import numpy as np
 import pytest
 
 from conftest import EgretProcess
-from livekit_harness import SMALL, PacketLoss, SignalProxy, recorded, stop_and_measure
+from livekit_harness import SMALL, Jitter, PacketLoss, SignalProxy, recorded, stop_and_measure
 from media import audio_samples, duration, longest_still, onsets, packet_times, video_luma
 
 CUT_S = 3
@@ -107,12 +109,15 @@ def test_packet_loss_keeps_sync_and_motion(lk_egret, livekit, publish, room):
                            file_outputs=[{"filepath": "loss/{room_name}.mp4"}], **SMALL)
     eid = info["egress_id"]
     egret.api.wait_status(eid, "active")
-    loss = PacketLoss(livekit, 5)
+    loss = PacketLoss(livekit, int(os.environ.get("LOSS", 5)))
+    jitter = Jitter(livekit, int(os.environ.get("DELAY", 50)), int(os.environ.get("JIT", 30)))
     try:
         egret.api.wait(eid, lambda i: i["duration"] >= 32, what="30 s under loss", timeout=60)
         dropped = loss.dropped()
     finally:
+        delayed = jitter.close()
         loss.close()
+    print(f"jitter: {delayed}")
     path, media, pairs, shown = stop_and_measure(egret, eid)
     still = longest_still(path)
     print(f"dropped {dropped} packets; longest still picture {still:.2f} s; pairs {shown}")

@@ -40,6 +40,24 @@ fn give_frames_a_duration(pad: &gst::Pad) {
 /// Opus's algorithmic delay at 48 kHz: 312 samples (its standard pre-skip).
 const OPUS_LOOKAHEAD_NS: i64 = 312 * 1_000_000_000 / 48_000;
 
+/// The mixer flags a buffer GAP when no track filled it (an empty room, a track silent
+/// with DTX whose packets came after the mixer's deadline). Downstream, audioresample
+/// (48 → 44.1 kHz for AAC) resets its filter at every change between GAP and sound, and its
+/// output skips the filter's length each time: 66 samples, 1.5 ms of timeline, which the
+/// AAC encoder stamped back to back. A participant beeping once a second out of DTX silence
+/// drifted 1.5 ms a second from its picture (60 ms after 40 s). The mixer fills a GAP
+/// buffer with silence: it goes on as the silence it is.
+fn silence_is_not_a_gap(pad: &gst::Pad) {
+    pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+        if let Some(buffer) = info.buffer_mut()
+            && buffer.flags().contains(gst::BufferFlags::GAP)
+        {
+            buffer.make_mut().unset_flags(gst::BufferFlags::GAP);
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 /// Tracks arrive through webrtcbin's 200 ms jitter buffer and a decoder; the mixers wait
 /// this long for them even though only the always-on base source exists at the start.
 const TRACK_LATENCY_NS: u64 = 400_000_000;
@@ -146,7 +164,9 @@ impl Slot {
         // good. Tracks are timed from sender reports (smooth to the sample): follow them.
         mixer.set_property("alignment-threshold", 10_000_000u64);
         mixer.set_property("discont-wait", 200_000_000u64);
-        Self::build(pipeline, MediaKind::Audio, base, (AUDIO_CAPS, AUDIO_CAPS), mixer, (0, 0))
+        let slot = Self::build(pipeline, MediaKind::Audio, base, (AUDIO_CAPS, AUDIO_CAPS), mixer, (0, 0))?;
+        silence_is_not_a_gap(&slot.output.pad);
+        Ok(slot)
     }
 
     fn build(
@@ -341,6 +361,8 @@ mod tests {
                     let buffer = sample.buffer().unwrap();
                     let map = buffer.map_readable().unwrap();
                     let peak = map.chunks_exact(2).map(|s| i16::from_le_bytes([s[0], s[1]]).saturating_abs()).max();
+                    // Silence goes on as silence, not as a GAP (see `silence_is_not_a_gap`).
+                    assert!(!buffer.flags().contains(gst::BufferFlags::GAP), "a GAP buffer left the slot");
                     (buffer.pts().unwrap().nseconds(), buffer.duration().unwrap().nseconds(), peak.unwrap_or(0))
                 })
                 .collect()
