@@ -45,6 +45,9 @@ const DEFAULT_AUDIO_PACKET_NS: f64 = 20e6;
 const MAX_AUDIO_PACKET_NS: f64 = 120e6;
 /// A correction this large is a new situation (a reset, a rejoin), not drift: stepped.
 const STEP_NS: f64 = 1e9;
+/// Before its first report, a track arriving this much slower than its fastest packet so far
+/// is taken to be on a new path (see `TrackClock::before_reports`).
+const FLOOR_RESET_NS: f64 = 250e6;
 /// A track's first lock moves it from its arrival timing to its reports' by slewing up to
 /// this far, by one step beyond.
 const SLEWED_FIRST_STEP_NS: f64 = 40e6;
@@ -94,6 +97,10 @@ struct TrackClock {
     recent: VecDeque<(i64, u64)>,
     /// The stream whose timing it took over (see `Timeline::inherit`).
     inherited: bool,
+    /// Until its first report: the least (arrival − RTP time) seen, in ns (`before_reports`).
+    arrival_floor_ns: Option<f64>,
+    /// Until its first report: where its last packet was placed.
+    last_placed: Option<i64>,
 }
 
 impl TrackClock {
@@ -163,6 +170,29 @@ impl TrackClock {
             return None;
         }
         self.recent.iter().map(|(arrival, rtp)| *arrival as f64 - *rtp as f64 * 1e9 / rate).reduce(f64::min)
+    }
+
+    /// Where a packet goes until the track's first report: at its RTP time from the fastest
+    /// arrival seen so far, never before the packet placed last. The jitter buffer's own
+    /// smoothing starts from the first packet's arrival and takes 2 s to reach the fastest
+    /// one: with 30 ms of network jitter a beep and its flash were 40-60 ms apart in the first
+    /// second, as their first packets happened to come. A path that gets slower for good
+    /// (250 ms) starts the floor afresh: packets would otherwise be placed that much before
+    /// they can come.
+    fn before_reports(&mut self, ext: u64, received: i64, clock_rate: u32) -> Option<i64> {
+        if clock_rate == 0 {
+            return None;
+        }
+        let delay = received as f64 - ext as f64 * 1e9 / f64::from(clock_rate);
+        let floor = match self.arrival_floor_ns {
+            Some(floor) if delay - floor < FLOOR_RESET_NS => floor.min(delay),
+            _ => delay,
+        };
+        self.arrival_floor_ns = Some(floor);
+        let placed = (floor + ext as f64 * 1e9 / f64::from(clock_rate)).round() as i64;
+        let placed = self.last_placed.map_or(placed, |last| placed.max(last));
+        self.last_placed = Some(placed);
+        Some(placed)
     }
 
     /// The smallest (arrival − NTP) of its reports, if it has any.
@@ -328,6 +358,8 @@ impl Timeline {
         }
         let lead = if audio { track.audio_lead_ns(clock_rate) } else { 0.0 };
         // Arrival timing carries the same lateness (a packet leaves once complete).
+        let arrival =
+            if track.locked { arrival } else { track.before_reports(ext, received, clock_rate).unwrap_or(arrival) };
         let arrival = arrival - lead as i64;
         let Some(target) = state.target(ssrc, Some(ext)).map(|t| t - lead) else {
             let track = state.tracks.get_mut(&ssrc).expect("added above");
@@ -459,6 +491,31 @@ mod tests {
         let a = timeline.retime(old, 48000, rtp(o0, t), Arrival::at(t + 5_000_000), true);
         let b = timeline.retime(new, 48000, rtp(n0, t), Arrival::at(t + 5_000_000), true);
         assert!((a - b).abs() < 1_000_000, "old {a} new {b}: {} µs apart", (b - a) / 1000);
+    }
+
+    /// Before any report, packets are placed from the fastest arrival so far, not from the
+    /// first one: an audio and a video stream captured together, whose first packets happened
+    /// to be held up 60 ms and 10 ms by the network (later ones 0-60 ms), are placed within
+    /// a few ms of each other once each has had a fast packet, and no track goes backwards.
+    #[test]
+    fn before_reports_packets_are_placed_by_their_fastest_arrival() {
+        let timeline = Timeline::default();
+        let (audio, video) = (1u32, 2u32);
+        let net = |i: i64, first: i64| if i == 0 { first } else { (i * 37 % 61) * 1_000_000 };
+        let (mut last_a, mut last_v) = (i64::MIN, i64::MIN);
+        let mut apart = Vec::new();
+        for i in 0..50i64 {
+            let t = 1_000_000_000 + i * 20_000_000; // a packet of each every 20 ms
+            let a =
+                timeline.retime(audio, 48000, (t * 48 / 1_000_000) as u32, Arrival::at(t + net(i, 60_000_000)), false);
+            let v =
+                timeline.retime(video, 90000, (t * 90 / 1_000_000) as u32, Arrival::at(t + net(i, 10_000_000)), false);
+            assert!(a >= last_a && v >= last_v, "a track went backwards at packet {i}");
+            (last_a, last_v) = (a, v);
+            apart.push((a - v).abs());
+        }
+        let settled = apart[10..].iter().max().unwrap();
+        assert!(*settled <= 2_000_000, "audio and video {} µs apart after 10 packets", settled / 1000);
     }
 
     /// A sender stamps an audio packet when it is complete (its first sample 20 ms earlier for

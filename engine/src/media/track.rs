@@ -52,7 +52,9 @@ fn depay_chain(codec: Codec, own_thread: bool) -> Result<Vec<gst::Element>> {
             chain.push(make("vp9parse", None)?);
         }
         Codec::Audio(AudioCodec::Opus) => {
-            chain.push(make("rtpopusdepay", None)?);
+            let depay = make("rtpopusdepay", None)?;
+            ignore_lost_packet_events(&depay.static_pad("sink").expect("rtpopusdepay sink"));
+            chain.push(depay);
             let parse = make("opusparse", None)?;
             fill_dtx_gaps(&parse.static_pad("src").expect("opusparse src"));
             chain.push(parse);
@@ -63,6 +65,26 @@ fn depay_chain(codec: Codec, own_thread: bool) -> Result<Vec<gst::Element>> {
         drop_end_of_track_filler(&last.static_pad("src").expect("src pad"));
     }
     Ok(chain)
+}
+
+/// The jitter buffer reports a packet it gave up on with an event the depayloader turns into
+/// a GAP, timed by the packet's expected arrival and lasting its estimate of the packets'
+/// spacing. Next to DTX silence (a packet every 400 ms) that estimate is 0.25-0.4 s, and the
+/// arrival time is not the session timeline the packets are placed on (see
+/// `livekit::timeline`): the decoder concealed up to 400 ms of sound at the wrong place, over
+/// the next packets, and the mixer pushed them out of place (a beep 64 ms off its flash with
+/// 50 ms of network delay). A lost Opus packet leaves a hole in the RTP timestamps instead,
+/// which `fill_dtx_gaps` fills with concealment at the right time.
+fn ignore_lost_packet_events(pad: &gst::Pad) {
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| match &info.data {
+        Some(gst::PadProbeData::Event(event))
+            if event.type_() == gst::EventType::CustomDownstream
+                && event.structure().is_some_and(|s| s.name() == "GstRTPPacketLost") =>
+        {
+            crate::livekit::DISCARD
+        }
+        _ => gst::PadProbeReturn::Ok,
+    });
 }
 
 /// livekit-server ends a video track it stops forwarding (unpublished, the subscription
