@@ -423,8 +423,8 @@ class Jitter:
         ip("link", "set", self.DEVICE, "up")
         # Packets written back carry one of the namespace's own addresses as their source:
         # accepted only with accept_local, and without reverse-path filtering.
-        for key in (f"conf.{self.DEVICE}.accept_local=1", f"conf.{self.DEVICE}.rp_filter=0", "conf.all.rp_filter=0"):
-            subprocess.run(["sysctl", "-qw", f"net.ipv4.{key}"], check=True)
+        for key in (f"{self.DEVICE}/accept_local", f"{self.DEVICE}/rp_filter", "all/rp_filter"):
+            Path(f"/proc/sys/net/ipv4/conf/{key}").write_text("0" if key.endswith("rp_filter") else "1")
         ip("route", "add", "default", "dev", self.DEVICE, "table", self.TABLE)
         ip("rule", "add", "pref", self.RULE, "iif", "lo", "ipproto", "udp", "sport", str(livekit.udp_port),
            "lookup", self.TABLE)
