@@ -45,7 +45,7 @@ const OPUS_LOOKAHEAD_NS: i64 = 312 * 1_000_000_000 / 48_000;
 /// (48 → 44.1 kHz for AAC) resets its filter at every change between GAP and sound, and its
 /// output skips the filter's length each time: 66 samples, 1.5 ms of timeline, which the
 /// AAC encoder stamped back to back. A participant beeping once a second out of DTX silence
-/// drifted 1.5 ms a second from its picture (60 ms after 40 s). The mixer fills a GAP
+/// drifted 1.5 ms a second from its picture (+60 ms after 32 s). The mixer fills a GAP
 /// buffer with silence: it goes on as the silence it is.
 fn silence_is_not_a_gap(pad: &gst::Pad) {
     pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {

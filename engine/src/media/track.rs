@@ -72,9 +72,8 @@ fn depay_chain(codec: Codec, own_thread: bool) -> Result<Vec<gst::Element>> {
 /// spacing. Next to DTX silence (a packet every 400 ms) that estimate is 0.25-0.4 s, and the
 /// arrival time is not the session timeline the packets are placed on (see
 /// `livekit::timeline`): the decoder concealed up to 400 ms of sound at the wrong place, over
-/// the next packets, and the mixer pushed them out of place (a beep 64 ms off its flash with
-/// 50 ms of network delay). A lost Opus packet leaves a hole in the RTP timestamps instead,
-/// which `fill_dtx_gaps` fills with concealment at the right time.
+/// the packets that came next. A lost Opus packet leaves a hole in the RTP timestamps, which
+/// `fill_dtx_gaps` fills with concealment at the right time.
 fn ignore_lost_packet_events(pad: &gst::Pad) {
     pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| match &info.data {
         Some(gst::PadProbeData::Event(event))
