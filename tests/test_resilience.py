@@ -131,15 +131,14 @@ def test_packet_loss_and_jitter_keep_sync_and_motion(lk_egret, livekit, publish,
     # flash, or in the middle of its beep (read as +100 ms).
     pairs = [(t, o) for t, o in pairs if t > 1.5]
     times = [t for t, _ in pairs]
-    # A flash or beep whose first packets were lost for good is missing, or late by what was
-    # lost: in 6 runs of this code up to 2 seconds lacked their pair, never two in a row.
-    assert len(pairs) >= duration(media) - 5 and max(np.diff(times)) < 2.5, f"flash/beep pairs {shown}"
-    # The bar is 60 ms. In those runs every pair was within 33 ms but one, a flash two
-    # frames late (-72 ms, its packets lost): 90 % of the pairs are held to 60 ms and the
-    # median to 40 ms, every pair to 120 ms.
-    offsets = sorted(abs(o) for _, o in pairs)
-    assert offsets[int(len(offsets) * 0.9) - 1] <= 0.060, f"flash/beep pairs {shown}"
-    assert float(np.median(offsets)) <= 0.040 and offsets[-1] <= 0.120, f"flash/beep pairs {shown}"
+    # Every second after the start has its pair, 2 aside. In 10 runs of this code one second
+    # lacked it, the second one, at the start; before the jitter buffer kept asking for a missing packet for 400 ms
+    # (livekit::rtcp), flashes and beeps whose first packets were lost for good were missing
+    # (up to 4 a run) or late (-80 to +94 ms).
+    assert len(pairs) >= duration(media) - 4 and max(np.diff(times)) < 2.5, f"flash/beep pairs {shown}"
+    # The bar, 60 ms for every pair (in those runs: within 44 ms), median 40 ms.
+    offsets = [abs(o) for _, o in pairs]
+    assert max(offsets) <= 0.060 and float(np.median(offsets)) <= 0.040, f"flash/beep pairs {shown}"
     assert still <= 1.0, f"the picture stood still for {still:.2f} s"
 
 
