@@ -123,6 +123,13 @@ impl Graph {
     /// Removes every element so each is finalized now (closing its connections), whoever
     /// still holds a pad of it.
     pub fn dispose(&mut self) {
+        // An output taken out of the pipeline (failed, removed by UpdateStream, waiting to
+        // reconnect) is not reached by the pipeline's stop: one left PLAYING (a refused RTMP
+        // branch) was finalized with its queue's thread running, and egret aborted at the
+        // next egress's end ("g_mutex_clear() called on ... locked mutex").
+        for output in &self.outputs {
+            super::stop_all(&output.bin);
+        }
         self.encoders.clear();
         self.slots.clear();
         for child in self.pipeline.children() {

@@ -68,7 +68,11 @@ impl Supervisor {
         for (index, bin, why) in failed {
             // Out of the pipeline's state changes from now on; its unlink removes it.
             bin.set_locked_state(true);
-            let _ = bin.set_state(gst::State::Null);
+            // Each element on its own: the bin's own change to NULL stops at the refused sink
+            // and leaves the queue and parser upstream PLAYING, finalized later with their
+            // thread still running (a GStreamer-CRITICAL, then an abort of the whole server
+            // at the next egress's end: "g_mutex_clear() called on ... locked mutex").
+            crate::media::stop_all(&bin);
             self.fail_output(index, why, ending);
         }
         if let Some(end) = ending.take() {
