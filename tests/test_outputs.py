@@ -279,6 +279,7 @@ def test_rtmp_server_restart_reconnects(egret, tmp_path):
 
 def test_several_outputs_and_a_bad_rtmp_url(egret, nginx):
     good, bad = nginx.url("multi"), "rtmp://127.0.0.1:9/live/refused"
+    log_start = len(egret.log_text())
     started = egret.api.start(
         "testsrc",
         file_outputs=[{"filepath": "multi/f.mp4"}],
@@ -305,6 +306,9 @@ def test_several_outputs_and_a_bad_rtmp_url(egret, nginx):
     assert abs(duration(media) - ran_for(info)) <= 0.5
     assert (egret.storage / "multi/hls/p.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
     assert len(list((egret.storage / "multi").glob("img_*.jpeg"))) >= 2
+    # The refused branch is stopped before it is let go: finalized while PLAYING, its queue's
+    # thread ran on freed pads, and egret aborted at a later egress's end.
+    assert "Trying to dispose" not in egret.log_text()[log_start:], "an element was finalized while playing"
 
 
 def test_recipe_duration_stops_by_itself(egret):
