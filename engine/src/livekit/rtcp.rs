@@ -21,13 +21,15 @@ use super::timeline::{Timeline, sender_reports};
 const RTCP_BYTES_PER_SECOND: f64 = 50_000.0;
 
 /// How long after a missing packet was due the jitter buffer keeps asking for it. Its default
-/// (its latency less one retry, ~100 ms with 50 ms of network delay) left room for one NACK:
+/// (its latency less one retry; measured with a 200 ms latency, ~100 ms with 50 ms of network
+/// delay) left room for one NACK:
 /// livekit-server ignores a repeated NACK within min(100 ms, 2 × RTT) of its last resend, and
 /// a packet next to DTX silence, due (the buffer guesses) halfway through the silence, was
 /// given up at once. Under 50 ± 30 ms of delay and 5 % loss, frames of a flash were lost for
 /// good and the picture held 0.3-0.7 s for a keyframe in every run; with 400 ms, 0.03-0.07 s
-/// in 3 runs of 4 (300 ms: 0.37-0.43 s). Packets behind a missing one wait with it: 400 ms
-/// stays within the mixers' wait for their tracks (`media::slot`).
+/// in 3 runs of 4 (300 ms: 0.37-0.43 s). A packet still missing then is given up at the
+/// buffer's latency (`media::track::JITTER_LATENCY_MS`); packets behind it wait with it, and
+/// the mixers wait for their tracks longer than that (`media::slot`).
 const RTX_RETRY_PERIOD_MS: i32 = 400;
 
 /// Consecutive packets a jitter buffer needs to start without waiting out its latency.

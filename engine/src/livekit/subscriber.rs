@@ -15,6 +15,7 @@ use gstreamer_webrtc as gst_webrtc;
 
 use super::timeline::{Arrival, Timeline};
 use super::{handover, rtcp};
+use crate::media::track::JITTER_LATENCY_MS;
 use crate::media::{make, sync_states};
 
 const SUBSCRIBER_NAME: &str = "livekit-subscriber";
@@ -102,8 +103,9 @@ impl Subscriber {
         let number = SUBSCRIBERS.fetch_add(1, Ordering::Relaxed);
         let webrtc = make("webrtcbin", Some(&format!("{SUBSCRIBER_NAME}-{number}")))?;
         webrtc.set_property_from_str("bundle-policy", "max-bundle");
-        // Enough to reorder and retransmit on a real network; the delay is constant.
-        webrtc.set_property("latency", 200u32);
+        // Enough to reorder and retransmit on a real network, and to keep the start of a sound
+        // after DTX silence (see `JITTER_LATENCY_MS`); the delay is constant.
+        webrtc.set_property("latency", JITTER_LATENCY_MS);
         // Tracks are put on one timeline from the sender reports (`Timeline`): rtpbin's own
         // lip-sync pairs streams by CNAME, and LiveKit gives each track its own.
         // Lost packets are asked for again (NACK; LiveKit resends them from its cache) within

@@ -58,9 +58,12 @@ fn silence_is_not_a_gap(pad: &gst::Pad) {
     });
 }
 
-/// Tracks arrive through webrtcbin's 200 ms jitter buffer and a decoder; the mixers wait
-/// this long for them even though only the always-on base source exists at the start.
-const TRACK_LATENCY_NS: u64 = 400_000_000;
+/// Tracks arrive through webrtcbin's jitter buffer and a decoder; the mixers wait this long
+/// for them even though only the always-on base source exists at the start. Packets behind a
+/// lost one are held until the jitter buffer gives it up, its whole latency after it was
+/// due: the mixers wait that long and 100 ms more for decoding, else what the jitter buffer
+/// held would come after the mixer had moved on and be dropped with the lost packet.
+const TRACK_LATENCY_NS: u64 = (track::JITTER_LATENCY_MS as u64 + 100) * 1_000_000;
 
 pub struct Slot {
     pub kind: MediaKind,
