@@ -148,6 +148,25 @@ def onsets(times, values, threshold, min_gap):
     return found
 
 
+def beeps(path, threshold=0.2, bridge_ms=3):
+    """(onset, length) in seconds of each sound of a file: a sound cut short at its start (its
+    first packets lost) reads as late against its picture, so a sync test checks this too."""
+    samples, a_start = audio_samples(path)
+    window = 48  # 1 ms at 48 kHz
+    n = len(samples) // window
+    loud = np.abs(samples[: n * window]).reshape(n, window).max(axis=1) > threshold
+    found, i = [], 1
+    while i < n:
+        if loud[i] and not loud[i - 1]:
+            end = i
+            while end < n and loud[end : end + bridge_ms + 1].any():
+                end += 1
+            found.append((a_start + i / 1000.0, (end - i) / 1000.0))
+            i = end
+        i += 1
+    return found
+
+
 def av_offset(path):
     """Median (audio onset - video onset) in seconds over the flash/beep pairs of a file."""
     pairs = av_offsets(path)
