@@ -7,7 +7,7 @@ import pytest
 
 from conftest import EgretProcess
 from livekit_harness import SMALL, Jitter, PacketLoss, SignalProxy, recorded, stop_and_measure
-from media import audio_samples, duration, longest_still, onsets, packet_times, video_luma
+from media import audio_samples, duration, longest_still, onsets, packet_times, probe, streams, video_luma
 
 CUT_S = 3
 
@@ -50,6 +50,37 @@ def test_signalling_cut_keeps_the_recording_going(proxied, publish, room, codec)
     # was given 1 ms frames, the picture came a frame early after the takeover, in 1 run of 3.
     offsets = [o for _, o in pairs]
     assert max(offsets) - min(offsets) <= 0.045, f"flash/beep pairs {shown}"
+
+
+def test_a_room_lost_for_good_fails_with_what_it_recorded(tmp_path, livekit, publish, room):
+    """The signalling cut for longer than `reconnect_timeout`: the egress fails, says what it
+    tried (LiveKit's clients: "End reason: Failure", while it finalized too), and its file
+    plays up to the cut."""
+    proxy = SignalProxy(livekit)
+    egret = EgretProcess(tmp_path, proxy.config_toml("reconnect_timeout = 4\n"))
+    try:
+        pub = publish("--flash", "--dtx")
+        info = egret.api.start("participant", room_name=room, identity=pub.identity,
+                               file_outputs=[{"filepath": "lost/{room_name}.mp4"}], **SMALL)
+        eid = info["egress_id"]
+        egret.api.wait_status(eid, "active")
+        egret.api.wait(eid, lambda i: i["duration"] >= 3, what="3 s recorded")
+        proxy.cut(30)
+        done = egret.api.wait_status(eid, "complete", "failed", timeout=30)
+        print(f"error: {done['error']}")
+        assert done["status"] == "failed", done
+        assert "could not rejoin within 4 s" in done["error"] and "attempts" in done["error"], done["error"]
+        status, _, listed = egret.api.twirp("ListEgress", {"egress_id": eid})
+        (lk_info,) = listed["items"]
+        assert (lk_info["status"], lk_info["details"]) == ("EGRESS_FAILED", "End reason: Failure"), lk_info
+        (out,) = done["outputs"]
+        path = egret.storage / out["target"]
+        media = probe(path)
+        assert streams(media, "video") and streams(media, "audio")
+        assert duration(media) >= 3, media["format"]
+    finally:
+        egret.stop()
+        proxy.close()
 
 
 @pytest.mark.parametrize("kind", ["video", "h264", "audio"])

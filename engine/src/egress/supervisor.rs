@@ -175,13 +175,25 @@ impl Supervisor {
                     }
                     Command::Room { event, data } => {
                         match event.as_str() {
+                            // A track back in another codec needs a new connection too; the
+                            // network is fine, and the details say so.
                             "reconnecting" => self.record.set_details(format!(
-                                "reconnecting to LiveKit since {}: {}",
+                                "{} since {}: {}",
+                                if data["cause"] == "codec" {
+                                    "moving to a new LiveKit connection"
+                                } else {
+                                    "reconnecting to LiveKit"
+                                },
                                 chrono::Utc::now().format("%H:%M:%S UTC"),
                                 data["reason"].as_str().unwrap_or_default()
                             )),
                             "reconnected" => self.record.set_details(format!(
-                                "reconnected to LiveKit at {} after {:.1} s",
+                                "{} at {} after {:.1} s",
+                                if data["cause"] == "codec" {
+                                    "moved to a new LiveKit connection"
+                                } else {
+                                    "reconnected to LiveKit"
+                                },
                                 chrono::Utc::now().format("%H:%M:%S UTC"),
                                 data["seconds"].as_f64().unwrap_or_default()
                             )),

@@ -276,27 +276,34 @@ struct Session {
     room: String,
 }
 
+/// The time a rejoin attempt is given at least: the backoff's last wait is cut short for it.
+const LAST_ATTEMPT: Duration = Duration::from_secs(1);
+
 /// How a connection ended.
 enum Outcome {
     /// The room is over, or egret cannot go on in it: the egress ends.
     Final,
     /// The connection is gone but the room may still be there: rejoin.
     Lost(String),
+    /// The connection is fine but cannot take a track as it now comes (another codec on a
+    /// reused m-line): a new connection takes over, as after a loss, and says so.
+    Renegotiate(String),
 }
 
 impl Session {
     async fn run(self, mut events: UnboundedReceiver<SignalEvent>) {
         loop {
-            let reason = match self.follow(&mut events).await {
+            let (reason, cause) = match self.follow(&mut events).await {
                 Outcome::Final => return,
-                Outcome::Lost(reason) => reason,
+                Outcome::Lost(reason) => (reason, "lost"),
+                Outcome::Renegotiate(reason) => (reason, "codec"),
             };
-            match self.rejoin(&reason).await {
-                Some(next) => events = next,
-                None => {
+            match self.rejoin(&reason, cause).await {
+                Ok(next) => events = next,
+                Err(gave_up) => {
                     room_event(&self.events_to, "disconnected", json!({ "reason": reason }));
                     let room = &self.room;
-                    (self.events_to)(RoomEvent::Lost { reason: format!("lost the LiveKit room `{room}`: {reason}") });
+                    (self.events_to)(RoomEvent::Lost { reason: format!("lost the LiveKit room `{room}`: {gave_up}") });
                     return;
                 }
             }
@@ -333,7 +340,7 @@ impl Session {
                         if let Some(reason) = stuck {
                             // A new connection negotiates fresh m-lines; the old one keeps the
                             // other tracks going until it takes over.
-                            return Outcome::Lost(reason);
+                            return Outcome::Renegotiate(reason);
                         }
                     }
                     Err(e) => {
@@ -412,39 +419,59 @@ impl Session {
     }
 
     /// Joins again after `reason`, retrying with LiveKit's SDK backoff (n² × 300 ms, here at most
-    /// 5 s apart) for `[livekit] reconnect_timeout`. The new connection takes over the routed
-    /// tracks; the recipe hears `reconnecting`, then `reconnected` and whatever changed in the
-    /// room meanwhile. None when it gave up.
-    async fn rejoin(&self, reason: &str) -> Option<UnboundedReceiver<SignalEvent>> {
+    /// 5 s apart) for `[livekit] reconnect_timeout`; an attempt gets what is left of that time at
+    /// most. The new connection takes over the routed tracks; the egress hears `reconnecting`,
+    /// then `reconnected` (both with `cause`: "lost", or "codec" for a track that came back in
+    /// another codec, for its details), the recipe whatever changed in the room meanwhile. When
+    /// it gives up: what it tried, for the egress's error.
+    async fn rejoin(&self, reason: &str, cause: &str) -> Result<UnboundedReceiver<SignalEvent>, String> {
         let window = self.joiner.config.reconnect_timeout;
         if window.is_zero() {
-            return None;
+            return Err(reason.to_string());
         }
-        tracing::warn!(room = %self.room, %reason, "LiveKit connection lost: rejoining");
-        room_event(&self.events_to, "reconnecting", json!({ "reason": reason }));
+        tracing::warn!(room = %self.room, %reason, cause, "rejoining the LiveKit room");
+        room_event(&self.events_to, "reconnecting", json!({ "reason": reason, "cause": cause }));
         let began = tokio::time::Instant::now();
         let deadline = began + window;
-        for attempt in 1u32.. {
-            let delay = Duration::from_millis(300 * u64::from(attempt * attempt)).min(Duration::from_secs(5));
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
+        let mut last_error = String::new();
+        let mut attempts = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining < LAST_ATTEMPT {
                 break;
             }
-            tokio::time::sleep(delay.min(deadline - now)).await;
-            let (join, link, events) = match self.joiner.connect().await {
-                Ok(joined) => joined,
-                Err(e) => {
-                    tracing::info!(room = %self.room, attempt, "rejoin failed: {e:#}");
+            let delay = Duration::from_millis(300 * u64::from(attempts * attempts)).min(Duration::from_secs(5));
+            tokio::time::sleep(delay.min(remaining - LAST_ATTEMPT)).await;
+            attempts += 1;
+            // Cancelling it is safe: until it answers, a connection is only its websocket.
+            let (join, link, events) = match tokio::time::timeout_at(deadline, self.joiner.connect()).await {
+                Ok(Ok(joined)) => joined,
+                Ok(Err(e)) => {
+                    tracing::info!(room = %self.room, attempt = attempts, "rejoin failed: {e:#}");
+                    last_error = format!("{e:#}");
                     continue;
+                }
+                Err(_) => {
+                    last_error = "LiveKit did not answer before the reconnect timeout".into();
+                    break;
                 }
             };
             self.take_over(join, link);
             let seconds = began.elapsed().as_secs_f64();
-            tracing::info!(room = %self.room, attempt, seconds, "rejoined the LiveKit room");
-            room_event(&self.events_to, "reconnected", json!({ "attempts": attempt, "seconds": seconds }));
-            return Some(events);
+            tracing::info!(room = %self.room, attempt = attempts, seconds, "rejoined the LiveKit room");
+            room_event(
+                &self.events_to,
+                "reconnected",
+                json!({ "attempts": attempts, "seconds": seconds, "cause": cause }),
+            );
+            return Ok(events);
         }
-        None
+        let tried = match attempts {
+            0 => "no time left to try".to_string(),
+            1 => format!("1 attempt, {last_error}"),
+            n => format!("{n} attempts, the last: {last_error}"),
+        };
+        Err(format!("{reason}; could not rejoin within {} s ({tried})", window.as_secs_f64()))
     }
 
     /// Puts a new connection in place of the old: the tracks move over as the new one

@@ -110,7 +110,12 @@ fn end_reason(snapshot: &EgressSnapshot) -> (String, String) {
         crate::egress::reason::LIMIT_REACHED => "Session limit reached",
         crate::egress::reason::ALL_STREAMS_STOPPED => "All streams stopped",
         crate::egress::reason::SHUTDOWN => "Process killed",
-        _ if snapshot.status == EgressStatus::Failed => "Failure",
+        // Ending on its way to failing (what it recorded being finalized) says so already.
+        _ if snapshot.status == EgressStatus::Failed
+            || (snapshot.status == EgressStatus::Ending && !error.is_empty()) =>
+        {
+            "Failure"
+        }
         _ => "Source closed",
     };
     let error = match snapshot.status {

@@ -493,6 +493,14 @@ mod tests {
         let mut failed = snapshot.clone();
         (failed.status, failed.failure) = (EgressStatus::Failed, Some(ErrorKind::NotFound));
         assert_eq!(egress_info(&failed, None, Path::new("/s")).error_code, 404, "participant/track not found");
+        let mut failing = snapshot.clone();
+        (failing.status, failing.reason, failing.error) =
+            (EgressStatus::Ending, Some("lost the room".into()), Some("lost the room".into()));
+        assert_eq!(
+            egress_info(&failing, None, Path::new("/s")).details,
+            "End reason: Failure",
+            "finalizing before it fails: not 'Source closed'"
+        );
         match info.request {
             Some(lk::egress_info::Request::TrackComposite(r)) => assert_eq!(r.audio_track_id, "TR_a"),
             other => panic!("request echo: {other:?}"),
