@@ -15,8 +15,8 @@ use crate::request::encoding::{AudioCodec, VideoCodec};
 /// than this, and it guesses that time from the packets' spacing, not their RTP times: for
 /// the first packet after DTX silence (the sender sends one packet in 400 ms while silent),
 /// the guess is just after the silence's last packet. With 200 ms, any reordering at the
-/// start of a sound threw its first packets away: under 50 ± 30 ms of network jitter, a
-/// third of a participant's beeps lost 20-60 ms of their start (their onset read up to
+/// start of a sound threw its first packets away: under 50 ± 30 ms of network jitter, 1-4 of
+/// the 20 beeps of a participant's file lost 5-66 ms of their start (their onset read up to
 /// +79 ms against the picture). Above the DTX spacing and a few reordered packets, none is.
 pub const JITTER_LATENCY_MS: u32 = 500;
 
