@@ -420,10 +420,10 @@ impl Session {
 
     /// Joins again after `reason`, retrying with LiveKit's SDK backoff (n² × 300 ms, here at most
     /// 5 s apart) for `[livekit] reconnect_timeout`; an attempt gets what is left of that time at
-    /// most. The new connection takes over the routed tracks; the egress hears `reconnecting`,
-    /// then `reconnected` (both with `cause`: "lost", or "codec" for a track that came back in
-    /// another codec, for its details), the recipe whatever changed in the room meanwhile. When
-    /// it gives up: what it tried, for the egress's error.
+    /// most. The new connection takes over the routed tracks; the egress and its recipe hear
+    /// `reconnecting`, then `reconnected` (both with `cause`: "lost", or "codec" for a track
+    /// that came back in another codec), then whatever changed in the room meanwhile. When it
+    /// gives up: what it tried, for the egress's error.
     async fn rejoin(&self, reason: &str, cause: &str) -> Result<UnboundedReceiver<SignalEvent>, String> {
         let window = self.joiner.config.reconnect_timeout;
         if window.is_zero() {

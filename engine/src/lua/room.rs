@@ -31,6 +31,8 @@ pub const ROOM_EVENTS: &[&str] = &[
     "active_speakers",
     "own_metadata",
     "room_ended",
+    "reconnecting",
+    "reconnected",
     "disconnected",
 ];
 
