@@ -2,10 +2,12 @@
 for a while (a proxy in between drops it and refuses new connections). egret rejoins as a new
 hidden participant while the old connection still delivers media, so nothing is lost."""
 
+import time
+
 import numpy as np
 import pytest
 
-from conftest import EgretProcess
+from conftest import ROOT, EgretProcess
 from livekit_harness import SMALL, Jitter, PacketLoss, SignalProxy, recorded, stop_and_measure
 from media import audio_samples, duration, longest_still, onsets, packet_times, probe, streams, video_luma
 
@@ -50,6 +52,32 @@ def test_signalling_cut_keeps_the_recording_going(proxied, publish, room, codec)
     # was given 1 ms frames, the picture came a frame early after the takeover, in 1 run of 3.
     offsets = [o for _, o in pairs]
     assert max(offsets) - min(offsets) <= 0.045, f"flash/beep pairs {shown}"
+
+
+def test_a_recipe_hears_the_reconnect(proxied, publish, room):
+    """`room:on("reconnecting")` and `room:on("reconnected")` in a recipe of one's own (the
+    participant recipe with two handlers), through a 3 s cut."""
+    egret, proxy = proxied
+    text = (ROOT / "scripts" / "participant.lua").read_text()
+    join = "local room = egress:join(req.room_name)\n"
+    assert text.count(join) == 1 and text.count('name = "participant"') == 1
+    handlers = ('room:on("reconnecting", function(e) log("heard reconnecting: " .. e.cause) end)\n'
+                'room:on("reconnected", function(e) log("heard reconnected after " .. e.attempts .. " attempt(s)") end)\n')
+    text = text.replace(join, join + handlers).replace('name = "participant"', 'name = "watched"')
+    (egret.recipes / "watched.lua").write_text(text)
+    deadline = time.monotonic() + 10
+    while "watched" not in egret.api.recipes():
+        assert time.monotonic() < deadline, "the new recipe was not loaded"
+        time.sleep(0.05)
+    pub = publish("--flash")
+    info = egret.api.start("watched", room_name=room, identity=pub.identity,
+                           file_outputs=[{"filepath": "watched/{room_name}.mp4"}], **SMALL)
+    eid = info["egress_id"]
+    record_through_a_cut(egret, proxy, eid)
+    egret.api.stop(eid)
+    assert egret.api.wait_status(eid, "complete", "failed")["status"] == "complete"
+    log = (egret.workdir / "egret.log").read_text()
+    assert "heard reconnecting: lost" in log and "heard reconnected after " in log, "the handlers did not run"
 
 
 def test_a_room_lost_for_good_fails_with_what_it_recorded(tmp_path, livekit, publish, room):
