@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Result;
 use gstreamer as gst;
@@ -16,6 +15,11 @@ use super::subscriber::Subscriber;
 use super::timeline::Timeline;
 use super::{participant_json, recorder_token, track_json};
 use crate::config::LiveKitConfig;
+
+mod rejoin;
+mod updates;
+
+use updates::apply_update;
 
 type Participants = HashMap<String, proto::ParticipantInfo>;
 
@@ -276,9 +280,6 @@ struct Session {
     room: String,
 }
 
-/// The time a rejoin attempt is given at least: the backoff's last wait is cut short for it.
-const LAST_ATTEMPT: Duration = Duration::from_secs(1);
-
 /// How a connection ended.
 enum Outcome {
     /// The room is over, or egret cannot go on in it: the egress ends.
@@ -416,199 +417,5 @@ impl Session {
     fn is_own(&self, identity: &str) -> bool {
         let own = &self.joiner.identity;
         identity.strip_prefix(own.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
-    }
-
-    /// Joins again after `reason`, retrying with LiveKit's SDK backoff (n² × 300 ms, here at most
-    /// 5 s apart) for `[livekit] reconnect_timeout`; an attempt gets what is left of that time at
-    /// most. The new connection takes over the routed tracks; the egress and its recipe hear
-    /// `reconnecting`, then `reconnected` (both with `cause`: "lost", or "codec" for a track
-    /// that came back in another codec), then whatever changed in the room meanwhile. When it
-    /// gives up: what it tried, for the egress's error.
-    async fn rejoin(&self, reason: &str, cause: &str) -> Result<UnboundedReceiver<SignalEvent>, String> {
-        let window = self.joiner.config.reconnect_timeout;
-        if window.is_zero() {
-            return Err(reason.to_string());
-        }
-        tracing::warn!(room = %self.room, %reason, cause, "rejoining the LiveKit room");
-        room_event(&self.events_to, "reconnecting", json!({ "reason": reason, "cause": cause }));
-        let began = tokio::time::Instant::now();
-        let deadline = began + window;
-        let mut last_error = String::new();
-        let mut attempts = 0u32;
-        loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining < LAST_ATTEMPT {
-                break;
-            }
-            let delay = Duration::from_millis(300 * u64::from(attempts * attempts)).min(Duration::from_secs(5));
-            tokio::time::sleep(delay.min(remaining - LAST_ATTEMPT)).await;
-            attempts += 1;
-            // Cancelling it is safe: until it answers, a connection is only its websocket.
-            let (join, link, events) = match tokio::time::timeout_at(deadline, self.joiner.connect()).await {
-                Ok(Ok(joined)) => joined,
-                Ok(Err(e)) => {
-                    tracing::info!(room = %self.room, attempt = attempts, "rejoin failed: {e:#}");
-                    last_error = format!("{e:#}");
-                    continue;
-                }
-                Err(_) => {
-                    last_error = "LiveKit did not answer before the reconnect timeout".into();
-                    break;
-                }
-            };
-            self.take_over(join, link);
-            let seconds = began.elapsed().as_secs_f64();
-            tracing::info!(room = %self.room, attempt = attempts, seconds, "rejoined the LiveKit room");
-            room_event(
-                &self.events_to,
-                "reconnected",
-                json!({ "attempts": attempts, "seconds": seconds, "cause": cause }),
-            );
-            return Ok(events);
-        }
-        let tried = match attempts {
-            0 => "no time left to try".to_string(),
-            1 => format!("1 attempt, {last_error}"),
-            n => format!("{n} attempts, the last: {last_error}"),
-        };
-        Err(format!("{reason}; could not rejoin within {} s ({tried})", window.as_secs_f64()))
-    }
-
-    /// Puts a new connection in place of the old: the tracks move over as the new one
-    /// delivers them, the room's state is brought up to date, routed tracks are asked for again.
-    fn take_over(&self, join: proto::JoinResponse, link: Link) {
-        let old = {
-            let mut current = self.link.lock().unwrap();
-            link.subscriber.adopt(&current.subscriber);
-            std::mem::replace(&mut *current, link)
-        };
-        let (signal, subscriber) = {
-            let link = self.link.lock().unwrap();
-            (link.signal.clone(), link.subscriber.clone())
-        };
-        let pipeline = self.joiner.pipeline.clone();
-        let successor = subscriber.clone();
-        let (config, room) = (self.joiner.config.clone(), self.room.clone());
-        tokio::spawn(async move {
-            // The old connection goes once the new one carries every track (or gave up
-            // trying): its webrtcbin, and its participant, which the server would otherwise
-            // keep until its transport times out.
-            successor.carrying_all(Duration::from_secs(10)).await;
-            let retired = old.subscriber.clone();
-            let _ = tokio::task::spawn_blocking(move || retired.retire(&pipeline)).await;
-            if let Err(e) = super::room_service::remove_participant(&config, &room, &old.identity).await {
-                tracing::debug!(%room, identity = %old.identity, "old connection not removed: {e:#}");
-            }
-        });
-        let mut known = self.state.participants.lock().unwrap();
-        let current: Participants = present(join.other_participants).map(|p| (p.sid.clone(), p)).collect();
-        let mut changes = Vec::new();
-        let gone: Vec<proto::ParticipantInfo> =
-            known.values().filter(|p| !current.contains_key(&p.sid)).cloned().collect();
-        for mut left in gone {
-            left.state = proto::participant_info::State::Disconnected as i32;
-            changes.extend(apply_update(&mut known, left));
-        }
-        for info in current.into_values() {
-            changes.extend(apply_update(&mut known, info));
-        }
-        for routed in subscriber.routed() {
-            let found = known.values().find_map(|p| p.tracks.iter().find(|t| t.sid == routed).map(|t| (t, &p.sid)));
-            if let Some((track, participant_sid)) = found {
-                request_track(&signal, track, participant_sid);
-            }
-        }
-        drop(known);
-        for (event, data) in changes {
-            room_event(&self.events_to, event, data);
-        }
-        self.state.changed.notify_waiters();
-    }
-}
-
-/// Folds one participant update into the room state; returns the events it means, in order:
-/// joins before their tracks, unpublished tracks before the leave.
-fn apply_update(known: &mut Participants, info: proto::ParticipantInfo) -> Vec<(&'static str, Value)> {
-    let mut events = Vec::new();
-    let old = known.get(&info.sid).cloned();
-    if let Some(old) = &old
-        && info.version != 0
-        && info.version < old.version
-    {
-        return events; // an older update overtaken by a newer one
-    }
-    if info.state == proto::participant_info::State::Disconnected as i32 {
-        if let Some(old) = known.remove(&info.sid) {
-            events.extend(old.tracks.iter().map(|t| ("track_unpublished", track_json(t, &old))));
-            events.push(("participant_left", participant_json(&old)));
-        }
-        return events;
-    }
-    if info.permission.as_ref().is_some_and(|p| p.hidden) {
-        return events; // other recorders
-    }
-    match &old {
-        None => {
-            events.push(("participant_joined", participant_json(&info)));
-            events.extend(info.tracks.iter().map(|t| ("track_published", track_json(t, &info))));
-        }
-        Some(old) => {
-            for track in &info.tracks {
-                match old.tracks.iter().find(|t| t.sid == track.sid) {
-                    None => events.push(("track_published", track_json(track, &info))),
-                    Some(before) if before.muted != track.muted => {
-                        let event = if track.muted { "track_muted" } else { "track_unmuted" };
-                        events.push((event, track_json(track, &info)));
-                    }
-                    Some(_) => {}
-                }
-            }
-            for gone in old.tracks.iter().filter(|t| !info.tracks.iter().any(|n| n.sid == t.sid)) {
-                events.push(("track_unpublished", track_json(gone, old)));
-            }
-        }
-    }
-    known.insert(info.sid.clone(), info);
-    events
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn participant(sid: &str, version: u32, tracks: &[(&str, bool)]) -> proto::ParticipantInfo {
-        proto::ParticipantInfo {
-            sid: sid.into(),
-            identity: format!("id-{sid}"),
-            state: proto::participant_info::State::Active as i32,
-            version,
-            tracks: tracks
-                .iter()
-                .map(|(t, muted)| proto::TrackInfo { sid: t.to_string(), muted: *muted, ..Default::default() })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    fn names(events: &[(&'static str, Value)]) -> Vec<String> {
-        events.iter().map(|(e, d)| format!("{e}:{}", d["sid"].as_str().unwrap_or(""))).collect()
-    }
-
-    #[test]
-    fn updates_become_ordered_events() {
-        let mut known = Participants::new();
-        let e = apply_update(&mut known, participant("PA", 1, &[("TR_v", false)]));
-        assert_eq!(names(&e), ["participant_joined:PA", "track_published:TR_v"]);
-        let e = apply_update(&mut known, participant("PA", 2, &[("TR_v", true), ("TR_a", false)]));
-        assert_eq!(names(&e), ["track_muted:TR_v", "track_published:TR_a"]);
-        // An overtaken update changes nothing.
-        assert!(apply_update(&mut known, participant("PA", 1, &[])).is_empty());
-        let e = apply_update(&mut known, participant("PA", 3, &[("TR_a", false)]));
-        assert_eq!(names(&e), ["track_unpublished:TR_v"]);
-        let mut gone = participant("PA", 4, &[]);
-        gone.state = proto::participant_info::State::Disconnected as i32;
-        let e = apply_update(&mut known, gone);
-        assert_eq!(names(&e), ["track_unpublished:TR_a", "participant_left:PA"]);
-        assert!(known.is_empty());
     }
 }
