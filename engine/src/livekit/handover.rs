@@ -41,8 +41,10 @@ pub fn may_take_over(
     }
     match (ssrc_of(&current), ssrc_of(pad)) {
         (Some(old), Some(new)) if old != new => {
+            // Tried even when `old` stopped: what both received before still pairs them.
+            let inherited = timeline.inherit(new, old);
             !timeline.is_delivering(old)
-                || (at_frame_start && splice.between_frames() && (timeline.inherit(new, old) || timeline.is_timed(new)))
+                || (at_frame_start && splice.between_frames() && (inherited || timeline.is_timed(new)))
         }
         _ => true,
     }
@@ -68,6 +70,38 @@ pub fn rtp_header(buffer: &gst::BufferRef) -> Option<Header> {
         timestamp: u32::from_be_bytes([map[4], map[5], map[6], map[7]]),
         ssrc: u32::from_be_bytes([map[8], map[9], map[10], map[11]]),
     })
+}
+
+/// A fingerprint of an RTP packet's payload (0 for none), to find the same packet among
+/// another connection's: livekit-server sends each publisher packet to every subscriber with
+/// the same payload but its own SSRC, sequence numbers and timestamps. Only the payload's
+/// second half (its last 32 bytes at most) counts: the server rewrites a VP8 payload's
+/// descriptor (picture ids) per subscriber, in its first 6 bytes.
+pub fn payload_fingerprint(buffer: &gst::BufferRef) -> u64 {
+    let Ok(map) = buffer.map_readable() else { return 0 };
+    let Some(payload) = rtp_payload(&map) else { return 0 };
+    if payload.is_empty() {
+        return 0; // padding: each subscriber's own
+    }
+    let tail = &payload[(payload.len() / 2).max(payload.len().saturating_sub(32))..];
+    // FNV-1a, with the length of a short one: short packets (DTX silence) are often alike.
+    let hash = tail
+        .iter()
+        .chain(&(payload.len().min(64) as u32).to_be_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    hash.max(1)
+}
+
+/// An RTP packet's payload: after its CSRCs and header extension, without its padding.
+fn rtp_payload(packet: &[u8]) -> Option<&[u8]> {
+    let first = *packet.first()?;
+    let mut start = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 != 0 {
+        let words = packet.get(start + 2..start + 4)?;
+        start += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    let padding = if first & 0x20 != 0 { usize::from(*packet.last()?) } else { 0 };
+    packet.get(start..packet.len().checked_sub(padding)?)
 }
 
 /// Tells, packet by packet, whether a packet begins a frame: its timestamp differs from the

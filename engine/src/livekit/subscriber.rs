@@ -377,7 +377,8 @@ fn retime(pad: &gst::Pad, timeline: Arc<Timeline>) {
         // The jitter buffer's PTS is its smoothed arrival; its DTS is when the packet came.
         let received = buffer.dts().and_then(|dts| segment.to_running_time(dts)).unwrap_or(arrival);
         let (arrival, received) = (arrival.nseconds() as i64, received.nseconds() as i64);
-        let placed = timeline.retime(ssrc, clock_rate, rtp, Arrival { smoothed: arrival, received }, audio);
+        let payload = handover::payload_fingerprint(buffer);
+        let placed = timeline.retime(ssrc, clock_rate, rtp, Arrival { smoothed: arrival, received, payload }, audio);
         let placed = gst::ClockTime::from_nseconds(placed.max(0) as u64);
         if let Some(new_pts) = segment.position_from_running_time(placed) {
             let buffer = buffer.make_mut();

@@ -93,8 +93,8 @@ struct TrackClock {
     packet_ticks: Option<u64>,
     /// When its last packet was retimed.
     last_seen: Option<std::time::Instant>,
-    /// (arrival, extended RTP time) of its packets of the last second.
-    recent: VecDeque<(i64, u64)>,
+    /// Its packets of the last second.
+    recent: VecDeque<Recent>,
     /// The stream whose timing it took over (see `Timeline::inherit`).
     inherited: bool,
     /// Until its first report: the least (arrival − RTP time) seen, in ns (`before_reports`).
@@ -165,11 +165,17 @@ impl TrackClock {
     /// fastest packet.
     fn arrival_floor(&self) -> Option<f64> {
         let rate = f64::from(self.clock_rate.filter(|r| *r > 0)?);
-        let (first, last) = (self.recent.front()?, self.recent.back()?);
-        if last.0 - first.0 < RECENT_NS / 2 {
+        if !self.spans_half_a_second() {
             return None;
         }
-        self.recent.iter().map(|(arrival, rtp)| *arrival as f64 - *rtp as f64 * 1e9 / rate).reduce(f64::min)
+        self.recent.iter().map(|p| p.arrival as f64 - p.rtp as f64 * 1e9 / rate).reduce(f64::min)
+    }
+
+    fn spans_half_a_second(&self) -> bool {
+        self.recent
+            .front()
+            .zip(self.recent.back())
+            .is_some_and(|(first, last)| last.arrival - first.arrival >= RECENT_NS / 2)
     }
 
     /// Where a packet goes until the track's first report: at its RTP time from the fastest
@@ -237,19 +243,60 @@ impl State {
 
 /// When a packet reached egret, in running time: `received` as it came, `smoothed` as the
 /// jitter buffer evens arrival out (its PTS). Two connections compare by `received`: each
-/// jitter buffer smooths its own way, ±10 ms apart while a new one settles.
+/// jitter buffer smooths its own way, ±10 ms apart while a new one settles. `payload` tells
+/// the same packet on two connections apart from others (`handover::payload_fingerprint`;
+/// 0 for unknown).
 #[derive(Clone, Copy, Debug)]
 pub struct Arrival {
     pub smoothed: i64,
     pub received: i64,
+    pub payload: u64,
 }
 
 #[cfg(test)]
 impl Arrival {
     /// A packet whose arrival the jitter buffer left as it was.
     fn at(ns: i64) -> Arrival {
-        Arrival { smoothed: ns, received: ns }
+        Arrival { smoothed: ns, received: ns, payload: 0 }
     }
+}
+
+/// A packet of the last second, to compare two connections' streams (`Timeline::inherit`).
+#[derive(Clone, Copy, Debug)]
+struct Recent {
+    arrival: i64,
+    rtp: u64,
+    payload: u64,
+}
+
+/// The same packet reaches two connections within a few ms; a packet with the same payload
+/// farther apart is another (DTX silence packets, 400 ms apart, are often alike).
+const SAME_PACKET_NS: i64 = 100_000_000;
+
+/// The RTP offset from `old`'s stream to `new`'s, from the packets both received (the same
+/// payload within `SAME_PACKET_NS`): exact, where arrival floors are as far off as the two
+/// streams' fastest packets of the last second differ (20 ms seen, a whole audio packet, when
+/// one had only DTX silence). `None` until two pairs agree and outvote the others twice over,
+/// `Some(None)` if no packet pairs at all (payloads that differ per connection).
+fn paired_offset(old: &TrackClock, new: &TrackClock) -> Option<Option<i64>> {
+    let mut by_payload: HashMap<u64, Vec<&Recent>> = HashMap::new();
+    for packet in old.recent.iter().filter(|p| p.payload != 0) {
+        by_payload.entry(packet.payload).or_default().push(packet);
+    }
+    let mut votes: HashMap<i64, usize> = HashMap::new();
+    for packet in new.recent.iter().filter(|p| p.payload != 0) {
+        for twin in by_payload.get(&packet.payload).into_iter().flatten() {
+            if (twin.arrival - packet.arrival).abs() < SAME_PACKET_NS {
+                *votes.entry(packet.rtp as i64 - twin.rtp as i64).or_default() += 1;
+            }
+        }
+    }
+    let pairs: usize = votes.values().sum();
+    if pairs == 0 {
+        return (old.spans_half_a_second() && new.spans_half_a_second()).then_some(None);
+    }
+    let (offset, agreeing) = votes.into_iter().max_by_key(|(_, n)| *n)?;
+    (agreeing >= 2 && agreeing > 2 * (pairs - agreeing)).then_some(Some(offset))
 }
 
 /// How much of a stream's recent packets is kept to compare it with another (`inherit`).
@@ -272,12 +319,12 @@ impl Timeline {
 
     /// Gives `new` the timing of `old` when both carry the same track (a rejoin's connection
     /// and its predecessor): `old`'s sender reports, shifted into `new`'s RTP time, join `new`'s
-    /// own, with `old`'s delay and current correction, so a packet of `new` lands exactly where
-    /// the same packet of `old` does. The server sends the same packet to both connections at
-    /// once, so the RTP offset between them is the difference of their arrival floors. Its own
-    /// few reports would place `new` up to 15 ms off (audio reports scatter that much), and the
-    /// sound would step when it took over. False until both streams have half a second of
-    /// packets to compare, or if `old` has no reports.
+    /// own, and a packet of `new` lands exactly where the same packet of `old` does. The RTP
+    /// offset between them comes from the packets both received (`paired_offset`), or, if no
+    /// packet pairs, from the difference of their arrival floors (the server sends the same
+    /// packet to both at once). Placed by its own few reports instead, `new` was up to 15 ms
+    /// off (audio reports scatter that much), and the sound stepped when it took over.
+    /// False until the offset is known, or if `old` has no reports.
     pub fn inherit(&self, new: u32, old: u32) -> bool {
         let mut state = self.state.lock().unwrap();
         let (Some(from), Some(to)) = (state.tracks.get(&old), state.tracks.get(&new)) else { return false };
@@ -288,11 +335,17 @@ impl Timeline {
             (Some(a), Some(b)) if a == b && a > 0 => f64::from(a),
             _ => return false,
         };
-        let (Some(floor_old), Some(floor_new)) = (from.arrival_floor(), to.arrival_floor()) else { return false };
-        if from.reports.is_empty() {
-            return false;
-        }
-        let offset = ((floor_old - floor_new) * rate / 1e9).round() as i64;
+        let Some(old_line) = from.line else { return false };
+        let (offset, by) = match paired_offset(from, to) {
+            None => return false,
+            Some(Some(offset)) => (offset, "the packets both received"),
+            Some(None) => {
+                let (Some(floor_old), Some(floor_new)) = (from.arrival_floor(), to.arrival_floor()) else {
+                    return false;
+                };
+                (((floor_old - floor_new) * rate / 1e9).round() as i64, "arrival")
+            }
+        };
         let mut reports: Vec<Report> = from
             .reports
             .iter()
@@ -300,15 +353,26 @@ impl Timeline {
             .chain(to.reports.iter().copied())
             .collect();
         reports.sort_by_key(|r| r.ntp_ns);
-        let (delay_ns, error_ns) = (from.delay_ns, from.error_ns);
+        let (old_delay, old_error) = (from.delay_ns as f64, from.error_ns);
+        let old_place = |rtp: u64| old_line.at(rtp.saturating_sub_signed(offset)) + old_delay + old_error;
         let to = state.tracks.get_mut(&new).expect("looked up above");
         to.reports = reports.into_iter().rev().take(REPORTS).rev().collect();
-        to.line = to.fit();
-        to.delay_ns = to.reports.iter().map(|r| r.arrival_ns - r.ntp_ns).min().unwrap_or(delay_ns);
-        to.error_ns = error_ns;
+        let Some(line) = to.fit() else { return false };
+        to.line = Some(line);
+        to.delay_ns = to.reports.iter().map(|r| r.arrival_ns - r.ntp_ns).min().unwrap_or(0);
+        // Its own reports may say earlier than the old ones: that is slewed in from here.
+        to.error_ns = old_place(line.base_rtp) - (line.at(line.base_rtp) + to.delay_ns as f64);
         to.locked = true;
         to.inherited = true;
-        tracing::info!(new, old, offset, "a new connection's stream takes over the timing of its predecessor");
+        let error_ms = to.error_ns / 1e6;
+        tracing::info!(
+            new,
+            old,
+            offset,
+            by,
+            error_ms,
+            "a new connection's stream takes over the timing of its predecessor"
+        );
         true
     }
 
@@ -340,7 +404,8 @@ impl Timeline {
     /// running time from the jitter buffer (kept, smoothed, until the track's first report).
     /// `audio` packets are placed at their first sample's capture (see the module's notes).
     pub fn retime(&self, ssrc: u32, clock_rate: u32, rtp: u32, arrival: Arrival, audio: bool) -> i64 {
-        let Arrival { smoothed: arrival, received } = arrival;
+        let payload = arrival.payload;
+        let Arrival { smoothed: arrival, received, .. } = arrival;
         let mut state = self.state.lock().unwrap();
         let track = state.tracks.entry(ssrc).or_default();
         if track.clock_rate.is_none() && clock_rate > 0 {
@@ -349,8 +414,8 @@ impl Timeline {
         }
         let ext = track.unwrap(rtp);
         track.last_seen = Some(std::time::Instant::now());
-        track.recent.push_back((received, ext));
-        while track.recent.front().is_some_and(|(at, _)| *at < received - RECENT_NS) {
+        track.recent.push_back(Recent { arrival: received, rtp: ext, payload });
+        while track.recent.front().is_some_and(|p| p.arrival < received - RECENT_NS) {
             track.recent.pop_front();
         }
         if let Some(step) = track.last_packet.and_then(|last| ext.checked_sub(last)).filter(|s| *s > 0) {

@@ -71,6 +71,40 @@ fn a_new_connections_stream_lands_where_its_predecessors_did() {
     assert!((a - b).abs() < 1_000_000, "old {a} new {b}: {} µs apart", (b - a) / 1000);
 }
 
+/// The new connection gets every packet 25 ms after the old one (another path, a busy
+/// server), and its packets of silence are alike: the same packet, told by its payload,
+/// still lands where it did on the old connection. Compared by their fastest arrivals, the
+/// streams' offset would be off by those 25 ms.
+#[test]
+fn a_new_connection_on_a_slower_path_is_paired_packet_by_packet() {
+    let timeline = Timeline::default();
+    let (old, new) = (1u32, 2u32);
+    let (o0, n0) = (1000u32, 777_777u32);
+    let rtp = |base: u32, t: i64| base.wrapping_add((t * 48 / 1_000_000) as u32);
+    for k in 0..5i64 {
+        let t = k * 3_000_000_000;
+        timeline.on_sender_report(old, rtp(o0, t), ntp_plus(t), t + 1_000_000);
+    }
+    // A beep of 10 packets, then DTX silence: a packet every 400 ms, all alike.
+    let sent: Vec<(i64, u64)> = (0..10i64)
+        .map(|i| (14_000_000_000 + i * 20_000_000, 1000 + i as u64))
+        .chain((1..4i64).map(|i| (14_200_000_000 + i * 400_000_000, 7)))
+        .collect();
+    for (i, &(t, payload)) in sent.iter().enumerate() {
+        if i > 0 {
+            assert!(!timeline.inherit(new, old) || i >= 2, "inherited from one packet");
+        }
+        let at = |delay: i64| Arrival { smoothed: t + delay, received: t + delay, payload };
+        timeline.retime(old, 48000, rtp(o0, t), at(5_000_000), true);
+        timeline.retime(new, 48000, rtp(n0, t), at(30_000_000), true);
+    }
+    assert!(timeline.inherit(new, old));
+    let t = 15_600_000_000i64;
+    let a = timeline.retime(old, 48000, rtp(o0, t), Arrival::at(t + 5_000_000), true);
+    let b = timeline.retime(new, 48000, rtp(n0, t), Arrival::at(t + 30_000_000), true);
+    assert!((a - b).abs() < 1_000_000, "old {a} new {b}: {} µs apart", (b - a) / 1000);
+}
+
 /// Before any report, packets are placed from the fastest arrival so far, not from the
 /// first one: an audio and a video stream captured together, whose first packets happened
 /// to be held up 60 ms and 10 ms by the network (later ones 0-60 ms), are placed within
