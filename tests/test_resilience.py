@@ -145,13 +145,15 @@ def test_a_copied_track_goes_on_through_a_rejoin_without_repeats(proxied, publis
         energy = np.abs(samples[: len(samples) // 48 * 48]).reshape(-1, 48).max(axis=1)
         flashes = onsets(start + np.arange(len(energy)) / 1000, energy, 0.2, 0.5)
     # One flash (or beep) a second, on the same grid before and after the rejoin: within the
-    # publisher's frame interval for flashes, within a packet's rounding for beeps.
+    # publisher's frame interval for flashes. An OGG file counts samples, so a beep moves by a
+    # whole packet (20 ms) or not at all: it moved once in a CI run, when the new connection
+    # was placed from its fastest arrivals; paired packet by packet, 0-1 ms in 8 runs of 8.
     # (The first may be cut short by the file's start: the grid is taken from the second.)
     phases = [(f - flashes[1]) % 1.0 for f in flashes[1:]]
     drift = max(min(p, 1 - p) for p in phases)
     print(f"{kind} onsets {[round(f, 3) for f in flashes]}")
     assert len(flashes) >= duration(media) - 2, f"onsets {flashes}"
-    assert drift <= (0.035 if kind == "video" else 0.012), f"onsets {flashes}"
+    assert drift <= (0.035 if kind == "video" else 0.003), f"onsets {flashes}"
 
 
 def test_packet_loss_and_jitter_keep_sync_and_motion(lk_egret, livekit, publish, room):
