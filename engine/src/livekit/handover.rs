@@ -194,6 +194,8 @@ struct SpliceState {
     frame_interval: Option<gst::ClockTime>,
     /// Set at a change of source: frames up to here are repeats.
     floor: Option<gst::ClockTime>,
+    /// The new source's sequence number of the last repeat it dropped.
+    last_repeat: Option<u16>,
     /// The stream as the consumer sees it: the first source's SSRC, its numbering.
     ssrc: Option<u32>,
     next_seq: Option<u16>,
@@ -239,11 +241,13 @@ impl Splice {
         });
         if state.source != source {
             state.floor = state.last_whole;
+            state.last_repeat = None;
             state.source = source;
         }
         let (mut spliced, mut missing) = (false, false);
         if let Some(floor) = state.floor {
             if running <= floor + SAME_FRAME {
+                state.last_repeat = Some(header.seq);
                 return DISCARD;
             }
             state.floor = None;
@@ -253,9 +257,19 @@ impl Splice {
             spliced = true;
             // Frames the old connection never delivered and the new one came too late for:
             // the depayloader must know, and wait for a keyframe rather than decode deltas
-            // against a picture it never had.
+            // against a picture it never had. None are if this packet follows the last repeat
+            // in the new stream's own numbering. Only without a repeat to go by is it told
+            // from the time since the last frame: a sender dropping frames (a busy machine)
+            // spaces them unevenly, and a flash went missing after a rejoin while the
+            // depayloader waited for a keyframe that was not needed.
+            let follows_a_repeat = state.last_repeat.map(|seq| seq.wrapping_add(1));
             missing = !audio
-                && state.frame_interval.is_some_and(|interval| running > floor + interval + interval / 2 + SAME_FRAME);
+                && match follows_a_repeat {
+                    Some(next) => next != header.seq,
+                    None => state
+                        .frame_interval
+                        .is_some_and(|interval| running > floor + interval + interval / 2 + SAME_FRAME),
+                };
             tracing::debug!(pad = %pad.name(), ?running, ?floor, missing, "a new connection carries on from its predecessor");
         }
         let ssrc = *state.ssrc.get_or_insert(header.ssrc);
@@ -290,4 +304,92 @@ impl Splice {
 fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<gst::ClockTime> {
     let segment = pad.sticky_event::<gst::event::Segment>(0)?;
     segment.segment().downcast_ref::<gst::ClockTime>()?.to_running_time(buffer.pts()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RTP of one video packet per frame (marker set), timed by `pts_ms`.
+    fn packet(seq: u16, ssrc: u32, pts_ms: u64) -> gst::Buffer {
+        let mut data = vec![0x80, 0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xaa];
+        data[2..4].copy_from_slice(&seq.to_be_bytes());
+        data[4..8].copy_from_slice(&((pts_ms * 90) as u32).to_be_bytes());
+        data[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        let mut buffer = gst::Buffer::from_mut_slice(data);
+        buffer.get_mut().unwrap().set_pts(gst::ClockTime::from_mseconds(pts_ms));
+        buffer
+    }
+
+    /// A connection's pad, linked to `sink`, with its stream's sticky events sent.
+    fn source(ssrc: u32, sink: &gst::Pad) -> gst::Pad {
+        let pad = gst::Pad::builder(gst::PadDirection::Src).build();
+        pad.set_active(true).unwrap();
+        pad.link(sink).unwrap();
+        let caps = gst::Caps::builder("application/x-rtp").field("media", "video").field("ssrc", ssrc).build();
+        let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+        for event in [
+            gst::event::StreamStart::new(&format!("s{ssrc}")),
+            gst::event::Caps::new(&caps),
+            gst::event::Segment::new(&segment),
+        ] {
+            let name = event.type_();
+            assert!(pad.push_event(event), "{name:?} refused");
+        }
+        pad
+    }
+
+    /// (sequence number, SSRC, DISCONT) of each packet the consumer got.
+    type Got = Arc<Mutex<Vec<(u16, u32, bool)>>>;
+
+    fn consumer() -> (gst::Pad, Got) {
+        let got: Got = Arc::default();
+        let into = got.clone();
+        // Any caps: each connection's stream has its own SSRC.
+        let template =
+            gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &gst::Caps::new_any())
+                .unwrap();
+        let sink = gst::Pad::builder_from_template(&template)
+            .chain_function(move |_, _, buffer| {
+                let header = rtp_header(&buffer).unwrap();
+                into.lock().unwrap().push((
+                    header.seq,
+                    header.ssrc,
+                    buffer.flags().contains(gst::BufferFlags::DISCONT),
+                ));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build();
+        sink.set_active(true).unwrap();
+        (sink, got)
+    }
+
+    /// The old connection delivers frames up to 200 ms, unevenly spaced (a sender dropping
+    /// frames); the new one repeats the last two, then goes on 67 ms later. Nothing is
+    /// missing, so no DISCONT (which makes the depayloader drop frames until a keyframe);
+    /// the consumer sees one stream: the old SSRC, sequence numbers going on. When the new
+    /// stream itself skipped a packet after its repeats, the consumer is told.
+    #[test]
+    fn a_new_connection_carries_on_without_a_needless_keyframe_wait() {
+        crate::media::init_for_tests();
+        for (skip, expect_discont) in [(0u16, false), (1, true)] {
+            let (sink, got) = consumer();
+            let _splice = Splice::attach(&sink);
+            let old = source(1111, &sink);
+            for (i, at) in [0u64, 33, 67, 133, 167, 200].into_iter().enumerate() {
+                assert!(old.push(packet(500 + i as u16, 1111, at)).is_ok());
+            }
+            old.unlink(&sink).unwrap();
+            let new = source(2222, &sink);
+            for (seq, at) in [(70u16, 167u64), (71, 200), (72 + skip, 267), (73 + skip, 300)] {
+                let pushed = new.push(packet(seq, 2222, at));
+                assert!(pushed.is_ok(), "packet {seq}: {pushed:?}");
+            }
+            let got = got.lock().unwrap();
+            let numbers: Vec<u16> = got.iter().map(|p| p.0).collect();
+            assert_eq!(numbers, [500, 501, 502, 503, 504, 505, 506, 507], "repeats dropped, numbering goes on");
+            assert!(got.iter().all(|p| p.1 == 1111), "one SSRC: {got:?}");
+            assert_eq!(got[6].2, expect_discont, "skipped {skip}: {got:?}");
+        }
+    }
 }
