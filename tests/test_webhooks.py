@@ -61,6 +61,14 @@ def test_egress_webhooks_signed_and_in_order(tmp_path):
         assert all(e.egress_info.egress_id == eid for e in events)
         statuses = [e.egress_info.status for e in events]
         assert statuses == sorted(statuses), "statuses only move forward"
+        # Each event tells something new (a file egress's first ACTIVE came twice).
+        seen = []
+        for e in events:
+            info = type(e.egress_info)()
+            info.CopyFrom(e.egress_info)
+            info.updated_at = 0
+            assert info not in seen, f"{e.event} said again: {info}"
+            seen.append(info)
         final = events[-1].egress_info
         assert final.status == api.EGRESS_COMPLETE and final.file_results[0].size > 0
         # the signature covers the body: a changed body is refused

@@ -179,7 +179,11 @@ impl Notifier {
             send("egress_ended", info(&record));
             return;
         }
-        send("egress_started", info(&record));
+        let started = info(&record);
+        // What the last event said, but for its time: an update that says nothing new (an
+        // output's internal state moved, nothing a client reads) is not sent again.
+        let mut told = lk::EgressInfo { updated_at: 0, ..started.clone() };
+        send("egress_started", started);
         if record.status().is_terminal() {
             // It ended before its start returned (observers hear of it then).
             send("egress_ended", info(&record));
@@ -192,6 +196,11 @@ impl Notifier {
                 // The info sent decides the event: the status may change between two looks.
                 let now = info(&record);
                 let ended = now.status >= lk::EgressStatus::EgressComplete as i32;
+                let news = lk::EgressInfo { updated_at: 0, ..now.clone() };
+                if !ended && news == told {
+                    continue;
+                }
+                told = news;
                 send(if ended { "egress_ended" } else { "egress_updated" }, now);
                 if ended {
                     break;
